@@ -1,0 +1,180 @@
+//! The agent as PID 1 of the guest: the system set-up a container runtime
+//! needs, done once before any thread starts, and the sandbox-wide settings
+//! (hostname, shared filesystems, clock).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hull_protocols::agent::CreateSandboxRequest;
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::Mode as FileMode;
+
+use crate::server::Mode;
+
+pub fn main() -> Result<()> {
+    let result = setup_system().and_then(|()| crate::serve(Mode::Guest));
+    if let Err(err) = &result {
+        eprintln!("hull-agent: {err:#}");
+    }
+    power_off();
+}
+
+/// Leaves the initramfs and mounts the pseudo filesystems.
+fn setup_system() -> Result<()> {
+    leave_initramfs()?;
+    let nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", nodev, None),
+        ("sysfs", "/sys", nodev, None),
+        ("devtmpfs", "/dev", MsFlags::MS_NOSUID, Some("mode=0755")),
+        (
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        ),
+        (
+            "tmpfs",
+            "/dev/shm",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
+        ("tmpfs", "/run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+        ("tmpfs", "/tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", nodev, Some("nsdelegate")),
+    ];
+    for (fstype, target, flags, data) in mounts {
+        std::fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+        mount(Some(fstype), target, Some(fstype), flags, data)
+            .with_context(|| format!("mounting {fstype} on {target}"))?;
+    }
+    let _ = std::fs::remove_file("/dev/ptmx");
+    std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").context("linking /dev/ptmx")?;
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = std::os::unix::fs::symlink(target, link);
+    }
+    // Hand every controller to child cgroups, so containers get limits and
+    // statistics. One at a time: a controller the kernel lacks is skipped.
+    let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers")
+        .context("reading the cgroup controllers")?;
+    for controller in controllers.split_whitespace() {
+        let _ = std::fs::write(
+            "/sys/fs/cgroup/cgroup.subtree_control",
+            format!("+{controller}"),
+        );
+    }
+    loopback_up();
+    Ok(())
+}
+
+/// The initramfs root cannot be pivoted away from (pivot_root needs a root
+/// that is a mount with a parent), and every container start pivots. So the
+/// agent moves a tmpfs over `/` and chroots into it, as switch_root does.
+/// The running binary stays reachable as /proc/self/exe.
+fn leave_initramfs() -> Result<()> {
+    let new_root = Path::new("/newroot");
+    std::fs::create_dir_all(new_root).context("creating /newroot")?;
+    mount(
+        Some("tmpfs"),
+        new_root,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("mounting the root tmpfs")?;
+    for dir in ["proc", "sys", "dev", "run", "tmp", "etc"] {
+        nix::unistd::mkdir(&new_root.join(dir), FileMode::from_bits_truncate(0o755))
+            .with_context(|| format!("creating /{dir}"))?;
+    }
+    std::env::set_current_dir(new_root).context("entering the new root")?;
+    mount(
+        Some("."),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .context("moving the new root over /")?;
+    nix::unistd::chroot(".").context("chroot into the new root")?;
+    std::env::set_current_dir("/").context("entering /")?;
+    Ok(())
+}
+
+/// Brings up `lo`, which the guest's own network namespace starts without.
+fn loopback_up() {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let Ok(sock) = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) == 0 {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &request);
+        }
+    }
+}
+
+/// Sandbox-wide settings from CreateSandbox.
+pub fn configure_sandbox(request: &CreateSandboxRequest) -> Result<()> {
+    if !request.hostname.is_empty() {
+        nix::unistd::sethostname(&request.hostname)
+            .with_context(|| format!("setting the hostname to {}", request.hostname))?;
+    }
+    if request.host_time_unix_nanos > 0 {
+        set_clock(request.host_time_unix_nanos).context("setting the clock")?;
+    }
+    for share in &request.shares {
+        std::fs::create_dir_all(&share.mount_point)
+            .with_context(|| format!("creating {}", share.mount_point))?;
+        mount(
+            Some(share.tag.as_str()),
+            share.mount_point.as_str(),
+            Some("virtiofs"),
+            MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!(
+                "mounting virtio-fs tag {} on {}",
+                share.tag, share.mount_point
+            )
+        })?;
+    }
+    Ok(())
+}
+
+pub fn set_clock(unix_nanos: i64) -> nix::Result<()> {
+    use nix::sys::time::TimeSpec;
+    use nix::time::{clock_settime, ClockId};
+    let spec = TimeSpec::new(
+        unix_nanos.div_euclid(1_000_000_000),
+        unix_nanos.rem_euclid(1_000_000_000),
+    );
+    clock_settime(ClockId::CLOCK_REALTIME, spec)
+}
+
+/// Ends the VM. PID 1 must never exit (the kernel would panic).
+fn power_off() -> ! {
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    loop {
+        std::thread::park();
+    }
+}

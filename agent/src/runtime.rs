@@ -1,0 +1,110 @@
+//! `hull-agent runtime`: creates a container or an exec process with youki's
+//! libcontainer, in a fresh single-threaded process.
+//!
+//! libcontainer clones, and cloning from the agent's multi-threaded async
+//! process could leave the child with locks held by other threads. The agent
+//! therefore runs itself with these arguments for every create and exec; the
+//! container's processes outlive this child and are re-parented to the agent
+//! (PID 1, or a child subreaper on the host), which reaps them.
+//!
+//! The process's stdio arrives as fds 3, 4 and 5 (unless it has a terminal,
+//! whose master goes to the console socket); errors go to our stderr, which
+//! the agent reads.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+
+/// The fd numbers at which the agent hands the process's stdio to us.
+pub const STDIO_FDS: [i32; 3] = [3, 4, 5];
+
+#[derive(Args)]
+pub struct RuntimeArgs {
+    #[command(subcommand)]
+    operation: Operation,
+}
+
+#[derive(Subcommand)]
+enum Operation {
+    /// Create a container from a bundle; it waits for `start`.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+    /// Start a process (an OCI `process` JSON file) in a running container.
+    Exec {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        process: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// libcontainer's state directory.
+    #[arg(long)]
+    root: PathBuf,
+    #[arg(long)]
+    id: String,
+    /// Where to write the pid of the new process.
+    #[arg(long)]
+    pid_file: PathBuf,
+    /// Unix socket that receives the pty master of a terminal process.
+    #[arg(long)]
+    console_socket: Option<PathBuf>,
+}
+
+pub fn main(args: RuntimeArgs) -> Result<()> {
+    // Rust ignores SIGPIPE in every program it starts, and an ignored signal
+    // stays ignored across exec: without this, `yes | head` in a container
+    // would never end. Containers start with default dispositions, as
+    // under runc.
+    // SAFETY: resetting a signal to its default action has no preconditions.
+    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
+        .context("resetting SIGPIPE")?;
+    match args.operation {
+        Operation::Create { common, bundle } => {
+            let builder = builder(&common)?;
+            builder
+                .as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .build()
+                .with_context(|| format!("creating container {}", common.id))?;
+        }
+        Operation::Exec { common, process } => {
+            let builder = builder(&common)?;
+            builder
+                .as_tenant()
+                .with_process(Some(&process))
+                .with_detach(true)
+                .build()
+                .with_context(|| format!("starting a process in container {}", common.id))?;
+        }
+    }
+    Ok(())
+}
+
+fn builder(common: &Common) -> Result<ContainerBuilder> {
+    let mut builder = ContainerBuilder::new(common.id.clone(), SyscallType::default())
+        .with_root_path(&common.root)?
+        .with_pid_file(Some(&common.pid_file))?
+        .with_console_socket(common.console_socket.as_ref());
+    if common.console_socket.is_none() {
+        // SAFETY: the agent passes these fds open and to nobody else; we
+        // take ownership of each once.
+        let [stdin, stdout, stderr] = STDIO_FDS.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        builder = builder
+            .with_stdin(stdin)
+            .with_stdout(stdout)
+            .with_stderr(stderr);
+    }
+    Ok(builder)
+}

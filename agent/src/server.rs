@@ -1,0 +1,193 @@
+//! Where the agent listens: vsock in the guest, Unix sockets on the host.
+//! The ttrpc API and the stdio streams share nothing but the sandbox.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use hull_protocols::stdio::{self, StreamHeader, StreamKind, MAX_HEADER_LEN};
+use hull_protocols::{AGENT_API_PORT, AGENT_STDIO_PORT};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+use ttrpc::r#async::transport::Listener;
+use ttrpc::r#async::Server;
+
+use crate::process_io::{pump_input, pump_output};
+use crate::reaper::Reaper;
+use crate::sandbox::{Paths, Sandbox};
+use crate::service::AgentService;
+
+/// Where the agent keeps its state in the guest.
+const GUEST_STATE_DIR: &str = "/run/hull-agent";
+
+#[derive(Clone)]
+pub enum Mode {
+    /// PID 1 of a VM: vsock, and powers off when the sandbox is destroyed.
+    Guest,
+    /// A process on the host, for tests: `<dir>/agent.sock` (ttrpc) and
+    /// `<dir>/stdio.sock` (streams).
+    Host { dir: PathBuf },
+}
+
+impl Mode {
+    pub fn is_guest(&self) -> bool {
+        matches!(self, Mode::Guest)
+    }
+}
+
+pub async fn run(mode: Mode) -> Result<()> {
+    let reaper = Reaper::start().context("watching SIGCHLD")?;
+    let state_dir = match &mode {
+        Mode::Guest => PathBuf::from(GUEST_STATE_DIR),
+        Mode::Host { dir } => dir.join("state"),
+    };
+    let paths = Paths::under(&state_dir);
+    paths
+        .create()
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let sandbox = Arc::new(Sandbox::new(paths, reaper));
+    let power_off = Arc::new(Notify::new());
+    let service = hull_protocols::agent_ttrpc::create_agent(Arc::new(AgentService {
+        sandbox: sandbox.clone(),
+        mode: mode.clone(),
+        power_off: power_off.clone(),
+    }));
+
+    let api_listener = match &mode {
+        Mode::Guest => Listener::bind(format!("vsock://-1:{AGENT_API_PORT}"))
+            .context("listening on vsock for the agent API")?,
+        Mode::Host { dir } => {
+            let path = dir.join("agent.sock");
+            let _ = std::fs::remove_file(&path);
+            Listener::from(
+                tokio::net::UnixListener::bind(&path)
+                    .with_context(|| format!("listening on {}", path.display()))?,
+            )
+        }
+    };
+    let mut server = Server::new()
+        .add_listener(api_listener)
+        .register_service(service);
+    server.start().await.context("starting the ttrpc server")?;
+
+    match &mode {
+        Mode::Guest => {
+            let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                libc::VMADDR_CID_ANY,
+                AGENT_STDIO_PORT,
+            ))
+            .context("listening on vsock for stdio")?;
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(serve_stream(sandbox.clone(), stream));
+                        }
+                        Err(err) => tracing::warn!(%err, "accepting a stdio stream"),
+                    }
+                }
+            });
+        }
+        Mode::Host { dir } => {
+            let path = dir.join("stdio.sock");
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            let sandbox = sandbox.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            tokio::spawn(serve_stream(sandbox.clone(), stream));
+                        }
+                        Err(err) => tracing::warn!(%err, "accepting a stdio stream"),
+                    }
+                }
+            });
+        }
+    }
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        "hull-agent ready"
+    );
+
+    match &mode {
+        Mode::Guest => power_off.notified().await,
+        Mode::Host { .. } => {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            sandbox.remove_all().await.ok();
+        }
+    }
+    // Let the reply to DestroySandbox leave before the VM goes away.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    server.shutdown().await.ok();
+    Ok(())
+}
+
+/// Reads a stream's header, attaches it to its process and copies until the
+/// stream ends.
+async fn serve_stream<S>(sandbox: Arc<Sandbox>, mut stream: S)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let header = match read_header(&mut stream).await {
+        Ok(header) => header,
+        Err(reason) => {
+            let _ = stream.write_all(stdio::refusal(&reason).as_bytes()).await;
+            return;
+        }
+    };
+    let fd = match sandbox.attach(&header) {
+        Ok(fd) => fd,
+        Err(err) => {
+            let _ = stream
+                .write_all(stdio::refusal(&err.to_string()).as_bytes())
+                .await;
+            return;
+        }
+    };
+    if stream.write_all(stdio::ACCEPTED.as_bytes()).await.is_err() {
+        return;
+    }
+    let result = match header.kind {
+        StreamKind::Stdin => {
+            let (reader, _writer) = tokio::io::split(stream);
+            pump_input(reader, fd).await
+        }
+        StreamKind::Stdout | StreamKind::Stderr => pump_output(fd, stream).await,
+    };
+    if let Err(err) = result {
+        tracing::debug!(
+            container = %header.container_id,
+            exec = %header.exec_id,
+            stream = %header.kind,
+            %err,
+            "stdio stream ended with an error"
+        );
+    }
+}
+
+/// Reads the header line a byte at a time, so no stream data is consumed.
+async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<StreamHeader, String> {
+    let mut line = Vec::with_capacity(128);
+    loop {
+        let byte = stream
+            .read_u8()
+            .await
+            .map_err(|e| format!("reading the stream header: {e}"))?;
+        line.push(byte);
+        if byte == b'\n' {
+            break;
+        }
+        if line.len() >= MAX_HEADER_LEN {
+            return Err("stream header too long".into());
+        }
+    }
+    let line = String::from_utf8(line).map_err(|_| "stream header is not UTF-8".to_string())?;
+    StreamHeader::parse(&line).map_err(|e| e.to_string())
+}

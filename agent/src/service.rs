@@ -1,0 +1,264 @@
+//! The ttrpc face of the agent: decodes requests, calls the sandbox, and
+//! turns its errors into status codes.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use async_trait::async_trait;
+use hull_protocols::agent::*;
+use hull_protocols::agent_ttrpc::Agent;
+use hull_protocols::API_VERSION;
+use tokio::sync::Notify;
+use ttrpc::r#async::TtrpcContext;
+use ttrpc::{Code, Result};
+
+use crate::sandbox::{AgentError, Sandbox};
+use crate::server::Mode;
+
+pub struct AgentService {
+    pub sandbox: Arc<Sandbox>,
+    pub mode: Mode,
+    /// Notified when the sandbox is destroyed with power_off in the guest.
+    pub power_off: Arc<Notify>,
+}
+
+fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+impl From<AgentError> for ttrpc::Error {
+    fn from(err: AgentError) -> Self {
+        use crate::executable::ExecutableError;
+        let code = match &err {
+            AgentError::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
+            AgentError::ContainerNotFound(_) | AgentError::ProcessNotFound { .. } => {
+                Code::NOT_FOUND
+            }
+            AgentError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            AgentError::FailedPrecondition(_) | AgentError::Attach(_) => Code::FAILED_PRECONDITION,
+            AgentError::Executable(ExecutableError::NotExecutable(_)) => Code::PERMISSION_DENIED,
+            AgentError::Executable(_) => Code::NOT_FOUND,
+            AgentError::Runtime(_) | AgentError::Io { .. } | AgentError::Container { .. } => {
+                Code::INTERNAL
+            }
+        };
+        status(code, err.to_string())
+    }
+}
+
+fn nanos(time: std::time::SystemTime) -> i64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn stdio(request: &protobuf::MessageField<Stdio>) -> Stdio {
+    request.as_ref().cloned().unwrap_or_default()
+}
+
+#[async_trait]
+impl Agent for AgentService {
+    async fn check(&self, _: &TtrpcContext, req: CheckRequest) -> Result<CheckResponse> {
+        let asked = req.api_version.enum_value_or_default();
+        if asked != API_VERSION {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "client asked for agent API {asked:?}; this agent speaks hull.agent.v1 ({API_VERSION:?}) only"
+                ),
+            ));
+        }
+        let kernel_release = nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(CheckResponse {
+            api_version: API_VERSION.into(),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            kernel_release,
+            ..Default::default()
+        })
+    }
+
+    async fn create_sandbox(&self, _: &TtrpcContext, req: CreateSandboxRequest) -> Result<Empty> {
+        if self.mode.is_guest() {
+            crate::init::configure_sandbox(&req).map_err(|err| {
+                status(Code::INTERNAL, format!("setting up the sandbox: {err:#}"))
+            })?;
+        }
+        tracing::info!(sandbox = %req.sandbox_id, "sandbox created");
+        Ok(Empty::new())
+    }
+
+    async fn destroy_sandbox(&self, _: &TtrpcContext, req: DestroySandboxRequest) -> Result<Empty> {
+        self.sandbox.remove_all().await?;
+        if req.power_off && self.mode.is_guest() {
+            self.power_off.notify_one();
+        }
+        Ok(Empty::new())
+    }
+
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> Result<CreateContainerResponse> {
+        let pid = self
+            .sandbox
+            .create_container(&req.container_id, &req.oci_spec, &stdio(&req.stdio))
+            .await?;
+        Ok(CreateContainerResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, req: StartContainerRequest) -> Result<Empty> {
+        self.sandbox.start_container(&req.container_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> Result<Empty> {
+        self.sandbox
+            .remove_container(&req.container_id, false)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec_process(
+        &self,
+        _: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> Result<ExecProcessResponse> {
+        let pid = self
+            .sandbox
+            .exec_process(
+                &req.container_id,
+                &req.exec_id,
+                &req.process,
+                &stdio(&req.stdio),
+            )
+            .await?;
+        Ok(ExecProcessResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, req: SignalProcessRequest) -> Result<Empty> {
+        self.sandbox
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+        Ok(Empty::new())
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> Result<WaitProcessResponse> {
+        let exit = self.sandbox.wait(&req.container_id, &req.exec_id).await?;
+        Ok(WaitProcessResponse {
+            status: exit.status,
+            exited_at_unix_nanos: nanos(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn resize_terminal(&self, _: &TtrpcContext, req: ResizeTerminalRequest) -> Result<Empty> {
+        self.sandbox
+            .resize(&req.container_id, &req.exec_id, req.rows, req.columns)?;
+        Ok(Empty::new())
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> Result<Empty> {
+        self.sandbox.close_stdin(&req.container_id, &req.exec_id)?;
+        Ok(Empty::new())
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> Result<StatsContainerResponse> {
+        Ok(self.sandbox.stats(&req.container_id)?)
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> Result<Empty> {
+        self.sandbox
+            .update(&req.container_id, &req.resources)
+            .await?;
+        Ok(Empty::new())
+    }
+
+    async fn pause_container(&self, _: &TtrpcContext, req: PauseContainerRequest) -> Result<Empty> {
+        self.sandbox.pause(&req.container_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> Result<Empty> {
+        self.sandbox.resume(&req.container_id).await?;
+        Ok(Empty::new())
+    }
+
+    async fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> Result<ListProcessesResponse> {
+        Ok(ListProcessesResponse {
+            pids: self.sandbox.list_processes(&req.container_id)?,
+            ..Default::default()
+        })
+    }
+
+    async fn get_oom_event(&self, _: &TtrpcContext, _: GetOOMEventRequest) -> Result<OOMEvent> {
+        match self.sandbox.next_oom().await {
+            Some(container_id) => Ok(OOMEvent {
+                container_id,
+                ..Default::default()
+            }),
+            None => Err(status(Code::UNAVAILABLE, "the agent is shutting down")),
+        }
+    }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        _: UpdateInterfaceRequest,
+    ) -> Result<Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "UpdateInterface: guest networking is not implemented yet",
+        ))
+    }
+
+    async fn update_routes(&self, _: &TtrpcContext, _: UpdateRoutesRequest) -> Result<Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "UpdateRoutes: guest networking is not implemented yet",
+        ))
+    }
+
+    async fn set_guest_time(&self, _: &TtrpcContext, req: SetGuestTimeRequest) -> Result<Empty> {
+        if !self.mode.is_guest() {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                "SetGuestTime: a host-mode agent does not set the host's clock",
+            ));
+        }
+        crate::init::set_clock(req.unix_nanos)
+            .map_err(|err| status(Code::INTERNAL, format!("setting the clock: {err}")))?;
+        Ok(Empty::new())
+    }
+}

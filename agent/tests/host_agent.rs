@@ -1,0 +1,453 @@
+//! hull-agent on the host, reached over its Unix sockets, running real
+//! containers from a busybox rootfs. The agent runs in a throwaway mount,
+//! PID and UTS namespace (via unshare), with cgroup v2 mounted in it, so
+//! everything it starts dies with it.
+//!
+//! Needs root, util-linux's unshare and busybox-static (`make test` installs
+//! them).
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use hull_protocols::agent::*;
+use hull_protocols::agent_ttrpc::AgentClient;
+use hull_protocols::stdio::{parse_answer, StreamHeader, StreamKind};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use ttrpc::context;
+
+struct HostAgent {
+    child: Child,
+    dir: tempfile::TempDir,
+    client: AgentClient,
+}
+
+impl HostAgent {
+    async fn launch() -> HostAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = env!("CARGO_BIN_EXE_hull-agent");
+        let script = format!(
+            "mount -t cgroup2 none /sys/fs/cgroup && exec {agent} serve --dir {}",
+            dir.path().display()
+        );
+        let child = Command::new("unshare")
+            .args([
+                "--mount",
+                "--pid",
+                "--uts",
+                "--fork",
+                "--kill-child",
+                "--mount-proc",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .env("HULL_AGENT_LOG", "debug")
+            .spawn()
+            .expect("running unshare");
+        let socket = dir.path().join("agent.sock");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !dir.path().join("stdio.sock").exists() {
+            assert!(Instant::now() < deadline, "hull-agent did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
+            .await
+            .expect("connecting to the agent");
+        HostAgent {
+            child,
+            dir,
+            client: AgentClient::new(client),
+        }
+    }
+
+    async fn attach(&self, container: &str, exec: &str, kind: StreamKind) -> UnixStream {
+        let mut stream = UnixStream::connect(self.dir.path().join("stdio.sock"))
+            .await
+            .unwrap();
+        let header = StreamHeader {
+            kind,
+            container_id: container.into(),
+            exec_id: exec.into(),
+        };
+        stream.write_all(header.encode().as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        loop {
+            let byte = stream.read_u8().await.unwrap();
+            answer.push(byte);
+            if byte == b'\n' {
+                break;
+            }
+        }
+        parse_answer(std::str::from_utf8(&answer).unwrap()).expect("stream attached");
+        stream
+    }
+
+    async fn read_all(&self, container: &str, exec: &str, kind: StreamKind) -> tokio::task::JoinHandle<Vec<u8>> {
+        let mut stream = self.attach(container, exec, kind).await;
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            stream.read_to_end(&mut out).await.unwrap();
+            out
+        })
+    }
+
+    async fn create(&self, id: &str, spec: &oci_spec::runtime::Spec, stdio: Stdio) -> ttrpc::Result<CreateContainerResponse> {
+        self.client
+            .create_container(
+                ctx(),
+                &CreateContainerRequest {
+                    container_id: id.into(),
+                    oci_spec: serde_json::to_vec(spec).unwrap(),
+                    stdio: Some(stdio).into(),
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+
+    async fn start(&self, id: &str) {
+        self.client
+            .start_container(
+                ctx(),
+                &StartContainerRequest {
+                    container_id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("start");
+    }
+
+    async fn wait(&self, id: &str, exec: &str) -> i32 {
+        self.client
+            .wait_process(
+                ctx(),
+                &WaitProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("wait")
+            .status
+    }
+
+    async fn remove(&self, id: &str) {
+        self.client
+            .remove_container(
+                ctx(),
+                &RemoveContainerRequest {
+                    container_id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("remove");
+    }
+
+    async fn signal(&self, id: &str, exec: &str, signal: i32, all: bool) -> ttrpc::Result<Empty> {
+        self.client
+            .signal_process(
+                ctx(),
+                &SignalProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec.into(),
+                    signal: signal as u32,
+                    all,
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+/// A busybox rootfs: the static binary, its applets as symlinks, and the
+/// few files a container expects.
+fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let rootfs = dir.join("rootfs");
+    let bin = rootfs.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for sub in ["etc", "tmp", "proc", "sys", "dev", "root"] {
+        std::fs::create_dir_all(rootfs.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is installed");
+    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            symlink("busybox", bin.join(applet)).unwrap();
+        }
+    }
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    rootfs
+}
+
+fn spec(rootfs: &Path, args: &[&str], terminal: bool) -> oci_spec::runtime::Spec {
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut root = spec.root().clone().unwrap();
+    root.set_path(rootfs.to_owned());
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+    process.set_terminal(Some(terminal));
+    spec.set_process(Some(process));
+    spec
+}
+
+fn pipes(stdin: bool) -> Stdio {
+    Stdio {
+        stdin,
+        stdout: true,
+        stderr: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn runs_a_container_with_separate_stdout_stderr_and_exit_code() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let spec = spec(&rootfs, &["sh", "-c", "echo out; echo err >&2; exit 7"], false);
+    agent.create("c1", &spec, pipes(false)).await.unwrap();
+    let out = agent.read_all("c1", "", StreamKind::Stdout).await;
+    let err = agent.read_all("c1", "", StreamKind::Stderr).await;
+    agent.start("c1").await;
+    assert_eq!(agent.wait("c1", "").await, 7);
+    assert_eq!(out.await.unwrap(), b"out\n");
+    assert_eq!(err.await.unwrap(), b"err\n");
+    agent.remove("c1").await;
+}
+
+#[tokio::test]
+async fn stdin_reaches_the_container_and_its_end_closes_it() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    agent
+        .create("cat", &spec(&rootfs, &["cat"], false), pipes(true))
+        .await
+        .unwrap();
+    let mut stdin = agent.attach("cat", "", StreamKind::Stdin).await;
+    let out = agent.read_all("cat", "", StreamKind::Stdout).await;
+    agent.start("cat").await;
+    stdin.write_all(b"hi\n").await.unwrap();
+    stdin.shutdown().await.unwrap();
+    assert_eq!(agent.wait("cat", "").await, 0);
+    assert_eq!(out.await.unwrap(), b"hi\n");
+}
+
+#[tokio::test]
+async fn large_output_arrives_intact() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    // 10 MiB of a repeating pattern, checked byte for byte.
+    let spec = spec(
+        &rootfs,
+        &["sh", "-c", "yes 0123456789abcdef | head -c 10485760"],
+        false,
+    );
+    agent.create("big", &spec, pipes(false)).await.unwrap();
+    let out = agent.read_all("big", "", StreamKind::Stdout).await;
+    agent.start("big").await;
+    assert_eq!(agent.wait("big", "").await, 0);
+    let out = out.await.unwrap();
+    assert_eq!(out.len(), 10 * 1024 * 1024);
+    let line = b"0123456789abcdef\n";
+    assert!(out.chunks(line.len()).all(|c| line.starts_with(c)));
+}
+
+#[tokio::test]
+async fn exec_signals_and_kill_statuses() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    agent
+        .create("sleeper", &spec(&rootfs, &["sleep", "1000"], false), pipes(false))
+        .await
+        .unwrap();
+    agent.start("sleeper").await;
+
+    // An exec'd process is an ordinary process: SIGTERM kills it, 128+15.
+    let process = serde_json::json!({
+        "args": ["sh", "-c", "sleep 1000 & echo $FOO; wait"],
+        "env": ["PATH=/bin", "FOO=exec-env"],
+        "cwd": "/tmp",
+        "user": {"uid": 0, "gid": 0},
+    });
+    agent
+        .client
+        .exec_process(
+            ctx(),
+            &ExecProcessRequest {
+                container_id: "sleeper".into(),
+                exec_id: "e1".into(),
+                process: serde_json::to_vec(&process).unwrap(),
+                stdio: Some(pipes(false)).into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut out = agent.attach("sleeper", "e1", StreamKind::Stdout).await;
+    let mut line = String::new();
+    BufReader::new(&mut out).read_line(&mut line).await.unwrap();
+    assert_eq!(line, "exec-env\n");
+    let pids = agent
+        .client
+        .list_processes(
+            ctx(),
+            &ListProcessesRequest {
+                container_id: "sleeper".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .pids;
+    assert!(pids.len() >= 3, "init, exec sh and its sleep: {pids:?}");
+    agent.signal("sleeper", "e1", libc::SIGTERM, false).await.unwrap();
+    assert_eq!(agent.wait("sleeper", "e1").await, 128 + libc::SIGTERM);
+
+    // The container's init is PID 1 of its namespace, and SIGKILL ends it.
+    agent.signal("sleeper", "", libc::SIGKILL, false).await.unwrap();
+    assert_eq!(agent.wait("sleeper", "").await, 128 + libc::SIGKILL);
+    let err = agent.signal("sleeper", "", libc::SIGKILL, false).await.unwrap_err();
+    assert!(format!("{err:?}").contains("already exited"), "{err:?}");
+    agent.remove("sleeper").await;
+}
+
+#[tokio::test]
+async fn kill_all_reaches_every_process() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let spec = spec(&rootfs, &["sh", "-c", "sleep 1000 & sleep 1000 & wait"], false);
+    agent.create("all", &spec, pipes(false)).await.unwrap();
+    agent.start("all").await;
+    agent.signal("all", "", libc::SIGKILL, true).await.unwrap();
+    assert_eq!(agent.wait("all", "").await, 137);
+}
+
+#[tokio::test]
+async fn missing_command_is_not_found_and_leaves_nothing() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let err = agent
+        .create("nope", &spec(&rootfs, &["no-such-command"], false), pipes(false))
+        .await
+        .unwrap_err();
+    match err {
+        ttrpc::Error::RpcStatus(status) => {
+            assert_eq!(status.code(), ttrpc::Code::NOT_FOUND);
+            assert!(status.message().contains("executable file not found"), "{}", status.message());
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+    // The id is free again: nothing of the failed container is left.
+    agent
+        .create("nope", &spec(&rootfs, &["true"], false), pipes(false))
+        .await
+        .unwrap();
+    assert!(!agent.dir.path().join("state/runtime/nope").join("missing").exists());
+}
+
+#[tokio::test]
+async fn terminal_process_gets_a_pty_and_resizes() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let spec = spec(&rootfs, &["sh", "-c", "read x; stty size; tty"], true);
+    let stdio = Stdio {
+        terminal: true,
+        stdin: true,
+        stdout: true,
+        ..Default::default()
+    };
+    agent.create("tty", &spec, stdio).await.unwrap();
+    let mut stdin = agent.attach("tty", "", StreamKind::Stdin).await;
+    let out = agent.read_all("tty", "", StreamKind::Stdout).await;
+    agent.start("tty").await;
+    agent
+        .client
+        .resize_terminal(
+            ctx(),
+            &ResizeTerminalRequest {
+                container_id: "tty".into(),
+                rows: 33,
+                columns: 101,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    stdin.write_all(b"go\n").await.unwrap();
+    assert_eq!(agent.wait("tty", "").await, 0);
+    let out = String::from_utf8_lossy(&out.await.unwrap()).replace('\r', "");
+    assert!(out.contains("33 101\n"), "{out:?}");
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+}
+
+#[tokio::test]
+async fn version_check_refuses_unknown_versions() {
+    let agent = HostAgent::launch().await;
+    let ok = agent
+        .client
+        .check(
+            ctx(),
+            &CheckRequest {
+                api_version: ApiVersion::API_VERSION_V1.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.api_version.enum_value(), Ok(ApiVersion::API_VERSION_V1));
+    let err = agent
+        .client
+        .check(ctx(), &CheckRequest::default())
+        .await
+        .unwrap_err();
+    assert!(format!("{err:?}").contains("hull.agent.v1"), "{err:?}");
+}
+
+#[tokio::test]
+async fn user_env_cwd_and_hostname_follow_the_spec() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let mut spec = spec(&rootfs, &["sh", "-c", "id -u; id -g; pwd; echo $GREETING; hostname"], false);
+    let mut process = spec.process().clone().unwrap();
+    let mut user = process.user().clone();
+    user.set_uid(65534);
+    user.set_gid(65534);
+    process.set_user(user);
+    process.set_cwd("/tmp".into());
+    let mut env = process.env().clone().unwrap_or_default();
+    env.push("GREETING=hello".into());
+    process.set_env(Some(env));
+    spec.set_process(Some(process));
+    spec.set_hostname(Some("box".into()));
+    agent.create("who", &spec, pipes(false)).await.unwrap();
+    let out = agent.read_all("who", "", StreamKind::Stdout).await;
+    agent.start("who").await;
+    assert_eq!(agent.wait("who", "").await, 0);
+    assert_eq!(
+        String::from_utf8(out.await.unwrap()).unwrap(),
+        "65534\n65534\n/tmp\nhello\nbox\n"
+    );
+}

@@ -1,0 +1,28 @@
+//! The Hull agent API, `hull.agent.v1`: the only contract between the host
+//! side (shim, `hull run`) and `hull-agent` in the guest.
+//!
+//! Messages and the ttrpc service are generated at build time from
+//! `proto/agent.proto`. Stdio is not part of this API; see [`stdio`].
+
+#[allow(warnings, clippy::all)]
+#[rustfmt::skip]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+#[allow(warnings, clippy::all)]
+#[rustfmt::skip]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+pub mod stdio;
+
+pub use agent::ApiVersion;
+
+/// vsock port on which the agent serves the ttrpc API.
+pub const AGENT_API_PORT: u32 = 1024;
+/// vsock port on which the agent accepts stdio streams.
+pub const AGENT_STDIO_PORT: u32 = 1025;
+/// The API version this crate speaks.
+pub const API_VERSION: ApiVersion = ApiVersion::API_VERSION_V1;
