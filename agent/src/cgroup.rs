@@ -103,7 +103,10 @@ mod tests {
     fn parses_cgroup_files() {
         let dir = tempfile::tempdir().unwrap();
         let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-        write("cpu.stat", "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n");
+        write(
+            "cpu.stat",
+            "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
+        );
         write("memory.current", "4096\n");
         write("memory.max", "max\n");
         write("memory.stat", "anon 1024\nfile 2048\ninactive_file 7\n");

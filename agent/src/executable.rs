@@ -105,8 +105,8 @@ fn kind_in_root(root: &Path, path: &Path) -> Option<Kind> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::fs::symlink;
+    use std::os::unix::fs::PermissionsExt;
 
     fn rootfs() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
@@ -118,8 +118,7 @@ mod tests {
         // An absolute link, which must resolve inside the rootfs.
         symlink("/bin/busybox", bin.join("sh")).unwrap();
         std::fs::write(bin.join("data"), b"").unwrap();
-        std::fs::set_permissions(bin.join("data"), std::fs::Permissions::from_mode(0o644))
-            .unwrap();
+        std::fs::set_permissions(bin.join("data"), std::fs::Permissions::from_mode(0o644)).unwrap();
         dir
     }
 

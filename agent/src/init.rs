@@ -39,8 +39,18 @@ fn setup_system() -> Result<()> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
             Some("mode=1777"),
         ),
-        ("tmpfs", "/run", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
-        ("tmpfs", "/tmp", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        (
+            "tmpfs",
+            "/run",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755"),
+        ),
+        (
+            "tmpfs",
+            "/tmp",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=1777"),
+        ),
         ("cgroup2", "/sys/fs/cgroup", nodev, Some("nsdelegate")),
     ];
     for (fstype, target, flags, data) in mounts {
@@ -92,14 +102,8 @@ fn leave_initramfs() -> Result<()> {
             .with_context(|| format!("creating /{dir}"))?;
     }
     std::env::set_current_dir(new_root).context("entering the new root")?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .context("moving the new root over /")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root over /")?;
     nix::unistd::chroot(".").context("chroot into the new root")?;
     std::env::set_current_dir("/").context("entering /")?;
     Ok(())

@@ -210,11 +210,7 @@ impl AsyncRead for FdStream {
             let result = guard.try_io(|fd| {
                 // SAFETY: the buffer is valid for writes of its length.
                 let n = unsafe {
-                    libc::read(
-                        fd.as_raw_fd(),
-                        unfilled.as_mut_ptr().cast(),
-                        unfilled.len(),
-                    )
+                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
                 };
                 if n < 0 {
                     Err(io::Error::last_os_error())
@@ -334,5 +330,4 @@ mod tests {
             Err(AttachError::TerminalHasNoStderr)
         ));
     }
-
 }

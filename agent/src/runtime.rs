@@ -67,8 +67,13 @@ pub fn main(args: RuntimeArgs) -> Result<()> {
     // would never end. Containers start with default dispositions, as
     // under runc.
     // SAFETY: resetting a signal to its default action has no preconditions.
-    unsafe { nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) }
-        .context("resetting SIGPIPE")?;
+    unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    }
+    .context("resetting SIGPIPE")?;
     match args.operation {
         Operation::Create { common, bundle } => {
             let builder = builder(&common)?;

@@ -144,7 +144,12 @@ impl Sandbox {
 
     pub async fn create_container(&self, id: &str, spec_json: &[u8], stdio: &Stdio) -> Result<u32> {
         check_id("container id", id)?;
-        if self.containers.lock().expect("containers lock").contains_key(id) {
+        if self
+            .containers
+            .lock()
+            .expect("containers lock")
+            .contains_key(id)
+        {
             return Err(AgentError::AlreadyExists(format!("container {id}")));
         }
         let mut spec: Spec =
@@ -270,7 +275,11 @@ impl Sandbox {
         let container = self.container(id)?;
         self.with_runtime_container(id, "starting the container", |c| c.start())
             .await?;
-        tracing::info!(container = id, pid = container.init.pid, "container started");
+        tracing::info!(
+            container = id,
+            pid = container.init.pid,
+            "container started"
+        );
         Ok(())
     }
 
@@ -310,9 +319,11 @@ impl Sandbox {
             .map_err(io_error("writing the exec process"))?;
         let (io, child_stdio) = ProcessIo::new(stdio).map_err(io_error("creating stdio"))?;
         let pid_file = container.bundle.join(format!("exec-{exec_id}.pid"));
-        let console = stdio
-            .terminal
-            .then(|| self.paths.consoles.join(format!("{container_id}-{exec_id}.sock")));
+        let console = stdio.terminal.then(|| {
+            self.paths
+                .consoles
+                .join(format!("{container_id}-{exec_id}.sock"))
+        });
         let args = vec![
             "exec".into(),
             "--root".into(),
@@ -481,8 +492,8 @@ impl Sandbox {
             container_name: id.to_owned(),
         };
         tokio::task::spawn_blocking(move || {
-            let manager = libcgroups::common::create_cgroup_manager(config)
-                .map_err(|e| e.to_string())?;
+            let manager =
+                libcgroups::common::create_cgroup_manager(config).map_err(|e| e.to_string())?;
             manager
                 .apply(&ControllerOpt {
                     resources: &resources,
@@ -494,7 +505,9 @@ impl Sandbox {
         })
         .await
         .expect("update task")
-        .map_err(libcontainer_error(format!("updating the resources of {id}")))
+        .map_err(libcontainer_error(format!(
+            "updating the resources of {id}"
+        )))
     }
 
     /// Waits for the next OOM kill in any container and names the container.
@@ -514,8 +527,8 @@ impl Sandbox {
     ) -> Result<()> {
         let state_dir = self.paths.runtime_root.join(id);
         tokio::task::spawn_blocking(move || {
-            let mut container = libcontainer::container::Container::load(state_dir)
-                .map_err(|e| e.to_string())?;
+            let mut container =
+                libcontainer::container::Container::load(state_dir).map_err(|e| e.to_string())?;
             operation(&mut container).map_err(|e| e.to_string())
         })
         .await

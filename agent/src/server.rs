@@ -107,15 +107,13 @@ pub async fn run(mode: Mode) -> Result<()> {
             });
         }
     }
-    tracing::info!(
-        version = env!("CARGO_PKG_VERSION"),
-        "hull-agent ready"
-    );
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "hull-agent ready");
 
     match &mode {
         Mode::Guest => power_off.notified().await,
         Mode::Host { .. } => {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
             tokio::select! {
                 _ = term.recv() => {}
                 _ = tokio::signal::ctrl_c() => {}

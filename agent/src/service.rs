@@ -232,11 +232,7 @@ impl Agent for AgentService {
         }
     }
 
-    async fn update_interface(
-        &self,
-        _: &TtrpcContext,
-        _: UpdateInterfaceRequest,
-    ) -> Result<Empty> {
+    async fn update_interface(&self, _: &TtrpcContext, _: UpdateInterfaceRequest) -> Result<Empty> {
         Err(status(
             Code::UNIMPLEMENTED,
             "UpdateInterface: guest networking is not implemented yet",

@@ -85,7 +85,12 @@ impl HostAgent {
         stream
     }
 
-    async fn read_all(&self, container: &str, exec: &str, kind: StreamKind) -> tokio::task::JoinHandle<Vec<u8>> {
+    async fn read_all(
+        &self,
+        container: &str,
+        exec: &str,
+        kind: StreamKind,
+    ) -> tokio::task::JoinHandle<Vec<u8>> {
         let mut stream = self.attach(container, exec, kind).await;
         tokio::spawn(async move {
             let mut out = Vec::new();
@@ -94,7 +99,12 @@ impl HostAgent {
         })
     }
 
-    async fn create(&self, id: &str, spec: &oci_spec::runtime::Spec, stdio: Stdio) -> ttrpc::Result<CreateContainerResponse> {
+    async fn create(
+        &self,
+        id: &str,
+        spec: &oci_spec::runtime::Spec,
+        stdio: Stdio,
+    ) -> ttrpc::Result<CreateContainerResponse> {
         self.client
             .create_container(
                 ctx(),
@@ -227,7 +237,11 @@ fn pipes(stdin: bool) -> Stdio {
 async fn runs_a_container_with_separate_stdout_stderr_and_exit_code() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
-    let spec = spec(&rootfs, &["sh", "-c", "echo out; echo err >&2; exit 7"], false);
+    let spec = spec(
+        &rootfs,
+        &["sh", "-c", "echo out; echo err >&2; exit 7"],
+        false,
+    );
     agent.create("c1", &spec, pipes(false)).await.unwrap();
     let out = agent.read_all("c1", "", StreamKind::Stdout).await;
     let err = agent.read_all("c1", "", StreamKind::Stderr).await;
@@ -280,7 +294,11 @@ async fn exec_signals_and_kill_statuses() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
     agent
-        .create("sleeper", &spec(&rootfs, &["sleep", "1000"], false), pipes(false))
+        .create(
+            "sleeper",
+            &spec(&rootfs, &["sleep", "1000"], false),
+            pipes(false),
+        )
         .await
         .unwrap();
     agent.start("sleeper").await;
@@ -323,13 +341,22 @@ async fn exec_signals_and_kill_statuses() {
         .unwrap()
         .pids;
     assert!(pids.len() >= 3, "init, exec sh and its sleep: {pids:?}");
-    agent.signal("sleeper", "e1", libc::SIGTERM, false).await.unwrap();
+    agent
+        .signal("sleeper", "e1", libc::SIGTERM, false)
+        .await
+        .unwrap();
     assert_eq!(agent.wait("sleeper", "e1").await, 128 + libc::SIGTERM);
 
     // The container's init is PID 1 of its namespace, and SIGKILL ends it.
-    agent.signal("sleeper", "", libc::SIGKILL, false).await.unwrap();
+    agent
+        .signal("sleeper", "", libc::SIGKILL, false)
+        .await
+        .unwrap();
     assert_eq!(agent.wait("sleeper", "").await, 128 + libc::SIGKILL);
-    let err = agent.signal("sleeper", "", libc::SIGKILL, false).await.unwrap_err();
+    let err = agent
+        .signal("sleeper", "", libc::SIGKILL, false)
+        .await
+        .unwrap_err();
     assert!(format!("{err:?}").contains("already exited"), "{err:?}");
     agent.remove("sleeper").await;
 }
@@ -338,7 +365,11 @@ async fn exec_signals_and_kill_statuses() {
 async fn kill_all_reaches_every_process() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
-    let spec = spec(&rootfs, &["sh", "-c", "sleep 1000 & sleep 1000 & wait"], false);
+    let spec = spec(
+        &rootfs,
+        &["sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+        false,
+    );
     agent.create("all", &spec, pipes(false)).await.unwrap();
     agent.start("all").await;
     agent.signal("all", "", libc::SIGKILL, true).await.unwrap();
@@ -350,13 +381,21 @@ async fn missing_command_is_not_found_and_leaves_nothing() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
     let err = agent
-        .create("nope", &spec(&rootfs, &["no-such-command"], false), pipes(false))
+        .create(
+            "nope",
+            &spec(&rootfs, &["no-such-command"], false),
+            pipes(false),
+        )
         .await
         .unwrap_err();
     match err {
         ttrpc::Error::RpcStatus(status) => {
             assert_eq!(status.code(), ttrpc::Code::NOT_FOUND);
-            assert!(status.message().contains("executable file not found"), "{}", status.message());
+            assert!(
+                status.message().contains("executable file not found"),
+                "{}",
+                status.message()
+            );
         }
         other => panic!("unexpected error {other:?}"),
     }
@@ -365,7 +404,12 @@ async fn missing_command_is_not_found_and_leaves_nothing() {
         .create("nope", &spec(&rootfs, &["true"], false), pipes(false))
         .await
         .unwrap();
-    assert!(!agent.dir.path().join("state/runtime/nope").join("missing").exists());
+    assert!(!agent
+        .dir
+        .path()
+        .join("state/runtime/nope")
+        .join("missing")
+        .exists());
 }
 
 #[tokio::test]
@@ -430,7 +474,11 @@ async fn version_check_refuses_unknown_versions() {
 async fn user_env_cwd_and_hostname_follow_the_spec() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
-    let mut spec = spec(&rootfs, &["sh", "-c", "id -u; id -g; pwd; echo $GREETING; hostname"], false);
+    let mut spec = spec(
+        &rootfs,
+        &["sh", "-c", "id -u; id -g; pwd; echo $GREETING; hostname"],
+        false,
+    );
     let mut process = spec.process().clone().unwrap();
     let mut user = process.user().clone();
     user.set_uid(65534);

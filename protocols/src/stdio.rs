@@ -195,7 +195,10 @@ mod tests {
     #[test]
     fn answers_parse() {
         assert_eq!(parse_answer(ACCEPTED), Ok(()));
-        assert_eq!(parse_answer(&refusal("no such\nprocess")), Err("no such process".into()));
+        assert_eq!(
+            parse_answer(&refusal("no such\nprocess")),
+            Err("no such process".into())
+        );
         assert!(parse_answer("").is_err());
     }
 }

@@ -1,0 +1,239 @@
+//! Reaching the guest agent: hybrid vsock (Firecracker's protocol over one
+//! Unix socket per VM), the ttrpc API on port 1024 and stdio streams on 1025.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use hull_protocols::agent::{CheckRequest, CheckResponse};
+use hull_protocols::agent_ttrpc;
+use hull_protocols::stdio::{parse_answer, StreamHeader};
+use hull_protocols::{AGENT_API_PORT, AGENT_STDIO_PORT, API_VERSION};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Connecting to {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vsock port {port}: {reason}")]
+    Handshake { port: u32, reason: String },
+    #[error("The guest agent did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Agent version check: {0}")]
+    Version(String),
+    #[error("The agent refused the {stream} stream: {reason}")]
+    StreamRefused { stream: String, reason: String },
+}
+
+/// The host end of a VM's hybrid vsock device.
+#[derive(Debug, Clone)]
+pub struct HybridVsock {
+    uds: PathBuf,
+}
+
+/// How long one CONNECT may wait for the guest's answer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl HybridVsock {
+    pub fn new(uds: impl Into<PathBuf>) -> Self {
+        HybridVsock { uds: uds.into() }
+    }
+
+    /// Opens a stream to guest `port`: `CONNECT <port>\n`, then `OK <n>\n`.
+    pub async fn connect(&self, port: u32) -> Result<UnixStream, Error> {
+        let mut stream = UnixStream::connect(&self.uds)
+            .await
+            .map_err(|source| Error::Connect {
+                path: self.uds.clone(),
+                source,
+            })?;
+        let handshake = async {
+            stream
+                .write_all(format!("CONNECT {port}\n").as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            read_line(&mut stream).await.map_err(|e| e.to_string())
+        };
+        let line = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+            .await
+            .map_err(|_| Error::Handshake {
+                port,
+                reason: "no answer from the guest".into(),
+            })?
+            .map_err(|reason| Error::Handshake { port, reason })?;
+        match line.strip_prefix("OK ") {
+            Some(n) if n.trim().parse::<u32>().is_ok() => Ok(stream),
+            _ if line.is_empty() => Err(Error::Handshake {
+                port,
+                reason: "the guest refused the connection (nobody listening yet)".into(),
+            }),
+            _ => Err(Error::Handshake {
+                port,
+                reason: format!("unexpected answer {line:?}"),
+            }),
+        }
+    }
+}
+
+/// Reads one `\n`-terminated line a byte at a time, so nothing after it is
+/// consumed. An EOF before any byte is an empty line.
+pub async fn read_line<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await? == 0 {
+            break;
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+        if line.len() > 512 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "line too long",
+            ));
+        }
+    }
+    String::from_utf8(line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// A connected, version-checked guest agent.
+pub struct AgentClient {
+    api: agent_ttrpc::AgentClient,
+    vsock: HybridVsock,
+    pub info: CheckResponse,
+}
+
+impl AgentClient {
+    /// Connects to the agent, retrying until it listens or `timeout` passes.
+    pub async fn connect(vsock: HybridVsock, timeout: Duration) -> Result<Self, Error> {
+        let deadline = Instant::now() + timeout;
+        let stream = loop {
+            let attempt =
+                tokio::time::timeout_at(deadline.into(), vsock.connect(AGENT_API_PORT)).await;
+            match attempt {
+                Ok(Ok(stream)) => break stream,
+                Ok(Err(err)) => tracing::trace!(%err, "agent not ready"),
+                Err(_) => return Err(Error::Timeout(timeout)),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
+        let api = agent_ttrpc::AgentClient::new(client);
+        let info = api
+            .check(
+                context(Duration::from_secs(10)),
+                &CheckRequest {
+                    api_version: API_VERSION.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::Version(rpc_message(&e)))?;
+        Ok(AgentClient { api, vsock, info })
+    }
+
+    pub fn api(&self) -> &agent_ttrpc::AgentClient {
+        &self.api
+    }
+
+    /// Opens the stdio stream that `header` names.
+    pub async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, Error> {
+        let mut stream = self.vsock.connect(AGENT_STDIO_PORT).await?;
+        let refused = |reason: String| Error::StreamRefused {
+            stream: header.kind.to_string(),
+            reason,
+        };
+        stream
+            .write_all(header.encode().as_bytes())
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let answer = read_line(&mut stream)
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        parse_answer(&answer).map_err(refused)?;
+        Ok(stream)
+    }
+}
+
+/// A ttrpc context with a deadline (`Duration::ZERO`: none).
+pub fn context(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_timeout(timeout.as_nanos() as i64)
+}
+
+/// The message of a ttrpc error, without the transport's decoration.
+pub fn rpc_message(err: &ttrpc::Error) -> String {
+    match err {
+        ttrpc::Error::RpcStatus(status) => status.message().to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// The status code of a ttrpc error, if the agent sent one.
+pub fn rpc_code(err: &ttrpc::Error) -> Option<ttrpc::Code> {
+    match err {
+        ttrpc::Error::RpcStatus(status) => Some(status.code()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::UnixListener;
+
+    /// A fake hybrid-vsock endpoint that answers each CONNECT with `answer`.
+    async fn endpoint(answer: &'static str) -> (tempfile::TempDir, HybridVsock) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let line = read_line(&mut stream).await.unwrap();
+                assert!(line.starts_with("CONNECT "));
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                if !answer.is_empty() {
+                    stream.write_all(b"payload").await.unwrap();
+                }
+            }
+        });
+        (dir, HybridVsock::new(path))
+    }
+
+    #[tokio::test]
+    async fn handshake_leaves_the_payload_unread() {
+        let (_dir, vsock) = endpoint("OK 1073741824\n").await;
+        let mut stream = vsock.connect(1024).await.unwrap();
+        let mut payload = [0u8; 7];
+        stream.read_exact(&mut payload).await.unwrap();
+        assert_eq!(&payload, b"payload");
+    }
+
+    #[tokio::test]
+    async fn refusals_and_garbage_are_errors() {
+        let (_dir, vsock) = endpoint("").await;
+        let err = vsock.connect(1024).await.unwrap_err().to_string();
+        assert!(err.contains("refused"), "{err}");
+        let (_dir, vsock) = endpoint("NOPE\n").await;
+        let err = vsock.connect(1024).await.unwrap_err().to_string();
+        assert!(err.contains("unexpected answer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connect_times_out_when_nobody_answers() {
+        let (_dir, vsock) = endpoint("").await;
+        let err = AgentClient::connect(vsock, Duration::from_millis(300))
+            .await
+            .err()
+            .unwrap();
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
+    }
+}

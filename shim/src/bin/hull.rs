@@ -1,0 +1,127 @@
+//! `hull`: Hull's admin command.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use hull_shim::config::Config;
+use hull_shim::run::{self, RunOptions, EXIT_HULL_ERROR};
+use hull_shim::spec::ProcessOptions;
+
+#[derive(Parser)]
+#[command(name = "hull", version, about = "Hull: containers in microVMs")]
+struct Cli {
+    /// Show progress and timings.
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    /// Configuration file (default: $HULL_CONFIG, else /etc/hull/config.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a container on DIR, inside its own VM.
+    Run {
+        /// Directory to use as the container's root filesystem.
+        #[arg(long, value_name = "DIR")]
+        rootfs: PathBuf,
+        /// Give the process a terminal.
+        #[arg(short, long)]
+        tty: bool,
+        /// Set an environment variable (KEY=VALUE); may be repeated.
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long)]
+        cwd: Option<PathBuf>,
+        /// Mount the rootfs read-only.
+        #[arg(long)]
+        read_only: bool,
+        /// Guest kernel (overrides the configuration).
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Guest initrd (overrides the configuration).
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Seconds to wait for the guest agent (overrides the configuration).
+        #[arg(long)]
+        boot_timeout: Option<u64>,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = if cli.verbose { "info" } else { "warn" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let status = match cli.command {
+        Command::Run {
+            rootfs,
+            tty,
+            env,
+            cwd,
+            read_only,
+            kernel,
+            initrd,
+            boot_timeout,
+            command,
+        } => {
+            let mut config = match Config::load(cli.config.as_deref()) {
+                Ok(config) => config,
+                Err(err) => fail(err),
+            };
+            if let Some(kernel) = kernel {
+                config.kernel = kernel;
+            }
+            if let Some(initrd) = initrd {
+                config.initrd = initrd;
+            }
+            if let Some(secs) = boot_timeout {
+                config.agent_timeout_secs = secs.max(1);
+            }
+            let options = RunOptions {
+                rootfs,
+                process: ProcessOptions {
+                    args: command,
+                    terminal: tty,
+                    env,
+                    cwd,
+                    read_only,
+                    hostname: None,
+                },
+                verbose: cli.verbose,
+            };
+            // One thread: helper processes die with the thread that started
+            // them (PR_SET_PDEATHSIG), which must be the process's only one.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(e));
+            match runtime.block_on(run::run(&config, options)) {
+                Ok(status) => status,
+                Err(err) => {
+                    eprintln!("hull: {}", err.message);
+                    err.status
+                }
+            }
+        }
+    };
+    // Not waiting for the runtime: a blocked read of our stdin would hold it.
+    std::process::exit(status);
+}
+
+fn fail(err: impl std::fmt::Display) -> ! {
+    eprintln!("hull: {err}");
+    std::process::exit(EXIT_HULL_ERROR);
+}

@@ -1,0 +1,185 @@
+//! `/etc/hull/config.toml`: every key has a default, and an unknown key is an
+//! error that names it. See docs/configuration.md.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Where the configuration is read from unless HULL_CONFIG says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
+/// Install prefix of the guest assets.
+pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Invalid configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HypervisorKind {
+    /// QEMU today; the built-in VMM on hosts with hardware virtualization
+    /// once it can boot Linux.
+    #[default]
+    Auto,
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    /// KVM where it can boot an ordinary Linux guest, else TCG.
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub hypervisor: HypervisorKind,
+    pub accelerator: Accelerator,
+    /// Uncompressed guest kernel (vmlinux, PVH entry).
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// Appended to Hull's own kernel command line.
+    pub kernel_params: String,
+    /// How long to wait for the guest agent to answer after the VM starts.
+    pub agent_timeout_secs: u64,
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    /// Where per-sandbox state lives (`<state_dir>/<sandbox-id>/`).
+    pub state_dir: PathBuf,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            hypervisor: HypervisorKind::Auto,
+            accelerator: Accelerator::Auto,
+            kernel: Path::new(DEFAULT_ASSET_DIR).join("vmlinux"),
+            initrd: Path::new(DEFAULT_ASSET_DIR).join("hull-initrd.img"),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel_params: String::new(),
+            agent_timeout_secs: 30,
+            qemu: PathBuf::from("qemu-system-x86_64"),
+            virtiofsd: PathBuf::from("virtiofsd"),
+            state_dir: PathBuf::from("/run/hull"),
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        };
+        if self.vcpus == 0 || self.vcpus > 64 {
+            return Err(invalid(format!("vcpus = {} is outside 1..=64", self.vcpus)));
+        }
+        if self.memory_mib < 64 {
+            return Err(invalid(format!(
+                "memory_mib = {} is below the 64 MiB a guest needs",
+                self.memory_mib
+            )));
+        }
+        if self.agent_timeout_secs == 0 {
+            return Err(invalid("agent_timeout_secs must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Loads the configuration from `path`, or from HULL_CONFIG, or from
+    /// /etc/hull/config.toml; a missing default file means all defaults, a
+    /// missing file that was asked for is an error.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let from_env = std::env::var_os("HULL_CONFIG").map(PathBuf::from);
+        let (path, required) = match path.map(Path::to_owned).or(from_env) {
+            Some(path) => (path, true),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(err) if !required && err.kind() == std::io::ErrorKind::NotFound => {
+                Ok(Config::default())
+            }
+            Err(source) => Err(ConfigError::Read { path, source }),
+        }
+    }
+
+    pub fn agent_timeout(&self) -> Duration {
+        Duration::from_secs(self.agent_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(
+            Config::parse("", Path::new("c")).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let config = Config::parse(
+            "accelerator = \"tcg\"\nmemory_mib = 512\nkernel = \"/k\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(config.accelerator, Accelerator::Tcg);
+        assert_eq!(config.memory_mib, 512);
+        assert_eq!(config.kernel, PathBuf::from("/k"));
+        assert_eq!(config.vcpus, 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::parse("memroy_mib = 512\n", Path::new("/etc/hull/config.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memroy_mib"), "{err}");
+        assert!(err.contains("/etc/hull/config.toml"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for text in ["vcpus = 0", "memory_mib = 16", "accelerator = \"hvf\""] {
+            assert!(Config::parse(text, Path::new("c")).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_missing_explicit_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/hull.toml"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/hull.toml"));
+    }
+}

@@ -1,0 +1,166 @@
+//! QEMU `-M microvm` as a Hull VMM: PVH boot of the uncompressed kernel,
+//! guest RAM in a shared memfd (vhost-user devices map it), vsock and
+//! virtio-fs as vhost-user devices, the serial console to a log file.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::process::{Child, Command};
+
+use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit};
+
+pub struct Qemu {
+    binary: std::path::PathBuf,
+    child: Option<Child>,
+    exit: Option<VmExit>,
+}
+
+impl Qemu {
+    pub fn new(binary: impl Into<std::path::PathBuf>) -> Self {
+        Qemu {
+            binary: binary.into(),
+            child: None,
+            exit: None,
+        }
+    }
+
+    /// The QEMU command line for `config` (a plain function, so tests see it).
+    pub fn args(config: &VmConfig) -> Vec<String> {
+        let accel = match config.accelerator {
+            ResolvedAccelerator::Kvm => "kvm",
+            ResolvedAccelerator::Tcg => "tcg",
+        };
+        let cpu = match config.accelerator {
+            ResolvedAccelerator::Kvm => "host",
+            ResolvedAccelerator::Tcg => "max",
+        };
+        let memory = format!("{}M", config.memory_mib);
+        vec![
+            "-M".into(),
+            "microvm,rtc=on,memory-backend=mem".into(),
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+            "-m".into(),
+            memory,
+            "-accel".into(),
+            accel.into(),
+            "-cpu".into(),
+            cpu.into(),
+            "-smp".into(),
+            config.vcpus.to_string(),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-nographic".into(),
+            "-no-reboot".into(),
+            "-serial".into(),
+            format!("file:{}", config.console_log.display()),
+            "-kernel".into(),
+            config.kernel.display().to_string(),
+            "-initrd".into(),
+            config.initrd.display().to_string(),
+            "-append".into(),
+            config.cmdline.clone(),
+            "-chardev".into(),
+            format!("socket,id=vsock,path={}", config.vsock_socket.display()),
+            "-device".into(),
+            // The guest CID comes from the backend's config space.
+            "vhost-user-vsock-device,chardev=vsock".into(),
+            "-chardev".into(),
+            format!("socket,id=fs,path={}", config.fs_socket.display()),
+            "-device".into(),
+            format!("vhost-user-fs-device,chardev=fs,tag={}", config.fs_tag),
+        ]
+    }
+}
+
+#[async_trait]
+impl Hypervisor for Qemu {
+    async fn start(&mut self, config: &VmConfig) -> Result<(), Error> {
+        let mut command = Command::new(&self.binary);
+        command
+            .args(Self::args(config))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&config.console_log)
+                    .map_err(|source| Error::Spawn {
+                        program: "qemu (console log)".into(),
+                        source,
+                    })?,
+            ))
+            .kill_on_drop(true);
+        crate::sandbox::die_with_parent(&mut command);
+        let child = command.spawn().map_err(|source| Error::Spawn {
+            program: self.binary.display().to_string(),
+            source,
+        })?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
+        if let Some(exit) = self.exit {
+            return Ok(exit);
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Ok(VmExit::Exited(None));
+        };
+        let exit = match tokio::time::timeout(grace, child.wait()).await {
+            Ok(status) => VmExit::Exited(status.map_err(Error::Wait)?.code()),
+            Err(_) => {
+                let _ = child.start_kill();
+                child.wait().await.map_err(Error::Wait)?;
+                VmExit::Killed
+            }
+        };
+        self.exit = Some(exit);
+        Ok(exit)
+    }
+
+    fn try_exit(&mut self) -> Option<VmExit> {
+        if self.exit.is_none() {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.exit = Some(VmExit::Exited(status.code()));
+            }
+        }
+        self.exit
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_has_shared_memory_and_both_vhost_user_devices() {
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            accelerator: ResolvedAccelerator::Tcg,
+            vsock_socket: "/run/hull/s/vhost-vsock.sock".into(),
+            guest_cid: 3,
+            fs_socket: "/run/hull/s/virtiofsd.sock".into(),
+            fs_tag: "hull".into(),
+            console_log: "/run/hull/s/console.log".into(),
+        };
+        let args = Qemu::args(&config).join(" ");
+        assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(args.contains("-accel tcg"));
+        assert!(args.contains("-smp 2"));
+        assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
+        assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=hull"));
+        assert!(args.contains("-serial file:/run/hull/s/console.log"));
+        assert!(args.contains("-append console=ttyS0"));
+    }
+}

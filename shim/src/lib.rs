@@ -1,0 +1,15 @@
+//! The host side of Hull: the `hull` command and (soon) the containerd shim.
+//!
+//! Layers, top to bottom: commands (`run`) → sandbox (one VM and what it
+//! needs: state dir, rootfs share, virtiofsd, vsock backend) → hypervisor
+//! (the `Hypervisor` trait and its QEMU backend) and agent client (ttrpc and
+//! stdio streams over hybrid vsock).
+
+pub mod agent_client;
+pub mod config;
+pub mod host;
+pub mod hypervisor;
+pub mod rootfs;
+pub mod run;
+pub mod sandbox;
+pub mod spec;

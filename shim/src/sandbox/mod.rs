@@ -1,0 +1,456 @@
+//! One sandbox VM on the host: its state directory, shared directory,
+//! virtiofsd, vsock backend, VMM and agent connection, started in a fixed
+//! order and torn down in reverse, also when starting fails half-way.
+
+mod virtiofsd;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, SharedFilesystem};
+use hull_vmm::devices::virtio::vsock::{serve_vhost_user, VsockBackendHandle, VsockConfig};
+
+pub use self::virtiofsd::find_program;
+use self::virtiofsd::Virtiofsd;
+use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
+use crate::config::Config;
+use crate::host::Virtualization;
+use crate::hypervisor::qemu::Qemu;
+use crate::hypervisor::{self, Hypervisor, ResolvedAccelerator, VmConfig};
+use crate::rootfs::{self, RootfsMount};
+
+/// virtio-fs tag of the sandbox share, and where the guest mounts it.
+pub const SHARE_TAG: &str = "hull";
+pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
+/// The guest's vsock CID (one vsock device per VM, so it never collides).
+const GUEST_CID: u64 = 3;
+/// Hull's part of the guest kernel command line.
+const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} not found at {path}: {hint}")]
+    MissingAsset {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("{0} not found: install QEMU with `make deps` (Debian package qemu-system-x86)")]
+    MissingQemu(PathBuf),
+    #[error("{0} not found: install it with `make deps` (cargo install virtiofsd)")]
+    MissingVirtiofsd(PathBuf),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Cannot start {program} ({hint}): {source}")]
+    Spawn {
+        program: String,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} exited ({status}); see {log}", log = log.display())]
+    Exited {
+        program: String,
+        status: String,
+        log: PathBuf,
+    },
+    #[error("{program} did not get ready; see {log}", log = log.display())]
+    NotReady { program: String, log: PathBuf },
+    #[error("Starting the vsock backend: {0}")]
+    Vsock(String),
+    #[error(transparent)]
+    Hypervisor(#[from] hypervisor::Error),
+    #[error("The VM did not boot: {source}; guest console log: {log}", log = log.display())]
+    Boot {
+        #[source]
+        source: agent_client::Error,
+        log: PathBuf,
+    },
+    #[error("The VM stopped while booting ({exit:?}); guest console log: {log}", log = log.display())]
+    VmDied {
+        exit: hypervisor::VmExit,
+        log: PathBuf,
+    },
+    #[error("Setting up the sandbox in the guest: {message}; guest console log: {log}", log = log.display())]
+    Agent { message: String, log: PathBuf },
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::Error),
+}
+
+/// Per-sandbox paths under `<state_dir>/<id>/`. Socket paths stay short:
+/// Unix socket paths are limited to 107 bytes.
+#[derive(Debug, Clone)]
+pub struct SandboxPaths {
+    pub dir: PathBuf,
+    pub shared: PathBuf,
+    pub vsock: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub console_log: PathBuf,
+    pub virtiofsd_log: PathBuf,
+}
+
+impl SandboxPaths {
+    pub fn new(state_dir: &Path, id: &str) -> Self {
+        let dir = state_dir.join(id);
+        SandboxPaths {
+            shared: dir.join("shared"),
+            vsock: dir.join("vsock.sock"),
+            vhost_vsock: dir.join("vhost-vsock.sock"),
+            virtiofsd: dir.join("virtiofsd.sock"),
+            console_log: dir.join("console.log"),
+            virtiofsd_log: dir.join("virtiofsd.log"),
+            dir,
+        }
+    }
+}
+
+/// Prints start-up steps with the time since the start, for `-v`.
+pub struct Progress {
+    start: Instant,
+    verbose: bool,
+}
+
+impl Progress {
+    pub fn new(verbose: bool) -> Self {
+        Progress {
+            start: Instant::now(),
+            verbose,
+        }
+    }
+
+    pub fn step(&self, what: &str) {
+        if self.verbose {
+            eprintln!("hull: [{:7.3}s] {what}", self.start.elapsed().as_secs_f64());
+        }
+    }
+}
+
+pub struct SandboxVm {
+    pub id: String,
+    pub paths: SandboxPaths,
+    hypervisor: Option<Box<dyn Hypervisor>>,
+    virtiofsd: Option<Virtiofsd>,
+    vsock: Option<VsockBackendHandle>,
+    mounts: Vec<RootfsMount>,
+    agent: Option<AgentClient>,
+}
+
+impl SandboxVm {
+    /// Boots a sandbox VM and connects to its agent. On failure everything
+    /// started so far is stopped again; the console log is kept.
+    pub async fn start(config: &Config, id: &str, progress: &Progress) -> Result<Self, Error> {
+        check_assets(config)?;
+        let paths = SandboxPaths::new(&config.state_dir, id);
+        std::fs::create_dir_all(&paths.shared).map_err(|source| Error::Io {
+            what: format!("creating {}", paths.shared.display()),
+            source,
+        })?;
+        let mut vm = SandboxVm {
+            id: id.to_owned(),
+            paths,
+            hypervisor: None,
+            virtiofsd: None,
+            vsock: None,
+            mounts: Vec::new(),
+            agent: None,
+        };
+        match vm.boot(config, progress).await {
+            Ok(()) => Ok(vm),
+            Err(err) => {
+                vm.teardown(true).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn boot(&mut self, config: &Config, progress: &Progress) -> Result<(), Error> {
+        let qemu =
+            find_program(&config.qemu).ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?;
+        let virtiofsd_bin = find_program(&config.virtiofsd)
+            .ok_or_else(|| Error::MissingVirtiofsd(config.virtiofsd.clone()))?;
+        let accelerator =
+            ResolvedAccelerator::resolve(config.accelerator, Virtualization::detect())?;
+
+        self.vsock = Some(
+            serve_vhost_user(
+                &self.paths.vhost_vsock,
+                VsockConfig {
+                    guest_cid: GUEST_CID,
+                    uds_path: self.paths.vsock.clone(),
+                },
+            )
+            .map_err(|e| Error::Vsock(e.to_string()))?,
+        );
+        progress.step("vsock backend listening");
+
+        self.virtiofsd = Some(
+            Virtiofsd::start(
+                &virtiofsd_bin,
+                &self.paths.virtiofsd,
+                &self.paths.shared,
+                &self.paths.virtiofsd_log,
+            )
+            .await?,
+        );
+        progress.step("virtiofsd ready");
+
+        let mut cmdline = BASE_CMDLINE.to_owned();
+        if accelerator == ResolvedAccelerator::Tcg {
+            if let Some(khz) = crate::host::tsc_khz() {
+                cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+            }
+        }
+        if !config.kernel_params.is_empty() {
+            cmdline.push(' ');
+            cmdline.push_str(&config.kernel_params);
+        }
+        let vm_config = VmConfig {
+            kernel: config.kernel.clone(),
+            initrd: config.initrd.clone(),
+            cmdline,
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            accelerator,
+            vsock_socket: self.paths.vhost_vsock.clone(),
+            guest_cid: GUEST_CID,
+            fs_socket: self.paths.virtiofsd.clone(),
+            fs_tag: SHARE_TAG.into(),
+            console_log: self.paths.console_log.clone(),
+        };
+        let mut qemu = Box::new(Qemu::new(qemu));
+        qemu.start(&vm_config).await?;
+        self.hypervisor = Some(qemu);
+        progress.step(&format!("QEMU started ({accelerator:?})"));
+
+        let vsock = HybridVsock::new(&self.paths.vsock);
+        let agent = tokio::select! {
+            agent = AgentClient::connect(vsock, config.agent_timeout()) => agent.map_err(|source| Error::Boot {
+                source,
+                log: self.paths.console_log.clone(),
+            })?,
+            exit = self.wait_for_vm_exit() => return Err(Error::VmDied {
+                exit,
+                log: self.paths.console_log.clone(),
+            }),
+        };
+        progress.step(&format!(
+            "agent {} answered (guest kernel {})",
+            agent.info.agent_version, agent.info.kernel_release
+        ));
+
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        agent
+            .api()
+            .create_sandbox(
+                context(Duration::from_secs(30)),
+                &CreateSandboxRequest {
+                    sandbox_id: self.id.clone(),
+                    hostname: String::new(),
+                    shares: vec![SharedFilesystem {
+                        tag: SHARE_TAG.into(),
+                        mount_point: GUEST_SHARE_DIR.into(),
+                        ..Default::default()
+                    }],
+                    host_time_unix_nanos: now,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::Agent {
+                message: rpc_message(&e),
+                log: self.paths.console_log.clone(),
+            })?;
+        progress.step("sandbox ready");
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    async fn wait_for_vm_exit(&mut self) -> hypervisor::VmExit {
+        loop {
+            if let Some(exit) = self.hypervisor.as_mut().and_then(|h| h.try_exit()) {
+                return exit;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn agent(&self) -> &AgentClient {
+        self.agent.as_ref().expect("a started sandbox has an agent")
+    }
+
+    /// Shares a host directory with the guest as `<share>/<name>/rootfs`;
+    /// returns the guest path.
+    pub fn share_rootfs(&mut self, name: &str, source: &Path) -> Result<PathBuf, Error> {
+        let relative = Path::new(name).join("rootfs");
+        let mount = RootfsMount::bind(source, &self.paths.shared.join(&relative))?;
+        self.mounts.push(mount);
+        Ok(Path::new(GUEST_SHARE_DIR).join(relative))
+    }
+
+    /// Destroys the sandbox in the guest, stops the VM and every helper, and
+    /// removes the state directory.
+    pub async fn shutdown(mut self) {
+        self.teardown(false).await;
+    }
+
+    async fn teardown(&mut self, keep_logs: bool) {
+        if let Some(agent) = self.agent.take() {
+            let request = DestroySandboxRequest {
+                power_off: true,
+                ..Default::default()
+            };
+            let destroyed = agent
+                .api()
+                .destroy_sandbox(context(Duration::from_secs(10)), &request)
+                .await;
+            if let Err(err) = destroyed {
+                tracing::warn!(sandbox = %self.id, err = %rpc_message(&err), "DestroySandbox failed");
+            }
+        }
+        if let Some(mut hypervisor) = self.hypervisor.take() {
+            match hypervisor.stop(Duration::from_secs(5)).await {
+                Ok(exit) => tracing::debug!(sandbox = %self.id, ?exit, "VM stopped"),
+                Err(err) => tracing::warn!(sandbox = %self.id, %err, "stopping the VM"),
+            }
+        }
+        if let Some(virtiofsd) = self.virtiofsd.take() {
+            virtiofsd.stop(Duration::from_secs(2)).await;
+        }
+        if let Some(vsock) = self.vsock.take() {
+            if let Err(err) = vsock.stop() {
+                tracing::warn!(sandbox = %self.id, %err, "stopping the vsock backend");
+            }
+        }
+        for mut mount in self.mounts.drain(..) {
+            if let Err(err) = mount.unmount() {
+                tracing::warn!(sandbox = %self.id, target = %mount.target().display(), %err, "unmounting");
+            }
+        }
+        remove_state(&self.paths, keep_logs);
+    }
+}
+
+/// Removes the state directory; with `keep_logs`, leaves the console and
+/// virtiofsd logs (and nothing else) for the user to read.
+fn remove_state(paths: &SandboxPaths, keep_logs: bool) {
+    if !keep_logs {
+        let _ = std::fs::remove_dir_all(&paths.dir);
+        return;
+    }
+    let keep = [&paths.console_log, &paths.virtiofsd_log];
+    if let Ok(entries) = std::fs::read_dir(&paths.dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if keep.contains(&&path) {
+                continue;
+            }
+            // Only empty directories go: a failed unmount must not let us
+            // delete the user's files through a still-mounted rootfs.
+            let _ = if path.is_dir() {
+                remove_empty_tree(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
+
+fn remove_empty_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_type()?.is_dir() {
+            remove_empty_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir)
+}
+
+fn check_assets(config: &Config) -> Result<(), Error> {
+    if !config.kernel.is_file() {
+        return Err(Error::MissingAsset {
+            what: "guest kernel",
+            path: config.kernel.clone(),
+            hint: "run `make install` or set `kernel` in /etc/hull/config.toml",
+        });
+    }
+    if !config.initrd.is_file() {
+        return Err(Error::MissingAsset {
+            what: "guest initrd",
+            path: config.initrd.clone(),
+            hint: "run `make install` or set `initrd` in /etc/hull/config.toml",
+        });
+    }
+    Ok(())
+}
+
+/// Makes a helper process die with us, so a crashed `hull` or shim cannot
+/// leak a VM or a virtiofsd.
+pub fn die_with_parent(command: &mut tokio::process::Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_paths_fit_a_sockaddr_un_for_64_character_ids() {
+        let paths = SandboxPaths::new(Path::new("/run/hull"), &"a".repeat(64));
+        for socket in [&paths.vsock, &paths.vhost_vsock, &paths.virtiofsd] {
+            // Guest-initiated hybrid vsock connections append `_<port>`.
+            assert!(socket.as_os_str().len() + 11 <= 107, "{}", socket.display());
+        }
+    }
+
+    #[test]
+    fn failed_start_keeps_only_the_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "s1");
+        std::fs::create_dir_all(paths.shared.join("c/rootfs")).unwrap();
+        std::fs::write(&paths.console_log, "boot").unwrap();
+        std::fs::write(&paths.vsock, "").unwrap();
+        remove_state(&paths, true);
+        assert!(paths.console_log.exists());
+        assert!(!paths.vsock.exists());
+        assert!(!paths.shared.exists());
+        remove_state(&paths, false);
+        assert!(!paths.dir.exists());
+    }
+
+    #[test]
+    fn a_non_empty_share_is_never_deleted_when_keeping_logs() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = SandboxPaths::new(dir.path(), "s1");
+        let user_file = paths.shared.join("c/rootfs/data");
+        std::fs::create_dir_all(user_file.parent().unwrap()).unwrap();
+        std::fs::write(&user_file, "precious").unwrap();
+        remove_state(&paths, true);
+        assert!(user_file.exists());
+    }
+
+    #[test]
+    fn missing_assets_are_named_with_a_fix() {
+        let config = Config {
+            kernel: "/nonexistent/vmlinux".into(),
+            ..Config::default()
+        };
+        let err = check_assets(&config).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/vmlinux"), "{err}");
+        assert!(err.contains("make install"), "{err}");
+    }
+}

@@ -1,0 +1,337 @@
+//! End to end: `hull run` boots the real guest kernel under QEMU (TCG on
+//! these hosts) with the real initrd, runs busybox commands in a container,
+//! and leaves nothing behind. Where the answer should not depend on the
+//! runtime, the same command runs under runc in the same test for comparison.
+//!
+//! Needs root, QEMU, virtiofsd, runc and the assets `make test` builds; it
+//! passes their paths in HULL_TEST_KERNEL, HULL_TEST_INITRD, HULL_TEST_ROOTFS.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Env {
+    dir: tempfile::TempDir,
+    kernel: PathBuf,
+    initrd: PathBuf,
+    rootfs: PathBuf,
+}
+
+fn asset(var: &str) -> PathBuf {
+    let path = std::env::var_os(var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{var} is not set: run the tests with `make test`"));
+    assert!(
+        path.exists(),
+        "{var}={} does not exist: run `make test`",
+        path.display()
+    );
+    path
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let env = Env {
+            kernel: asset("HULL_TEST_KERNEL"),
+            initrd: asset("HULL_TEST_INITRD"),
+            rootfs: asset("HULL_TEST_ROOTFS"),
+            dir,
+        };
+        let config = format!(
+            "kernel = {:?}\ninitrd = {:?}\nstate_dir = {:?}\nagent_timeout_secs = 60\n",
+            env.kernel,
+            env.initrd,
+            env.state_dir()
+        );
+        std::fs::write(env.config(), config).unwrap();
+        env
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn hull(&self, extra: &[&str], command: &[&str], stdin: &[u8]) -> Output {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
+            .arg("--config")
+            .arg(self.config())
+            .arg("run")
+            .args(extra)
+            .arg("--rootfs")
+            .arg(&self.rootfs)
+            .arg("--")
+            .args(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running hull");
+        let mut input = child.stdin.take().unwrap();
+        let stdin = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = input.write_all(&stdin);
+        });
+        let output = child.wait_with_output().unwrap();
+        writer.join().unwrap();
+        output
+    }
+
+    fn run(&self, command: &[&str]) -> Output {
+        self.hull(&[], command, b"")
+    }
+
+    /// Nothing of any sandbox may remain: no process that was given a path
+    /// under the state dir (QEMU, virtiofsd), no mount there, no socket.
+    fn assert_nothing_left(&self) {
+        let state = self.state_dir();
+        let state = state.to_string_lossy();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        assert!(
+            !mounts.lines().any(|l| l.contains(&*state)),
+            "mounts left under {state}"
+        );
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+                let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+                assert!(!cmdline.contains(&*state), "process left behind: {cmdline}");
+            }
+        }
+        for entry in walk(Path::new(&*state)) {
+            let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                name == "console.log" || name == "virtiofsd.log" || entry.is_dir(),
+                "left in the state dir: {}",
+                entry.display()
+            );
+        }
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                found.extend(walk(&path));
+            }
+            found.push(path);
+        }
+    }
+    found
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `args` under runc on the same rootfs, with runc's default spec.
+fn runc(rootfs: &Path, args: &[&str]) -> Output {
+    let bundle = tempfile::tempdir().unwrap();
+    let mut spec = oci_spec::runtime::Spec::default();
+    let mut root = spec.root().clone().unwrap();
+    root.set_path(rootfs.to_owned());
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    let mut process = spec.process().clone().unwrap();
+    process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+    process.set_terminal(Some(false));
+    spec.set_process(Some(process));
+    spec.set_hostname(Some("hull".into()));
+    std::fs::write(
+        bundle.path().join("config.json"),
+        serde_json::to_vec(&spec).unwrap(),
+    )
+    .unwrap();
+    let id = format!("hull-test-{}", std::process::id());
+    let output = Command::new("runc")
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle.path())
+        .arg(&id)
+        .stdin(Stdio::null())
+        .output()
+        .expect("runc is installed");
+    let _ = Command::new("runc").args(["delete", "-f", &id]).output();
+    output
+}
+
+#[test]
+fn uname_shows_the_guest_kernel_not_the_hosts() {
+    let env = Env::new();
+    let output = env.run(&["uname", "-r"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let guest = text(&output.stdout).trim().to_owned();
+    let host = text(&Command::new("uname").arg("-r").output().unwrap().stdout)
+        .trim()
+        .to_owned();
+    assert!(guest.ends_with("-hull"), "guest release {guest:?}");
+    assert_ne!(guest, host);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn stdout_stderr_and_exit_status_match_runc() {
+    let env = Env::new();
+    let command = ["sh", "-c", "echo out; echo err >&2; exit 7"];
+    let hull = env.run(&command);
+    let runc = runc(&env.rootfs, &command);
+    assert_eq!(hull.status.code(), Some(7), "{}", text(&hull.stderr));
+    assert_eq!(text(&hull.stdout), "out\n");
+    assert_eq!(text(&hull.stderr), "err\n");
+    assert_eq!(hull.status.code(), runc.status.code());
+    assert_eq!(hull.stdout, runc.stdout);
+    assert_eq!(hull.stderr, runc.stderr);
+    env.assert_nothing_left();
+}
+
+#[test]
+fn signals_behave_as_under_runc() {
+    let env = Env::new();
+    // The container's init is PID 1 of its PID namespace: a signal it has no
+    // handler for, sent from inside, is dropped (runc: status 0). A child
+    // killed by SIGTERM reports 128+15 through the shell.
+    for command in [
+        ["sh", "-c", "kill -TERM $$; echo survived"],
+        ["sh", "-c", "sleep 100 & kill -TERM $!; wait $!"],
+    ] {
+        let hull = env.run(&command);
+        let runc = runc(&env.rootfs, &command);
+        assert_eq!(
+            hull.status.code(),
+            runc.status.code(),
+            "{command:?}: {}",
+            text(&hull.stderr)
+        );
+        assert_eq!(hull.stdout, runc.stdout, "{command:?}");
+    }
+    let child_killed = env.run(&["sh", "-c", "sleep 100 & kill -TERM $!; wait $!"]);
+    assert_eq!(child_killed.status.code(), Some(143));
+    env.assert_nothing_left();
+}
+
+#[test]
+fn stdin_is_piped_into_the_container() {
+    let env = Env::new();
+    let output = env.hull(&[], &["cat"], b"hi\n");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "hi\n");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn ten_mib_of_stdout_arrive_intact() {
+    let env = Env::new();
+    let output = env.run(&["sh", "-c", "yes 0123456789abcdef | head -c 10485760"]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let expected: Vec<u8> = b"0123456789abcdef\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(10 * 1024 * 1024)
+        .collect();
+    assert_eq!(output.stdout.len(), expected.len());
+    assert!(output.stdout == expected, "10 MiB of stdout differ");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn a_missing_command_exits_127_with_the_reason() {
+    let env = Env::new();
+    let output = env.run(&["no-such-command"]);
+    assert_eq!(output.status.code(), Some(127));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("no-such-command"), "{stderr}");
+    assert!(stderr.contains("not found"), "{stderr}");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn a_missing_rootfs_is_refused_before_any_vm_starts() {
+    let env = Env::new();
+    let output = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .arg("--config")
+        .arg(env.config())
+        .args(["run", "--rootfs", "/nonexistent/rootfs", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(125));
+    assert!(
+        text(&output.stderr).contains("rootfs /nonexistent/rootfs does not exist"),
+        "{}",
+        text(&output.stderr)
+    );
+    assert!(!env.state_dir().exists() || walk(&env.state_dir()).is_empty());
+}
+
+#[test]
+fn a_kernel_that_cannot_boot_names_the_console_log() {
+    let env = Env::new();
+    let bogus = env.dir.path().join("not-a-kernel");
+    std::fs::write(&bogus, vec![0u8; 4096]).unwrap();
+    let output = env.hull(
+        &["--kernel", bogus.to_str().unwrap(), "--boot-timeout", "20"],
+        &["true"],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("console.log"), "{stderr}");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn a_guest_without_an_agent_times_out_naming_the_console_log() {
+    let env = Env::new();
+    // A guest that boots but never starts an agent: busybox as /init.
+    let stage = env.dir.path().join("initrd");
+    std::fs::create_dir_all(stage.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", stage.join("bin/busybox")).unwrap();
+    std::fs::write(
+        stage.join("init"),
+        "#!/bin/busybox sh\n/bin/busybox sleep 1000\n",
+    )
+    .unwrap();
+    Command::new("chmod")
+        .args(["755"])
+        .arg(stage.join("init"))
+        .status()
+        .unwrap();
+    let initrd = env.dir.path().join("no-agent.img");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio --quiet -o -H newc > {}",
+            stage.display(),
+            initrd.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = env.hull(
+        &["--initrd", initrd.to_str().unwrap(), "--boot-timeout", "4"],
+        &["true"],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(125));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("did not answer within"), "{stderr}");
+    assert!(stderr.contains("console.log"), "{stderr}");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn tty_gives_the_process_a_terminal() {
+    let env = Env::new();
+    let output = env.hull(&["--tty"], &["sh", "-c", "tty; echo done"], b"");
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout).replace('\r', "");
+    assert!(stdout.starts_with("/dev/pts/"), "{stdout:?}");
+    assert!(stdout.ends_with("done\n"), "{stdout:?}");
+    env.assert_nothing_left();
+}
