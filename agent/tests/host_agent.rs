@@ -499,3 +499,46 @@ async fn user_env_cwd_and_hostname_follow_the_spec() {
         "65534\n65534\n/tmp\nhello\nbox\n"
     );
 }
+
+#[tokio::test]
+async fn confinement_follows_the_spec() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let script = "touch /file 2>/dev/null && echo rootfs-writable; \
+                  mkdir /tmp/d 2>/dev/null || echo mkdir-denied; \
+                  ulimit -n; \
+                  mount -t tmpfs none /mnt 2>/dev/null || echo mount-denied; \
+                  echo $$";
+    let mut spec = spec(&rootfs, &["sh", "-c", script], false);
+    let mut root = spec.root().clone().unwrap();
+    root.set_readonly(Some(true));
+    spec.set_root(Some(root));
+    let mut linux = spec.linux().clone().unwrap();
+    let seccomp: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    }))
+    .unwrap();
+    linux.set_seccomp(Some(seccomp));
+    spec.set_linux(Some(linux));
+    // /tmp must be writable for mkdir to reach seccomp rather than EROFS.
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        serde_json::from_value(serde_json::json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]
+        }))
+        .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    agent.create("jail", &spec, pipes(false)).await.unwrap();
+    let out = agent.read_all("jail", "", StreamKind::Stdout).await;
+    agent.start("jail").await;
+    assert_eq!(agent.wait("jail", "").await, 0);
+    // Read-only rootfs, the seccomp filter, runc's default RLIMIT_NOFILE,
+    // no CAP_SYS_ADMIN, and a PID namespace of its own.
+    assert_eq!(
+        String::from_utf8(out.await.unwrap()).unwrap(),
+        "mkdir-denied\n1024\nmount-denied\n1\n"
+    );
+}
