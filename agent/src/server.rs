@@ -110,7 +110,13 @@ pub async fn run(mode: Mode) -> Result<()> {
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "hull-agent ready");
 
     match &mode {
-        Mode::Guest => power_off.notified().await,
+        Mode::Guest => {
+            power_off.notified().await;
+            // Let the reply to DestroySandbox leave before the VM goes away.
+            // The host may keep connections open (long polls), so the server
+            // is not drained: the VM is about to end anyway.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         Mode::Host { .. } => {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -119,11 +125,9 @@ pub async fn run(mode: Mode) -> Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
             sandbox.remove_all().await.ok();
+            server.shutdown().await.ok();
         }
     }
-    // Let the reply to DestroySandbox leave before the VM goes away.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    server.shutdown().await.ok();
     Ok(())
 }
 

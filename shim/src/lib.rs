@@ -5,6 +5,7 @@
 //! (the `Hypervisor` trait and its QEMU backend) and agent client (ttrpc and
 //! stdio streams over hybrid vsock).
 
+pub mod admin;
 pub mod agent_client;
 pub mod config;
 pub mod host;
@@ -13,3 +14,4 @@ pub mod rootfs;
 pub mod run;
 pub mod sandbox;
 pub mod spec;
+pub mod task;

@@ -44,9 +44,99 @@ pub fn container_spec(rootfs: &Path, options: &ProcessOptions) -> Spec {
     spec
 }
 
+/// CRI's annotation naming the pod a container belongs to.
+pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The sandbox a container runs in: its pod's, or its own.
+pub fn sandbox_id(spec: &Spec, container_id: &str) -> String {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(SANDBOX_ID_ANNOTATION))
+        .filter(|id| !id.is_empty())
+        .cloned()
+        .unwrap_or_else(|| container_id.to_owned())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("The spec has no process")]
+    NoProcess,
+    #[error(
+        "Mount {destination}: bind mounts from the host are not supported yet (only mounts the guest provides: proc, sysfs, tmpfs, devpts, mqueue, cgroup)"
+    )]
+    HostBind { destination: String },
+}
+
+/// Rewrites a container's spec (from its bundle) for the guest: the rootfs
+/// is where the guest sees the shared copy, and hooks, which would run host
+/// binaries, are dropped.
+pub fn guest_spec(mut spec: Spec, guest_rootfs: &Path) -> Result<Spec, SpecError> {
+    if spec.process().is_none() {
+        return Err(SpecError::NoProcess);
+    }
+    let mut root = spec.root().clone().unwrap_or_default();
+    root.set_path(guest_rootfs.to_owned());
+    spec.set_root(Some(root));
+    if spec.hooks().is_some() {
+        tracing::warn!("dropping OCI hooks: they would run host binaries inside the guest");
+        spec.set_hooks(None);
+    }
+    for mount in spec.mounts().iter().flatten() {
+        let bind = mount.typ().as_deref() == Some("bind")
+            || mount
+                .options()
+                .iter()
+                .flatten()
+                .any(|o| o == "bind" || o == "rbind");
+        if bind {
+            return Err(SpecError::HostBind {
+                destination: mount.destination().display().to_string(),
+            });
+        }
+    }
+    Ok(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_spec_moves_the_rootfs_and_drops_hooks() {
+        let mut spec = container_spec(Path::new("rootfs"), &ProcessOptions::default());
+        spec.set_hooks(Some(Default::default()));
+        let guest = guest_spec(spec, Path::new("/run/hull/shared/c1/rootfs")).unwrap();
+        assert_eq!(
+            guest.root().as_ref().unwrap().path(),
+            Path::new("/run/hull/shared/c1/rootfs")
+        );
+        assert!(guest.hooks().is_none());
+    }
+
+    #[test]
+    fn host_bind_mounts_are_refused_by_name() {
+        let mut spec = container_spec(Path::new("rootfs"), &ProcessOptions::default());
+        let mut mounts = spec.mounts().clone().unwrap();
+        mounts.push(
+            serde_json::from_value(serde_json::json!({
+                "destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind"]
+            }))
+            .unwrap(),
+        );
+        spec.set_mounts(Some(mounts));
+        let err = guest_spec(spec, Path::new("/r")).unwrap_err().to_string();
+        assert!(err.contains("/data"), "{err}");
+    }
+
+    #[test]
+    fn sandbox_id_comes_from_the_cri_annotation() {
+        let mut spec = Spec::default();
+        assert_eq!(sandbox_id(&spec, "c1"), "c1");
+        spec.set_annotations(Some(
+            [(SANDBOX_ID_ANNOTATION.to_string(), "pod1".to_string())].into(),
+        ));
+        assert_eq!(sandbox_id(&spec, "c1"), "pod1");
+    }
 
     #[test]
     fn sets_rootfs_args_and_overrides_env() {

@@ -103,6 +103,7 @@ pub async fn read_line<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<
 }
 
 /// A connected, version-checked guest agent.
+#[derive(Clone)]
 pub struct AgentClient {
     api: agent_ttrpc::AgentClient,
     vsock: HybridVsock,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use hull_shim::admin::{check, containerd_config, install};
 use hull_shim::config::Config;
 use hull_shim::run::{self, RunOptions, EXIT_HULL_ERROR};
 use hull_shim::spec::ProcessOptions;
@@ -52,6 +53,32 @@ enum Command {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Report whether this host can run Hull, and how; fails if something
+    /// required is missing.
+    Check {
+        /// containerd's configuration, to see whether CRI can use Hull.
+        #[arg(long, value_name = "PATH", default_value = containerd_config::DEFAULT_PATH)]
+        containerd_config: PathBuf,
+    },
+    /// Install Hull from a built tree: binaries, guest assets, configuration,
+    /// and the `hull` runtime handler in containerd's configuration.
+    Install {
+        /// Binaries go to PREFIX/bin, guest assets to PREFIX/share/hull.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// containerd's configuration, merged into (never overwritten).
+        #[arg(long, value_name = "PATH", default_value = containerd_config::DEFAULT_PATH)]
+        containerd_config: PathBuf,
+        /// Leave containerd's configuration alone.
+        #[arg(long)]
+        no_containerd: bool,
+        /// Guest kernel to install.
+        #[arg(long, value_name = "PATH", default_value = install::BUILT_KERNEL)]
+        kernel: PathBuf,
+        /// Guest initrd to install.
+        #[arg(long, value_name = "PATH", default_value = install::BUILT_INITRD)]
+        initrd: PathBuf,
+    },
 }
 
 fn main() {
@@ -66,6 +93,47 @@ fn main() {
         .with_target(false)
         .init();
     let status = match cli.command {
+        Command::Check { containerd_config } => {
+            let checks = check::run(cli.config.as_deref(), &containerd_config);
+            for item in &checks {
+                println!("{item}");
+            }
+            if check::passed(&checks) {
+                println!("Hull can run on this host.");
+                0
+            } else {
+                println!("Hull cannot run on this host: fix the FAIL lines above.");
+                1
+            }
+        }
+        Command::Install {
+            prefix,
+            containerd_config,
+            no_containerd,
+            kernel,
+            initrd,
+        } => {
+            let binaries_from = std::env::current_exe()
+                .ok()
+                .and_then(|exe| exe.parent().map(PathBuf::from))
+                .unwrap_or_else(|| fail("Cannot find the directory of the running hull"));
+            let options = install::InstallOptions {
+                prefix,
+                binaries_from,
+                kernel,
+                initrd,
+                hull_config: check::ConfigSource::resolve(
+                    cli.config.as_deref(),
+                    std::env::var_os("HULL_CONFIG").map(PathBuf::from),
+                )
+                .path,
+                containerd_config: (!no_containerd).then_some(containerd_config),
+            };
+            match install::install(&options, &mut |action| println!("{action}")) {
+                Ok(()) => 0,
+                Err(err) => fail(err),
+            }
+        }
         Command::Run {
             rootfs,
             tty,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::config::Accelerator;
 use crate::host::Virtualization;
@@ -75,14 +76,14 @@ pub enum VmExit {
 }
 
 #[async_trait]
-pub trait Hypervisor: Send {
+pub trait Hypervisor: Send + Sync {
     /// Starts the VM; returns once the VMM process runs.
     async fn start(&mut self, config: &VmConfig) -> Result<(), Error>;
     /// Waits up to `grace` for the VM to end by itself (after the agent was
     /// told to power off), then kills it.
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error>;
-    /// Returns the VMM's exit if it has already ended.
-    fn try_exit(&mut self) -> Option<VmExit>;
+    /// Watches the VMM's exit: `None` while it runs.
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>>;
     /// The VMM's pid, for accounting and clean-up.
     fn pid(&self) -> Option<u32>;
 }

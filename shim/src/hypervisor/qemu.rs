@@ -6,22 +6,26 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use tokio::sync::watch;
 
 use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit};
 
 pub struct Qemu {
     binary: std::path::PathBuf,
-    child: Option<Child>,
-    exit: Option<VmExit>,
+    pid: Option<u32>,
+    exit_tx: watch::Sender<Option<VmExit>>,
+    /// Set when we kill QEMU, so its exit reads as `Killed`.
+    killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Qemu {
     pub fn new(binary: impl Into<std::path::PathBuf>) -> Self {
         Qemu {
             binary: binary.into(),
-            child: None,
-            exit: None,
+            pid: None,
+            exit_tx: watch::channel(None).0,
+            killed: Default::default(),
         }
     }
 
@@ -94,44 +98,54 @@ impl Hypervisor for Qemu {
             ))
             .kill_on_drop(true);
         crate::sandbox::die_with_parent(&mut command);
-        let child = command.spawn().map_err(|source| Error::Spawn {
+        let mut child = command.spawn().map_err(|source| Error::Spawn {
             program: self.binary.display().to_string(),
             source,
         })?;
-        self.child = Some(child);
+        self.pid = child.id();
+        let exit_tx = self.exit_tx.clone();
+        let killed = self.killed.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit = if killed.load(std::sync::atomic::Ordering::SeqCst) {
+                VmExit::Killed
+            } else {
+                VmExit::Exited(status.ok().and_then(|s| s.code()))
+            };
+            let _ = exit_tx.send(Some(exit));
+        });
         Ok(())
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
-        if let Some(exit) = self.exit {
-            return Ok(exit);
-        }
-        let Some(child) = self.child.as_mut() else {
+        let Some(pid) = self.pid else {
             return Ok(VmExit::Exited(None));
         };
-        let exit = match tokio::time::timeout(grace, child.wait()).await {
-            Ok(status) => VmExit::Exited(status.map_err(Error::Wait)?.code()),
-            Err(_) => {
-                let _ = child.start_kill();
-                child.wait().await.map_err(Error::Wait)?;
-                VmExit::Killed
-            }
+        let mut exit = self.exit_tx.subscribe();
+        let wait = |mut exit: watch::Receiver<Option<VmExit>>| async move {
+            exit.wait_for(Option::is_some)
+                .await
+                .map(|e| e.expect("checked"))
+                .unwrap_or(VmExit::Killed)
         };
-        self.exit = Some(exit);
-        Ok(exit)
+        if let Ok(done) = tokio::time::timeout(grace, wait(exit.clone())).await {
+            return Ok(done);
+        }
+        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        exit.mark_changed();
+        Ok(wait(exit).await)
     }
 
-    fn try_exit(&mut self) -> Option<VmExit> {
-        if self.exit.is_none() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                self.exit = Some(VmExit::Exited(status.code()));
-            }
-        }
-        self.exit
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
+        self.exit_tx.subscribe()
     }
 
     fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(|c| c.id())
+        self.pid
     }
 }
 

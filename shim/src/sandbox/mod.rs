@@ -273,12 +273,20 @@ impl SandboxVm {
         Ok(())
     }
 
-    async fn wait_for_vm_exit(&mut self) -> hypervisor::VmExit {
-        loop {
-            if let Some(exit) = self.hypervisor.as_mut().and_then(|h| h.try_exit()) {
-                return exit;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    async fn wait_for_vm_exit(&self) -> hypervisor::VmExit {
+        let mut exit = self.exit_watch();
+        let exited = exit.wait_for(Option::is_some).await.map(|e| *e);
+        match exited {
+            Ok(exit) => exit.expect("checked"),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Watches the VM's exit (`None` while it runs).
+    pub fn exit_watch(&self) -> tokio::sync::watch::Receiver<Option<hypervisor::VmExit>> {
+        match &self.hypervisor {
+            Some(hypervisor) => hypervisor.exit_watch(),
+            None => tokio::sync::watch::channel(None).1,
         }
     }
 
@@ -339,28 +347,70 @@ impl SandboxVm {
 }
 
 /// Removes the state directory; with `keep_logs`, leaves the console and
-/// virtiofsd logs (and nothing else) for the user to read.
-fn remove_state(paths: &SandboxPaths, keep_logs: bool) {
-    if !keep_logs {
-        let _ = std::fs::remove_dir_all(&paths.dir);
-        return;
-    }
+/// virtiofsd logs. Mounts under it are detached first, and the shared
+/// directory is only ever removed when empty: a mount that would not go
+/// away must not let us delete a container's files through it.
+pub fn remove_state(paths: &SandboxPaths, keep_logs: bool) {
+    unmount_under(&paths.dir);
     let keep = [&paths.console_log, &paths.virtiofsd_log];
     if let Ok(entries) = std::fs::read_dir(&paths.dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if keep.contains(&&path) {
+            if keep_logs && keep.contains(&&path) {
                 continue;
             }
-            // Only empty directories go: a failed unmount must not let us
-            // delete the user's files through a still-mounted rootfs.
-            let _ = if path.is_dir() {
+            let _ = if path == paths.shared {
                 remove_empty_tree(&path)
+            } else if path.is_dir() {
+                std::fs::remove_dir_all(&path)
             } else {
                 std::fs::remove_file(&path)
             };
         }
     }
+    if !keep_logs {
+        let _ = std::fs::remove_dir(&paths.dir);
+    }
+}
+
+/// Detaches every mount at or below `dir`, deepest first.
+pub fn unmount_under(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut targets: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .map(unescape_mount_path)
+        .filter(|target| target.starts_with(dir))
+        .collect();
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    for target in targets {
+        if let Err(err) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(target = %target.display(), %err, "unmounting");
+        }
+    }
+}
+
+/// /proc/self/mounts escapes spaces, tabs, newlines and backslashes as octal.
+fn unescape_mount_path(field: &str) -> PathBuf {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
+        {
+            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
+            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
 }
 
 fn remove_empty_tree(dir: &Path) -> std::io::Result<()> {
@@ -433,7 +483,7 @@ mod tests {
     }
 
     #[test]
-    fn a_non_empty_share_is_never_deleted_when_keeping_logs() {
+    fn a_non_empty_share_is_never_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let paths = SandboxPaths::new(dir.path(), "s1");
         let user_file = paths.shared.join("c/rootfs/data");
@@ -441,6 +491,17 @@ mod tests {
         std::fs::write(&user_file, "precious").unwrap();
         remove_state(&paths, true);
         assert!(user_file.exists());
+        remove_state(&paths, false);
+        assert!(user_file.exists());
+    }
+
+    #[test]
+    fn mount_paths_are_unescaped() {
+        assert_eq!(
+            unescape_mount_path("/run/hull/a\\040b"),
+            PathBuf::from("/run/hull/a b")
+        );
+        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
     }
 
     #[test]

@@ -1,0 +1,749 @@
+//! `hull check`: can this host run Hull, and how.
+//!
+//! Every item is judged by a plain function of what was observed (a path, a
+//! command's output, a file's text), so tests can describe any host;
+//! [`HostFacts::gather`] is the one place that looks at the real one.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::containerd_config;
+use crate::config::{Accelerator, Config, HypervisorKind, DEFAULT_CONFIG_PATH};
+use crate::host::Virtualization;
+use crate::hypervisor::ResolvedAccelerator;
+use crate::sandbox::find_program;
+
+/// The shim binary containerd looks for on its PATH.
+pub const SHIM_BINARY: &str = "containerd-shim-hull-v2";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    /// Hull runs, but not everywhere or not at its best.
+    Warn,
+    /// Hull cannot run a VM until this is fixed.
+    Fail,
+}
+
+/// One line of `hull check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+impl Check {
+    fn new(name: &'static str, status: Status, detail: impl Into<String>) -> Self {
+        Check {
+            name,
+            status,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        };
+        write!(f, "{status:<4}  {:<18} {}", self.name, self.detail)
+    }
+}
+
+/// True when nothing Hull needs is missing.
+pub fn passed(checks: &[Check]) -> bool {
+    checks.iter().all(|check| check.status != Status::Fail)
+}
+
+/// Which configuration file applies: `--config`, else HULL_CONFIG, else
+/// the default, which alone may be absent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Named by the user, so it must exist.
+    pub named: bool,
+}
+
+impl ConfigSource {
+    pub fn resolve(flag: Option<&Path>, env: Option<PathBuf>) -> Self {
+        match flag.map(Path::to_owned).or(env) {
+            Some(path) => ConfigSource { path, named: true },
+            None => ConfigSource {
+                path: PathBuf::from(DEFAULT_CONFIG_PATH),
+                named: false,
+            },
+        }
+    }
+}
+
+/// A program that was found, and the first line of its `--version`
+/// (`None` when it would not run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub path: PathBuf,
+    pub version: Option<String>,
+}
+
+/// What is at a guest asset's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileProbe {
+    Missing,
+    NotAFile,
+    Unreadable(String),
+    /// Its size and its first bytes (up to four).
+    File {
+        size: u64,
+        magic: Vec<u8>,
+    },
+}
+
+impl FileProbe {
+    pub fn of(path: &Path) -> Self {
+        let metadata = match std::fs::metadata(path) {
+            Ok(metadata) => metadata,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return FileProbe::Missing,
+            Err(err) => return FileProbe::Unreadable(err.to_string()),
+        };
+        if !metadata.is_file() {
+            return FileProbe::NotAFile;
+        }
+        let mut magic = Vec::with_capacity(4);
+        match std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut magic)) {
+            Ok(_) => FileProbe::File {
+                size: metadata.len(),
+                magic,
+            },
+            Err(err) => FileProbe::Unreadable(err.to_string()),
+        }
+    }
+}
+
+/// Everything `hull check` looks at on the host, given the configuration.
+#[derive(Debug)]
+pub struct HostFacts {
+    pub virtualization: Virtualization,
+    pub vhost_vsock: bool,
+    pub qemu: Option<Program>,
+    /// QEMU's `-M help` output.
+    pub qemu_machines: Option<String>,
+    pub virtiofsd: Option<Program>,
+    pub kernel: FileProbe,
+    pub initrd: FileProbe,
+    pub shim: Option<PathBuf>,
+    pub containerd: Option<Program>,
+    pub containerd_config: PathBuf,
+    pub containerd_config_text: std::io::Result<String>,
+}
+
+/// Runs every check on this host.
+pub fn run(config_flag: Option<&Path>, containerd_config: &Path) -> Vec<Check> {
+    let source = ConfigSource::resolve(
+        config_flag,
+        std::env::var_os("HULL_CONFIG").map(PathBuf::from),
+    );
+    let (config_check, config) = check_config(&source, std::fs::read_to_string(&source.path));
+    let facts = HostFacts::gather(&config, containerd_config);
+    let mut checks = vec![config_check];
+    checks.extend(facts.checks(&config));
+    checks
+}
+
+impl HostFacts {
+    /// Looks at the real host.
+    pub fn gather(config: &Config, containerd_config: &Path) -> Self {
+        let qemu = find_program(&config.qemu).map(|path| probe_version(&path));
+        let qemu_machines = qemu
+            .as_ref()
+            .and_then(|qemu| command_output(&qemu.path, &["-M", "help"]));
+        HostFacts {
+            virtualization: Virtualization::detect(),
+            vhost_vsock: Path::new("/dev/vhost-vsock").exists(),
+            qemu,
+            qemu_machines,
+            virtiofsd: find_program(&config.virtiofsd).map(|path| probe_version(&path)),
+            kernel: FileProbe::of(&config.kernel),
+            initrd: FileProbe::of(&config.initrd),
+            shim: find_program(Path::new(SHIM_BINARY)),
+            containerd: find_program(Path::new("containerd")).map(|path| probe_version(&path)),
+            containerd_config: containerd_config.to_owned(),
+            containerd_config_text: std::fs::read_to_string(containerd_config),
+        }
+    }
+
+    /// Judges what was gathered, in the order a reader fixes things.
+    pub fn checks(&self, config: &Config) -> Vec<Check> {
+        let mut checks = vec![
+            check_virtualization(self.virtualization),
+            check_vhost_vsock(self.vhost_vsock),
+        ];
+        checks.extend(check_qemu(
+            &config.qemu,
+            self.qemu.as_ref(),
+            self.qemu_machines.as_deref(),
+        ));
+        checks.push(check_virtiofsd(&config.virtiofsd, self.virtiofsd.as_ref()));
+        checks.push(check_asset(
+            "guest kernel",
+            &config.kernel,
+            &self.kernel,
+            Some(b"\x7fELF"),
+        ));
+        checks.push(check_asset(
+            "guest initrd",
+            &config.initrd,
+            &self.initrd,
+            None,
+        ));
+        checks.push(check_shim(self.shim.as_deref()));
+        checks.push(check_containerd(self.containerd.as_ref()));
+        checks.push(check_containerd_config(
+            &self.containerd_config,
+            self.containerd_config_text
+                .as_deref()
+                .map_err(clone_io_error),
+        ));
+        checks.push(check_choice(config, self.virtualization));
+        checks
+    }
+}
+
+fn clone_io_error(err: &std::io::Error) -> std::io::Error {
+    std::io::Error::new(err.kind(), err.to_string())
+}
+
+fn probe_version(path: &Path) -> Program {
+    Program {
+        path: path.to_owned(),
+        version: command_output(path, &["--version"]).and_then(|out| first_line(&out)),
+    }
+}
+
+/// Standard output of a program that exited successfully.
+fn command_output(program: &Path, args: &[&str]) -> Option<String> {
+    let output = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn first_line(text: &str) -> Option<String> {
+    text.lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .map(str::to_owned)
+}
+
+/// The configuration in effect (defaults when it cannot be read), and what
+/// to say about it.
+pub fn check_config(source: &ConfigSource, text: std::io::Result<String>) -> (Check, Config) {
+    let path = source.path.display();
+    match text {
+        Ok(text) => match Config::parse(&text, &source.path) {
+            Ok(config) => (Check::new("config", Status::Ok, format!("{path}")), config),
+            Err(err) => (
+                Check::new(
+                    "config",
+                    Status::Fail,
+                    format!("{err}; checking the rest with defaults"),
+                ),
+                Config::default(),
+            ),
+        },
+        Err(err) if !source.named && err.kind() == std::io::ErrorKind::NotFound => (
+            Check::new(
+                "config",
+                Status::Ok,
+                format!("{path} absent: every key at its default"),
+            ),
+            Config::default(),
+        ),
+        Err(err) => (
+            Check::new(
+                "config",
+                Status::Fail,
+                format!("Cannot read {path}: {err}; checking the rest with defaults"),
+            ),
+            Config::default(),
+        ),
+    }
+}
+
+pub fn check_virtualization(virtualization: Virtualization) -> Check {
+    match virtualization {
+        Virtualization::Hardware => {
+            Check::new("virtualization", Status::Ok, virtualization.describe())
+        }
+        Virtualization::Pvm => Check::new(
+            "virtualization",
+            Status::Warn,
+            format!("{}; VMs run under TCG (slower)", virtualization.describe()),
+        ),
+        Virtualization::None => Check::new(
+            "virtualization",
+            Status::Warn,
+            "No usable KVM (no /dev/kvm, or no VT-x/AMD-V); VMs run under TCG (slower)",
+        ),
+    }
+}
+
+pub fn check_vhost_vsock(present: bool) -> Check {
+    let detail = if present {
+        "/dev/vhost-vsock present; Hull serves vsock itself all the same (vhost-user backend)"
+    } else {
+        "/dev/vhost-vsock absent; Hull serves vsock itself (vhost-user backend)"
+    };
+    Check::new("vhost-vsock", Status::Ok, detail)
+}
+
+/// QEMU itself, then its `microvm` machine (only when QEMU runs).
+pub fn check_qemu(configured: &Path, qemu: Option<&Program>, machines: Option<&str>) -> Vec<Check> {
+    let Some(qemu) = qemu else {
+        return vec![Check::new(
+            "qemu",
+            Status::Fail,
+            format!(
+                "{} not found: apt install qemu-system-x86, or set `qemu` in the config",
+                configured.display()
+            ),
+        )];
+    };
+    let Some(version) = &qemu.version else {
+        return vec![Check::new(
+            "qemu",
+            Status::Fail,
+            format!(
+                "{} does not run (`--version` failed): reinstall it",
+                qemu.path.display()
+            ),
+        )];
+    };
+    let version_check = Check::new(
+        "qemu",
+        Status::Ok,
+        format!("{} ({version})", qemu.path.display()),
+    );
+    let has_microvm = machines.is_some_and(|text| {
+        text.lines()
+            .any(|line| line.split_whitespace().next() == Some("microvm"))
+    });
+    let machine_check = if has_microvm {
+        Check::new("qemu microvm", Status::Ok, "machine `microvm` available")
+    } else {
+        Check::new(
+            "qemu microvm",
+            Status::Fail,
+            format!(
+                "{} has no `microvm` machine: use a QEMU built with it (Debian's qemu-system-x86 is)",
+                qemu.path.display()
+            ),
+        )
+    };
+    vec![version_check, machine_check]
+}
+
+pub fn check_virtiofsd(configured: &Path, virtiofsd: Option<&Program>) -> Check {
+    match virtiofsd {
+        None => Check::new(
+            "virtiofsd",
+            Status::Fail,
+            format!(
+                "{} not found: `cargo install --root /usr/local virtiofsd`, or set `virtiofsd` in the config",
+                configured.display()
+            ),
+        ),
+        Some(Program {
+            path,
+            version: None,
+        }) => Check::new(
+            "virtiofsd",
+            Status::Fail,
+            format!("{} does not run (`--version` failed): reinstall it", path.display()),
+        ),
+        Some(Program {
+            path,
+            version: Some(version),
+        }) => Check::new(
+            "virtiofsd",
+            Status::Ok,
+            format!("{} ({version})", path.display()),
+        ),
+    }
+}
+
+/// A guest asset; `magic` is what its first bytes must be.
+pub fn check_asset(
+    name: &'static str,
+    path: &Path,
+    probe: &FileProbe,
+    magic: Option<&[u8]>,
+) -> Check {
+    let shown = path.display();
+    let fail = |detail: String| Check::new(name, Status::Fail, detail);
+    match probe {
+        FileProbe::Missing => fail(format!("Not found at {shown}: run `make install`")),
+        FileProbe::NotAFile => fail(format!("{shown} is not a file: run `make install`")),
+        FileProbe::Unreadable(err) => fail(format!("Cannot read {shown}: {err}")),
+        FileProbe::File { size: 0, .. } => fail(format!("{shown} is empty: run `make install`")),
+        FileProbe::File { magic: found, .. } if magic.is_some_and(|m| !found.starts_with(m)) => {
+            fail(format!(
+                "{shown} is not an uncompressed ELF vmlinux (Hull boots it with PVH): run `make install`"
+            ))
+        }
+        FileProbe::File { size, .. } => Check::new(
+            name,
+            Status::Ok,
+            format!("{shown} ({:.1} MiB)", *size as f64 / (1024.0 * 1024.0)),
+        ),
+    }
+}
+
+pub fn check_shim(found: Option<&Path>) -> Check {
+    match found {
+        Some(path) => Check::new("shim", Status::Ok, path.display().to_string()),
+        None => Check::new(
+            "shim",
+            Status::Warn,
+            format!("{SHIM_BINARY} not on PATH: containerd cannot start Hull; run `hull install`"),
+        ),
+    }
+}
+
+/// containerd is what the shim is for, but `hull run` needs none.
+pub fn check_containerd(containerd: Option<&Program>) -> Check {
+    match containerd {
+        None => Check::new(
+            "containerd",
+            Status::Warn,
+            "Not found: apt install containerd to run Hull under containerd (`hull run` works without it)",
+        ),
+        Some(Program { path, version }) => Check::new(
+            "containerd",
+            Status::Ok,
+            match version {
+                Some(version) => format!("{} ({version})", path.display()),
+                None => format!("{} (`--version` failed)", path.display()),
+            },
+        ),
+    }
+}
+
+/// Whether CRI (Kubernetes) can use Hull. `ctr run --runtime
+/// io.containerd.hull.v2` needs no configuration, so this never fails.
+pub fn check_containerd_config(path: &Path, text: std::io::Result<&str>) -> Check {
+    let shown = path.display();
+    let not_for_cri = "`ctr run --runtime io.containerd.hull.v2` needs no config";
+    let text = match text {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            return Check::new(
+                "containerd config",
+                Status::Warn,
+                format!("{shown} absent: CRI cannot use Hull; run `hull install` ({not_for_cri})"),
+            )
+        }
+        Err(err) => {
+            return Check::new(
+                "containerd config",
+                Status::Warn,
+                format!("Cannot read {shown}: {err}"),
+            )
+        }
+    };
+    match containerd_config::hull_handlers(text) {
+        Ok(handlers) if handlers.is_empty() => Check::new(
+            "containerd config",
+            Status::Warn,
+            format!(
+                "{shown} registers no {} runtime for CRI: run `hull install` ({not_for_cri})",
+                containerd_config::RUNTIME_TYPE
+            ),
+        ),
+        Ok(handlers) => Check::new(
+            "containerd config",
+            Status::Ok,
+            format!(
+                "{shown} registers CRI runtime handler {}",
+                handlers
+                    .iter()
+                    .map(|h| format!("`{h}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        Err(err) => Check::new("containerd config", Status::Warn, format!("{shown}: {err}")),
+    }
+}
+
+/// Which hypervisor and accelerator `auto` (or the configuration) picks.
+pub fn check_choice(config: &Config, virtualization: Virtualization) -> Check {
+    let hypervisor = match config.hypervisor {
+        HypervisorKind::Auto => "QEMU (auto: the only backend so far)",
+        HypervisorKind::Qemu => "QEMU (hypervisor = \"qemu\")",
+    };
+    match ResolvedAccelerator::resolve(config.accelerator, virtualization) {
+        Ok(accelerator) => {
+            let why = match (config.accelerator, accelerator) {
+                (Accelerator::Auto, ResolvedAccelerator::Kvm) => {
+                    "KVM (auto: VT-x/AMD-V present)".to_owned()
+                }
+                (Accelerator::Auto, ResolvedAccelerator::Tcg) => {
+                    let reason = match virtualization {
+                        Virtualization::Pvm => "KVM is PVM and cannot boot an ordinary Linux guest",
+                        _ => "no KVM with VT-x/AMD-V",
+                    };
+                    format!("TCG (auto: {reason})")
+                }
+                (_, ResolvedAccelerator::Kvm) => "KVM (accelerator = \"kvm\")".to_owned(),
+                (_, ResolvedAccelerator::Tcg) => "TCG (accelerator = \"tcg\")".to_owned(),
+            };
+            Check::new("hypervisor", Status::Ok, format!("{hypervisor} with {why}"))
+        }
+        Err(err) => Check::new("hypervisor", Status::Fail, err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    fn program(path: &str, version: &str) -> Program {
+        Program {
+            path: path.into(),
+            version: Some(version.into()),
+        }
+    }
+
+    /// A host with everything Hull needs, under TCG.
+    fn good_host() -> HostFacts {
+        HostFacts {
+            virtualization: Virtualization::Pvm,
+            vhost_vsock: false,
+            qemu: Some(program("/usr/bin/qemu-system-x86_64", "QEMU emulator version 7.2.22")),
+            qemu_machines: Some(
+                "Supported machines are:\nmicrovm              microvm (i386)\npc                   Standard PC\n"
+                    .into(),
+            ),
+            virtiofsd: Some(program("/usr/local/bin/virtiofsd", "virtiofsd 1.14.0")),
+            kernel: FileProbe::File {
+                size: 20 << 20,
+                magic: b"\x7fELF".to_vec(),
+            },
+            initrd: FileProbe::File {
+                size: 4 << 20,
+                magic: vec![0x1f, 0x8b, 8, 0],
+            },
+            shim: Some("/usr/local/bin/containerd-shim-hull-v2".into()),
+            containerd: Some(program("/usr/bin/containerd", "containerd 1.6.20")),
+            containerd_config: "/etc/containerd/config.toml".into(),
+            containerd_config_text: Ok(
+                "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\nruntime_type = \"io.containerd.hull.v2\"\n"
+                    .into(),
+            ),
+        }
+    }
+
+    fn find<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name} in {checks:?}"))
+    }
+
+    #[test]
+    fn a_complete_host_passes_and_says_why_tcg() {
+        let checks = good_host().checks(&Config::default());
+        assert!(passed(&checks), "{checks:#?}");
+        let choice = find(&checks, "hypervisor");
+        assert!(choice.detail.contains("TCG"), "{choice}");
+        assert!(choice.detail.contains("PVM"), "{choice}");
+        assert_eq!(find(&checks, "virtualization").status, Status::Warn);
+        assert!(find(&checks, "qemu").detail.contains("7.2.22"));
+        assert!(find(&checks, "containerd config").detail.contains("`hull`"));
+        for check in &checks {
+            assert!(!check.to_string().contains('\n'), "{check}");
+        }
+    }
+
+    #[test]
+    fn missing_qemu_virtiofsd_and_assets_fail() {
+        let mut host = good_host();
+        host.qemu = None;
+        host.qemu_machines = None;
+        host.virtiofsd = None;
+        host.kernel = FileProbe::Missing;
+        host.initrd = FileProbe::File {
+            size: 0,
+            magic: vec![],
+        };
+        let checks = host.checks(&Config::default());
+        assert!(!passed(&checks));
+        let failed: Vec<_> = checks
+            .iter()
+            .filter(|c| c.status == Status::Fail)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            failed,
+            ["qemu", "virtiofsd", "guest kernel", "guest initrd"]
+        );
+        let kernel = find(&checks, "guest kernel");
+        assert!(
+            kernel.detail.contains("/usr/local/share/hull/vmlinux"),
+            "{kernel}"
+        );
+        assert!(kernel.detail.contains("run `make install`"), "{kernel}");
+    }
+
+    #[test]
+    fn qemu_without_microvm_fails() {
+        let qemu = program("/opt/qemu", "QEMU emulator version 9.0.0");
+        let checks = check_qemu(
+            Path::new("qemu"),
+            Some(&qemu),
+            Some("pc   Standard PC\nq35  Q35\n"),
+        );
+        assert_eq!(checks[0].status, Status::Ok);
+        assert_eq!(checks[1].status, Status::Fail);
+        assert!(checks[1].detail.contains("/opt/qemu"));
+        let checks = check_qemu(Path::new("qemu"), Some(&qemu), None);
+        assert_eq!(checks[1].status, Status::Fail);
+    }
+
+    #[test]
+    fn a_kernel_that_is_not_elf_fails() {
+        let bzimage = FileProbe::File {
+            size: 9 << 20,
+            magic: b"MZ\0\0".to_vec(),
+        };
+        let check = check_asset("guest kernel", Path::new("/k"), &bzimage, Some(b"\x7fELF"));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("ELF"), "{check}");
+        // The initrd has no magic to check.
+        assert_eq!(
+            check_asset("guest initrd", Path::new("/i"), &bzimage, None).status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn file_probe_reads_size_and_magic() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmlinux");
+        std::fs::write(&file, b"\x7fELF and the rest").unwrap();
+        assert_eq!(
+            FileProbe::of(&file),
+            FileProbe::File {
+                size: 17,
+                magic: b"\x7fELF".to_vec()
+            }
+        );
+        assert_eq!(FileProbe::of(dir.path()), FileProbe::NotAFile);
+        assert_eq!(FileProbe::of(&dir.path().join("none")), FileProbe::Missing);
+    }
+
+    #[test]
+    fn containerd_config_states() {
+        let path = Path::new("/etc/containerd/config.toml");
+        let absent = check_containerd_config(path, Err(Error::from(ErrorKind::NotFound)));
+        assert_eq!(absent.status, Status::Warn);
+        assert!(absent.detail.contains("absent"), "{absent}");
+        assert!(absent.detail.contains("ctr run --runtime"), "{absent}");
+        let unregistered = check_containerd_config(path, Ok("version = 2\n"));
+        assert_eq!(unregistered.status, Status::Warn);
+        assert!(
+            unregistered.detail.contains("hull install"),
+            "{unregistered}"
+        );
+        let v1 = check_containerd_config(path, Ok("version = 1\n"));
+        assert_eq!(v1.status, Status::Warn);
+        assert!(v1.detail.contains("version 1"), "{v1}");
+        let broken = check_containerd_config(path, Ok("[plugins\n"));
+        assert!(broken.detail.contains("line 1"), "{broken}");
+    }
+
+    #[test]
+    fn missing_containerd_is_only_a_warning() {
+        let mut host = good_host();
+        host.containerd = None;
+        host.shim = None;
+        host.containerd_config_text = Err(Error::from(ErrorKind::NotFound));
+        let checks = host.checks(&Config::default());
+        assert!(passed(&checks), "{checks:#?}");
+        assert_eq!(find(&checks, "containerd").status, Status::Warn);
+        assert_eq!(find(&checks, "shim").status, Status::Warn);
+    }
+
+    #[test]
+    fn hypervisor_choice_follows_config_and_host() {
+        let mut config = Config::default();
+        let check = check_choice(&config, Virtualization::Hardware);
+        assert_eq!(
+            check.detail,
+            "QEMU (auto: the only backend so far) with KVM (auto: VT-x/AMD-V present)"
+        );
+        let check = check_choice(&config, Virtualization::None);
+        assert!(check.detail.contains("TCG (auto: no KVM"), "{check}");
+        config.accelerator = Accelerator::Kvm;
+        let check = check_choice(&config, Virtualization::Pvm);
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("PVM"), "{check}");
+        config.accelerator = Accelerator::Tcg;
+        let check = check_choice(&config, Virtualization::Hardware);
+        assert!(
+            check.detail.ends_with("TCG (accelerator = \"tcg\")"),
+            "{check}"
+        );
+    }
+
+    #[test]
+    fn config_sources_and_failures() {
+        assert_eq!(
+            ConfigSource::resolve(None, None),
+            ConfigSource {
+                path: DEFAULT_CONFIG_PATH.into(),
+                named: false
+            }
+        );
+        let env = ConfigSource::resolve(None, Some("/env.toml".into()));
+        assert!(env.named);
+        let flag = ConfigSource::resolve(Some(Path::new("/flag.toml")), Some("/env.toml".into()));
+        assert_eq!(flag.path, PathBuf::from("/flag.toml"));
+
+        let default = ConfigSource::resolve(None, None);
+        let (check, config) = check_config(&default, Err(Error::from(ErrorKind::NotFound)));
+        assert_eq!(check.status, Status::Ok);
+        assert_eq!(config, Config::default());
+        let (check, _) = check_config(&flag, Err(Error::from(ErrorKind::NotFound)));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("/flag.toml"), "{check}");
+        let (check, _) = check_config(&default, Ok("vcpus = 0\n".into()));
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("vcpus"), "{check}");
+        let (check, config) = check_config(&default, Ok("memory_mib = 512\n".into()));
+        assert_eq!(check.status, Status::Ok);
+        assert_eq!(config.memory_mib, 512);
+    }
+
+    #[test]
+    fn first_line_skips_blank_lines() {
+        assert_eq!(
+            first_line("\nQEMU emulator version 7.2.22\nCopyright\n").as_deref(),
+            Some("QEMU emulator version 7.2.22")
+        );
+        assert_eq!(first_line("  \n"), None);
+    }
+}
