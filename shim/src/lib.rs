@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent_client;
+pub mod bench;
 pub mod config;
 pub mod host;
 pub mod hypervisor;

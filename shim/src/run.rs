@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::agent_client::{context, rpc_code, rpc_message, AgentClient};
 use crate::config::Config;
-use crate::sandbox::{Progress, SandboxVm};
+use crate::sandbox::{Milestone, Progress, SandboxVm};
 use crate::spec::{container_spec, ProcessOptions};
 
 /// The container's id inside the sandbox.
@@ -51,6 +51,15 @@ impl RunError {
 
 pub async fn run(config: &Config, options: RunOptions) -> Result<i32, RunError> {
     let progress = Progress::new(options.verbose);
+    run_with(config, options, &progress).await
+}
+
+/// `run`, reporting its steps to `progress` (which `hull bench` reads).
+pub async fn run_with(
+    config: &Config,
+    options: RunOptions,
+    progress: &Progress,
+) -> Result<i32, RunError> {
     let rootfs = std::fs::canonicalize(&options.rootfs).map_err(|_| {
         RunError::hull(format!(
             "rootfs {} does not exist",
@@ -64,10 +73,10 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<i32, RunError> 
         )));
     }
     let id = sandbox_id();
-    let mut vm = SandboxVm::start(config, &id, &progress)
+    let mut vm = SandboxVm::start(config, &id, progress)
         .await
         .map_err(RunError::hull)?;
-    let result = run_in(&mut vm, &rootfs, &options, &progress).await;
+    let result = run_in(&mut vm, &rootfs, &options, progress).await;
     if let Err(err) = &result {
         if err.status == EXIT_HULL_ERROR {
             eprintln!(
@@ -82,12 +91,12 @@ pub async fn run(config: &Config, options: RunOptions) -> Result<i32, RunError> 
                 let _ = std::fs::create_dir_all(log.parent().expect("log has a parent"));
                 let _ = std::fs::write(&log, saved);
             }
-            progress.step("sandbox removed");
+            progress.milestone(Milestone::SandboxRemoved, "sandbox removed");
             return result;
         }
     }
     vm.shutdown().await;
-    progress.step("sandbox removed");
+    progress.milestone(Milestone::SandboxRemoved, "sandbox removed");
     result
 }
 
@@ -185,7 +194,7 @@ async fn run_in(
         )
         .await
         .map_err(|e| RunError::hull(format!("starting the container: {}", rpc_message(&e))))?;
-    progress.step("container started");
+    progress.milestone(Milestone::ContainerStarted, "container started");
 
     let wait_request = WaitProcessRequest {
         container_id: CONTAINER_ID.into(),
@@ -198,7 +207,10 @@ async fn run_in(
         .await
         .map_err(|e| RunError::hull(format!("waiting for the container: {}", rpc_message(&e))))?
         .status;
-    progress.step(&format!("container exited with status {status}"));
+    progress.milestone(
+        Milestone::ContainerExited,
+        &format!("container exited with status {status}"),
+    );
 
     // The output of a finished container is complete once its streams end.
     let drain = Duration::from_secs(10);

@@ -60,6 +60,19 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = containerd_config::DEFAULT_PATH)]
         containerd_config: PathBuf,
     },
+    /// Measure start-up time and host memory of Hull's sandboxes beside runc.
+    Bench {
+        /// Root filesystem for the containers (busybox: `make rootfs`).
+        #[arg(
+            long,
+            value_name = "DIR",
+            default_value = "target/hull-assets/busybox-rootfs"
+        )]
+        rootfs: PathBuf,
+        /// Runs of each measurement.
+        #[arg(short = 'n', long, default_value_t = 5)]
+        iterations: usize,
+    },
     /// Install Hull from a built tree: binaries, guest assets, configuration,
     /// and the `hull` runtime handler in containerd's configuration.
     Install {
@@ -104,6 +117,20 @@ fn main() {
             } else {
                 println!("Hull cannot run on this host: fix the FAIL lines above.");
                 1
+            }
+        }
+        Command::Bench { rootfs, iterations } => {
+            let config = Config::load(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(e));
+            match runtime.block_on(hull_shim::bench::bench(&config, &rootfs, iterations.max(1))) {
+                Ok(report) => {
+                    print!("{}", report.markdown());
+                    0
+                }
+                Err(err) => fail(err),
             }
         }
         Command::Install {

@@ -113,6 +113,17 @@ impl SandboxPaths {
 pub struct Progress {
     start: Instant,
     verbose: bool,
+    reached: std::sync::Mutex<Vec<(Milestone, Duration)>>,
+}
+
+/// Points of a sandbox's life that `hull bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Milestone {
+    VmStarted,
+    AgentReady,
+    ContainerStarted,
+    ContainerExited,
+    SandboxRemoved,
 }
 
 impl Progress {
@@ -120,6 +131,7 @@ impl Progress {
         Progress {
             start: Instant::now(),
             verbose,
+            reached: Default::default(),
         }
     }
 
@@ -127,6 +139,26 @@ impl Progress {
         if self.verbose {
             eprintln!("hull: [{:7.3}s] {what}", self.start.elapsed().as_secs_f64());
         }
+    }
+
+    /// A step that is also recorded for measurement.
+    pub fn milestone(&self, milestone: Milestone, what: &str) {
+        let elapsed = self.start.elapsed();
+        self.reached
+            .lock()
+            .expect("progress lock")
+            .push((milestone, elapsed));
+        self.step(what);
+    }
+
+    /// When `milestone` was reached, counted from the start.
+    pub fn time_of(&self, milestone: Milestone) -> Option<Duration> {
+        self.reached
+            .lock()
+            .expect("progress lock")
+            .iter()
+            .find(|(m, _)| *m == milestone)
+            .map(|(_, t)| *t)
     }
 }
 
@@ -225,7 +257,10 @@ impl SandboxVm {
         let mut qemu = Box::new(Qemu::new(qemu));
         qemu.start(&vm_config).await?;
         self.hypervisor = Some(qemu);
-        progress.step(&format!("QEMU started ({accelerator:?})"));
+        progress.milestone(
+            Milestone::VmStarted,
+            &format!("QEMU started ({accelerator:?})"),
+        );
 
         let vsock = HybridVsock::new(&self.paths.vsock);
         let agent = tokio::select! {
@@ -238,10 +273,13 @@ impl SandboxVm {
                 log: self.paths.console_log.clone(),
             }),
         };
-        progress.step(&format!(
-            "agent {} answered (guest kernel {})",
-            agent.info.agent_version, agent.info.kernel_release
-        ));
+        progress.milestone(
+            Milestone::AgentReady,
+            &format!(
+                "agent {} answered (guest kernel {})",
+                agent.info.agent_version, agent.info.kernel_release
+            ),
+        );
 
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -288,6 +326,13 @@ impl SandboxVm {
             Some(hypervisor) => hypervisor.exit_watch(),
             None => tokio::sync::watch::channel(None).1,
         }
+    }
+
+    /// The host processes of this sandbox (VMM, virtiofsd), for accounting.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.hypervisor.iter().filter_map(|h| h.pid()).collect();
+        pids.extend(self.virtiofsd.as_ref().and_then(|v| v.pid()));
+        pids
     }
 
     pub fn agent(&self) -> &AgentClient {

@@ -74,6 +74,10 @@ impl Virtiofsd {
         Ok(Virtiofsd { child })
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Waits for virtiofsd to exit (it does when the VMM disconnects), and
     /// kills it after `grace`.
     pub async fn stop(mut self, grace: Duration) {

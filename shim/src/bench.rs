@@ -1,0 +1,263 @@
+//! `hull bench`: start-up time and host memory of Hull's sandboxes, measured
+//! side by side with runc on the same rootfs in the same run.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_protocols::agent::{CreateContainerRequest, StartContainerRequest, Stdio};
+
+use crate::agent_client::{context, rpc_message};
+use crate::config::Config;
+use crate::run::{run_with, RunOptions};
+use crate::sandbox::{Milestone, Progress, SandboxVm};
+use crate::spec::{container_spec, ProcessOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("hull run failed: {0}")]
+    Run(String),
+    #[error("runc: {0}")]
+    Runc(String),
+    #[error("{0}")]
+    Sandbox(String),
+}
+
+/// Several timings of one quantity.
+#[derive(Debug, Default)]
+pub struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn push(&mut self, sample: Duration) {
+        self.0.push(sample);
+    }
+
+    pub fn median(&self) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+    }
+
+    pub fn min(&self) -> Duration {
+        self.0.iter().min().copied().unwrap_or_default()
+    }
+
+    pub fn max(&self) -> Duration {
+        self.0.iter().max().copied().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub iterations: usize,
+    pub accelerator: String,
+    /// `hull run -- true`: VMM start to agent answering.
+    pub boot_to_agent: Samples,
+    /// `hull run -- true`: command start to container exit.
+    pub to_exit: Samples,
+    /// `hull run -- true`, all of it including tear-down.
+    pub hull_total: Samples,
+    /// `runc run` of the same command on the same rootfs.
+    pub runc_total: Samples,
+    /// Host RSS of the VMM and virtiofsd with one idle container, in KiB.
+    pub vmm_rss_kib: u64,
+    pub virtiofsd_rss_kib: u64,
+    pub guest_memory_mib: u32,
+}
+
+pub async fn bench(
+    config: &Config,
+    rootfs: &Path,
+    iterations: usize,
+) -> Result<Report, BenchError> {
+    let mut report = Report {
+        iterations,
+        guest_memory_mib: config.memory_mib,
+        ..Default::default()
+    };
+    for _ in 0..iterations {
+        let progress = Progress::new(false);
+        let options = RunOptions {
+            rootfs: rootfs.to_owned(),
+            process: ProcessOptions {
+                args: vec!["true".into()],
+                ..Default::default()
+            },
+            verbose: false,
+        };
+        let status = run_with(config, options, &progress)
+            .await
+            .map_err(|e| BenchError::Run(e.message))?;
+        if status != 0 {
+            return Err(BenchError::Run(format!("`true` exited with {status}")));
+        }
+        let at = |m| progress.time_of(m).unwrap_or_default();
+        report
+            .boot_to_agent
+            .push(at(Milestone::AgentReady).saturating_sub(at(Milestone::VmStarted)));
+        report.to_exit.push(at(Milestone::ContainerExited));
+        report.hull_total.push(at(Milestone::SandboxRemoved));
+    }
+    for _ in 0..iterations {
+        report.runc_total.push(runc_true(rootfs)?);
+    }
+    let (vmm, virtiofsd) = idle_memory(config, rootfs).await?;
+    report.vmm_rss_kib = vmm;
+    report.virtiofsd_rss_kib = virtiofsd;
+    report.accelerator = format!(
+        "{:?}",
+        crate::hypervisor::ResolvedAccelerator::resolve(
+            config.accelerator,
+            crate::host::Virtualization::detect()
+        )
+        .map_err(|e| BenchError::Sandbox(e.to_string()))?
+    );
+    Ok(report)
+}
+
+/// Times `runc run` of `true` on `rootfs` with runc's default spec.
+fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
+    let bundle = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&bundle).map_err(|e| BenchError::Runc(e.to_string()))?;
+    let spec = container_spec(
+        rootfs,
+        &ProcessOptions {
+            args: vec!["true".into()],
+            ..Default::default()
+        },
+    );
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec(&spec).expect("spec serializes"),
+    )
+    .map_err(|e| BenchError::Runc(e.to_string()))?;
+    let id = format!("hull-bench-{}", std::process::id());
+    let start = Instant::now();
+    let output = Command::new("runc")
+        .arg("run")
+        .arg("--bundle")
+        .arg(&bundle)
+        .arg(&id)
+        .output()
+        .map_err(|e| BenchError::Runc(format!("cannot run runc: {e}")))?;
+    let elapsed = start.elapsed();
+    let _ = std::fs::remove_dir_all(&bundle);
+    if !output.status.success() {
+        return Err(BenchError::Runc(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
+    }
+    Ok(elapsed)
+}
+
+/// Boots a sandbox with an idle container and reads the RSS of its VMM and
+/// virtiofsd.
+async fn idle_memory(config: &Config, rootfs: &Path) -> Result<(u64, u64), BenchError> {
+    let id = format!("bench-{}", std::process::id());
+    let mut vm = SandboxVm::start(config, &id, &Progress::new(false))
+        .await
+        .map_err(|e| BenchError::Sandbox(e.to_string()))?;
+    let measured = async {
+        let guest_rootfs = vm
+            .share_rootfs("idle", rootfs)
+            .map_err(|e| BenchError::Sandbox(e.to_string()))?;
+        let spec = container_spec(
+            &guest_rootfs,
+            &ProcessOptions {
+                args: vec!["sleep".into(), "60".into()],
+                ..Default::default()
+            },
+        );
+        let agent = vm.agent();
+        let create = CreateContainerRequest {
+            container_id: "idle".into(),
+            oci_spec: serde_json::to_vec(&spec).expect("spec serializes"),
+            stdio: Some(Stdio::default()).into(),
+            ..Default::default()
+        };
+        agent
+            .api()
+            .create_container(context(Duration::from_secs(60)), &create)
+            .await
+            .map_err(|e| BenchError::Sandbox(rpc_message(&e)))?;
+        let start = StartContainerRequest {
+            container_id: "idle".into(),
+            ..Default::default()
+        };
+        agent
+            .api()
+            .start_container(context(Duration::from_secs(60)), &start)
+            .await
+            .map_err(|e| BenchError::Sandbox(rpc_message(&e)))?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pids = vm.pids();
+        let rss = |pid: Option<&u32>| pid.map(|p| rss_kib(*p)).unwrap_or(0);
+        Ok((rss(pids.first()), rss(pids.get(1))))
+    }
+    .await;
+    vm.shutdown().await;
+    measured
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status =
+        std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status"))).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+impl Report {
+    /// The report as a Markdown table, as docs/benchmarks.md shows it.
+    pub fn markdown(&self) -> String {
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        let row = |name: &str, s: &Samples| {
+            format!(
+                "| {name} | {} | {} | {} |\n",
+                ms(s.median()),
+                ms(s.min()),
+                ms(s.max())
+            )
+        };
+        let mut out = format!(
+            "{} iterations, accelerator {}, guest memory {} MiB\n\n| measure | median | min | max |\n|---|---|---|---|\n",
+            self.iterations, self.accelerator, self.guest_memory_mib
+        );
+        out += &row("hull: VMM start → agent answers", &self.boot_to_agent);
+        out += &row("hull run -- true: start → container exited", &self.to_exit);
+        out += &row(
+            "hull run -- true: whole run incl. tear-down",
+            &self.hull_total,
+        );
+        out += &row("runc run true (same rootfs)", &self.runc_total);
+        out += &format!(
+            "\n| host memory, one idle container | RSS |\n|---|---|\n| VMM (QEMU, includes guest RAM it touched) | {} MiB |\n| virtiofsd | {} MiB |\n",
+            self.vmm_rss_kib / 1024,
+            self.virtiofsd_rss_kib / 1024
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_summarise() {
+        let mut samples = Samples::default();
+        for ms in [30, 10, 20] {
+            samples.push(Duration::from_millis(ms));
+        }
+        assert_eq!(samples.median(), Duration::from_millis(20));
+        assert_eq!(samples.min(), Duration::from_millis(10));
+        assert_eq!(samples.max(), Duration::from_millis(30));
+    }
+
+    #[test]
+    fn rss_of_this_process_is_read() {
+        assert!(rss_kib(std::process::id()) > 0);
+    }
+}
