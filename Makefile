@@ -1,5 +1,5 @@
 # Hull: two commands on a fresh Debian 12 machine (as root):
-#   make demo   builds everything and runs a container in a microVM
+#   make demo   builds everything and runs a container in a microVM through containerd
 #   make test   builds everything and runs every test
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -9,14 +9,18 @@ HULL_CACHE  ?= /var/cache/hull
 ASSETS      := target/hull-assets
 INITRD      := $(ASSETS)/hull-initrd.img
 ROOTFS      := $(ASSETS)/busybox-rootfs
+IMAGE       := $(ASSETS)/busybox-image.tar
+DEMO_DIR    := /run/hull-demo
+CTR         := ctr -a $(DEMO_DIR)/containerd.sock -n hull-demo
 export HULL_CACHE
 
-.PHONY: help deps kernel initrd rootfs assets build install demo test lint clean FORCE
+.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test bench lint clean
 
 help:
-	@echo "make demo     install deps, build, run busybox in a microVM with hull run"
+	@echo "make demo     install deps, build, install, run busybox in a microVM through containerd (and under runc)"
 	@echo "make test     install deps, build, run all tests"
-	@echo "make install  install binaries to $(PREFIX)/bin and guest assets to $(PREFIX)/share/hull"
+	@echo "make install  install Hull to $(PREFIX) and register it in /etc/containerd/config.toml"
+	@echo "make bench    measure Hull beside runc (docs/benchmarks.md)"
 
 deps:
 	@scripts/install-deps.sh
@@ -33,24 +37,40 @@ initrd: deps
 rootfs: deps
 	@images/busybox-rootfs.sh $(ROOTFS)
 
+image: rootfs
+	@images/busybox-image.sh $(IMAGE) local/busybox:latest
+
 assets: kernel initrd rootfs
 
 build: deps
-	@echo "build: host binaries (release)"
-	@cargo build --release --locked -p hull-shim
+	@echo "build: hull and containerd-shim-hull-v2 (release)"
+	@cargo build --release --locked -p hull-shim 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+	@[ -x target/release/containerd-shim-hull-v2 ] && [ -x target/release/hull ]
 
+# INSTALL_FLAGS=--no-containerd leaves containerd's configuration alone.
 install: build assets
-	install -d $(PREFIX)/bin $(PREFIX)/share/hull /etc/hull
-	install -m 0755 target/release/hull $(PREFIX)/bin/hull
-	install -m 0644 $$(readlink -f $(ASSETS)/vmlinux) $(PREFIX)/share/hull/vmlinux
-	install -m 0644 $(INITRD) $(PREFIX)/share/hull/hull-initrd.img
-	@[ -f /etc/hull/config.toml ] || install -m 0644 docs/config.toml.example /etc/hull/config.toml
-	@echo "install: hull in $(PREFIX)/bin, guest assets in $(PREFIX)/share/hull"
+	@target/release/hull install --prefix $(PREFIX) $(INSTALL_FLAGS) \
+		--kernel $(ASSETS)/vmlinux --initrd $(INITRD)
 
-demo: install rootfs
-	@echo "demo: host kernel $$(uname -r)"
-	@echo "demo: hull run --rootfs $(ROOTFS) -- uname -r"
-	@hull run -v --rootfs $(ROOTFS) -- uname -r
+# A private containerd, so the demo never touches the host's own.
+demo: image
+	@$(MAKE) --no-print-directory install INSTALL_FLAGS=--no-containerd
+	@scripts/private-containerd.sh start $(DEMO_DIR)
+	@$(CTR) images import $(IMAGE) >/dev/null
+	@echo
+	@echo "host kernel:                                   $$(uname -r)"
+	@echo "$$ ctr run --rm --runtime io.containerd.hull.v2 local/busybox:latest demo uname -r"
+	@$(CTR) run --rm --runtime io.containerd.hull.v2 local/busybox:latest demo-hull uname -r
+	@echo "$$ ctr run --rm --runtime io.containerd.runc.v2 local/busybox:latest demo uname -r"
+	@$(CTR) run --rm --runtime io.containerd.runc.v2 local/busybox:latest demo-runc uname -r
+	@scripts/private-containerd.sh stop $(DEMO_DIR)
+	@echo "demo: done; scripts/private-containerd.sh start $(DEMO_DIR) brings that containerd back"
+
+demo-stop:
+	@scripts/private-containerd.sh stop $(DEMO_DIR)
+
+bench: install
+	@hull bench --rootfs $(ROOTFS)
 
 # Tests find the guest assets through these variables.
 test: assets

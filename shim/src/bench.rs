@@ -233,7 +233,7 @@ impl Report {
         );
         out += &row("runc run true (same rootfs)", &self.runc_total);
         out += &format!(
-            "\n| host memory, one idle container | RSS |\n|---|---|\n| VMM (QEMU, includes guest RAM it touched) | {} MiB |\n| virtiofsd | {} MiB |\n",
+            "\n| host memory, one idle container | anonymous + shared RSS |\n|---|---|\n| VMM (QEMU; includes the guest RAM it touched) | {} MiB |\n| virtiofsd | {} MiB |\n",
             self.vmm_rss_kib / 1024,
             self.virtiofsd_rss_kib / 1024
         );

@@ -472,14 +472,14 @@ fn check_assets(config: &Config) -> Result<(), Error> {
         return Err(Error::MissingAsset {
             what: "guest kernel",
             path: config.kernel.clone(),
-            hint: "run `make install` or set `kernel` in /etc/hull/config.toml",
+            hint: "run `make install`, or set `kernel` in Hull's configuration (HULL_CONFIG or /etc/hull/config.toml)",
         });
     }
     if !config.initrd.is_file() {
         return Err(Error::MissingAsset {
             what: "guest initrd",
             path: config.initrd.clone(),
-            hint: "run `make install` or set `initrd` in /etc/hull/config.toml",
+            hint: "run `make install`, or set `initrd` in Hull's configuration (HULL_CONFIG or /etc/hull/config.toml)",
         });
     }
     Ok(())

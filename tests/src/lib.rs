@@ -1,0 +1,595 @@
+//! End-to-end harness for Hull's containerd path.
+//!
+//! Each test starts its own containerd (`scripts/private-containerd.sh`) in a
+//! fresh directory under /tmp, with Hull's state directory inside it, imports
+//! the local busybox image and drives everything through `ctr`, so the same
+//! scenario can run under `io.containerd.runc.v2` and `io.containerd.hull.v2`
+//! and the answers can be compared. Dropping the [`Containerd`] stops it and
+//! removes everything it started, also when the test panicked.
+
+pub mod artifacts;
+pub mod process;
+pub mod scenarios;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+pub use process::{describe, exit_code, text, Background};
+
+/// Hull's runtime type.
+pub const HULL: &str = "io.containerd.hull.v2";
+/// runc's runtime type, the reference behaviour.
+pub const RUNC: &str = "io.containerd.runc.v2";
+/// The containerd namespace every test uses.
+pub const NAMESPACE: &str = "hull-test";
+/// The busybox image. `ctr` does not normalise names (`local/busybox:latest`
+/// is not found), so tests use the full name CRI would resolve to.
+pub const BUSYBOX: &str = "docker.io/local/busybox:latest";
+/// The busybox image with Env FOO=bar, WorkingDir /tmp, User 65534:65534.
+pub const BUSYBOX_CUSTOM: &str = "docker.io/local/busybox-custom:latest";
+
+/// How long one `ctr` command may take before the harness kills it.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(120);
+
+const SHIM_BINARY: &str = "containerd-shim-hull-v2";
+
+/// The Hull configuration a test's containerd hands to the shim (through
+/// `HULL_CONFIG`). `state_dir` is always the test's own directory.
+#[derive(Clone, Debug, Default)]
+pub struct HullConfig {
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub agent_timeout_secs: Option<u64>,
+    /// Raw TOML lines appended to the file (an unknown key, for example).
+    pub extra: String,
+}
+
+impl HullConfig {
+    /// The guest assets `make test` names in HULL_TEST_KERNEL and
+    /// HULL_TEST_INITRD.
+    pub fn from_env() -> Self {
+        let asset = |var: &str| {
+            let path = std::env::var_os(var).unwrap_or_else(|| {
+                panic!("{var} is not set: run the Hull end-to-end tests with `make test`, or set HULL_TEST_KERNEL and HULL_TEST_INITRD to a guest kernel and initrd")
+            });
+            let path = PathBuf::from(path);
+            assert!(path.exists(), "{var}={} does not exist", path.display());
+            path
+        };
+        Self {
+            kernel: Some(asset("HULL_TEST_KERNEL")),
+            initrd: Some(asset("HULL_TEST_INITRD")),
+            ..Self::default()
+        }
+    }
+
+    fn render(&self, state_dir: &Path) -> String {
+        let mut toml = format!("state_dir = {:?}\nlog_level = \"debug\"\n", state_dir);
+        if let Some(kernel) = &self.kernel {
+            toml += &format!("kernel = {:?}\n", kernel);
+        }
+        if let Some(initrd) = &self.initrd {
+            toml += &format!("initrd = {:?}\n", initrd);
+        }
+        if let Some(secs) = self.agent_timeout_secs {
+            toml += &format!("agent_timeout_secs = {secs}\n");
+        }
+        toml += &self.extra;
+        toml
+    }
+}
+
+/// A private containerd with its own root, state, socket and Hull state dir.
+pub struct Containerd {
+    dir: PathBuf,
+    /// Makes container ids unique across test processes: runc keeps its
+    /// state in the host-wide /run/containerd/runc/<namespace>/<id>.
+    tag: String,
+    next_id: AtomicUsize,
+}
+
+impl Containerd {
+    /// Starts containerd for Hull with the guest assets from the environment.
+    pub fn start() -> Self {
+        Self::start_with(HullConfig::from_env())
+    }
+
+    /// Starts containerd for runc only: Hull gets a config without guest
+    /// assets (its state dir is still private).
+    pub fn start_for_runc() -> Self {
+        Self::start_with(HullConfig::default())
+    }
+
+    /// Starts containerd whose Hull shim reads `config`.
+    pub fn start_with(config: HullConfig) -> Self {
+        // Short: containerd's and Hull's Unix sockets live under it.
+        let dir = nix::unistd::mkdtemp("/tmp/hc-XXXXXX").expect("mkdtemp under /tmp");
+        let tag = dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_start_matches("hc-")
+            .to_lowercase();
+        let containerd = Self {
+            dir,
+            tag,
+            next_id: AtomicUsize::new(0),
+        };
+        std::fs::write(
+            containerd.hull_config(),
+            config.render(&containerd.hull_state_dir()),
+        )
+        .expect("write hull config");
+
+        // The shim under test comes first on containerd's PATH; containerd
+        // passes its environment (and so HULL_CONFIG) to every shim.
+        let mut path = OsString::from(artifacts::bin_dir());
+        path.push(":");
+        path.push(std::env::var_os("PATH").unwrap_or_default());
+        let mut cmd = containerd.script("start");
+        cmd.env("PATH", path)
+            .env("HULL_CONFIG", containerd.hull_config());
+        let output = process::run(cmd, None, Duration::from_secs(30));
+        assert!(
+            output.status.success(),
+            "private containerd did not start\n{}",
+            describe(&output)
+        );
+        containerd
+    }
+
+    fn script(&self, action: &str) -> Command {
+        let mut cmd =
+            Command::new(artifacts::workspace_root().join("scripts/private-containerd.sh"));
+        cmd.arg(action).arg(&self.dir);
+        cmd
+    }
+
+    /// The directory everything of this containerd lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// containerd's gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    /// Hull's state dir (`state_dir` in the test config).
+    pub fn hull_state_dir(&self) -> PathBuf {
+        self.dir.join("hull")
+    }
+
+    /// The Hull config file the shim reads.
+    pub fn hull_config(&self) -> PathBuf {
+        self.dir.join("hull.toml")
+    }
+
+    /// containerd's log, which also carries the shims' logs.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("containerd.log")
+    }
+
+    /// A container id unique to this run, starting with `name`.
+    pub fn id(&self, name: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{name}{n}-{}", self.tag)
+    }
+
+    /// Imports the busybox image.
+    pub fn import_busybox(&self) {
+        self.import(artifacts::busybox_image());
+    }
+
+    /// Imports the busybox image with image Env, WorkingDir and User.
+    pub fn import_busybox_custom(&self) {
+        self.import(artifacts::busybox_custom_image());
+    }
+
+    fn import(&self, archive: &Path) {
+        let archive = archive.to_str().expect("utf-8 path");
+        let output = self.ctr(&["images", "import", archive]);
+        assert!(
+            output.status.success(),
+            "ctr images import {archive} failed\n{}",
+            describe(&output)
+        );
+    }
+
+    fn ctr_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("-a")
+            .arg(self.socket())
+            .arg("-n")
+            .arg(NAMESPACE)
+            .args(args);
+        cmd
+    }
+
+    /// `ctr -a SOCK -n hull-test ARGS...` with stdin at /dev/null.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        process::run(self.ctr_command(args), None, CTR_TIMEOUT)
+    }
+
+    /// `ctr ARGS...` with `stdin` piped in.
+    pub fn ctr_with_stdin(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        process::run(self.ctr_command(args), stdin, CTR_TIMEOUT)
+    }
+
+    /// `ctr ARGS...` under a pseudo-terminal, with `input` typed into it.
+    pub fn ctr_in_pty(&self, args: &[&str], input: &[u8]) -> Output {
+        process::run_in_pty(self.ctr_command(args), input, CTR_TIMEOUT)
+    }
+
+    /// `ctr run --rm --runtime RUNTIME busybox ID CMD...`; ctr's exit status
+    /// is the container's.
+    pub fn ctr_run(&self, runtime: &str, id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Output {
+        self.ctr_with_stdin(&run_args(runtime, BUSYBOX, id, &[], cmd), stdin)
+    }
+
+    /// `ctr run --rm` with extra `ctr run` flags and another image.
+    pub fn ctr_run_with(
+        &self,
+        runtime: &str,
+        image: &str,
+        flags: &[&str],
+        id: &str,
+        cmd: &[&str],
+    ) -> Output {
+        self.ctr(&run_args(runtime, image, id, flags, cmd))
+    }
+
+    /// `ctr run --rm -t` under a pseudo-terminal.
+    pub fn ctr_run_tty(&self, runtime: &str, id: &str, cmd: &[&str], input: &[u8]) -> Output {
+        self.ctr_in_pty(&run_args(runtime, BUSYBOX, id, &["-t"], cmd), input)
+    }
+
+    /// A foreground `ctr run --rm` left running in the background, to be
+    /// signalled or watched.
+    pub fn spawn_run(&self, runtime: &str, id: &str, cmd: &[&str]) -> Background {
+        Background::spawn(self.ctr_command(&run_args(runtime, BUSYBOX, id, &[], cmd)))
+    }
+
+    /// `ctr run -d`: creates and starts the task, then returns.
+    pub fn run_detached(&self, runtime: &str, id: &str, cmd: &[&str]) {
+        let mut args = vec!["run", "-d", "--runtime", runtime, BUSYBOX, id];
+        args.extend_from_slice(cmd);
+        let output = self.ctr(&args);
+        assert!(
+            output.status.success(),
+            "ctr run -d {id} failed\n{}",
+            describe(&output)
+        );
+    }
+
+    /// `ctr task exec --exec-id EXEC_ID ID CMD...`; ctr's exit status is the
+    /// process's.
+    pub fn exec(&self, id: &str, exec_id: &str, cmd: &[&str], stdin: Option<&[u8]>) -> Output {
+        let mut args = vec!["task", "exec", "--exec-id", exec_id, id];
+        args.extend_from_slice(cmd);
+        self.ctr_with_stdin(&args, stdin)
+    }
+
+    /// `ctr task exec -t` under a pseudo-terminal.
+    pub fn exec_tty(&self, id: &str, exec_id: &str, cmd: &[&str], input: &[u8]) -> Output {
+        let mut args = vec!["task", "exec", "-t", "--exec-id", exec_id, id];
+        args.extend_from_slice(cmd);
+        self.ctr_in_pty(&args, input)
+    }
+
+    /// `ctr task kill -s SIGNAL ID`.
+    pub fn kill(&self, id: &str, signal: &str) {
+        let output = self.ctr(&["task", "kill", "-s", signal, id]);
+        assert!(
+            output.status.success(),
+            "ctr task kill -s {signal} {id} failed\n{}",
+            describe(&output)
+        );
+    }
+
+    /// The pids `ctr task ps ID` lists.
+    pub fn ps(&self, id: &str) -> Vec<u32> {
+        let output = self.ctr(&["task", "ps", id]);
+        assert!(
+            output.status.success(),
+            "ctr task ps {id} failed\n{}",
+            describe(&output)
+        );
+        text(&output.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// `ctr task pause ID`.
+    pub fn pause(&self, id: &str) {
+        let output = self.ctr(&["task", "pause", id]);
+        assert!(
+            output.status.success(),
+            "ctr task pause {id} failed\n{}",
+            describe(&output)
+        );
+    }
+
+    /// `ctr task resume ID`.
+    pub fn resume(&self, id: &str) {
+        let output = self.ctr(&["task", "resume", id]);
+        assert!(
+            output.status.success(),
+            "ctr task resume {id} failed\n{}",
+            describe(&output)
+        );
+    }
+
+    /// `ctr task metrics --format json ID`, parsed.
+    pub fn metrics(&self, id: &str) -> serde_json::Value {
+        let output = self.ctr(&["task", "metrics", "--format", "json", id]);
+        assert!(
+            output.status.success(),
+            "ctr task metrics {id} failed\n{}",
+            describe(&output)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ctr task metrics {id}: not JSON ({e})\n{}",
+                describe(&output)
+            )
+        })
+    }
+
+    /// The task's status as `ctr task ls` shows it (RUNNING, PAUSED,
+    /// STOPPED, ...), or None when there is no task.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let output = self.ctr(&["task", "ls"]);
+        assert!(
+            output.status.success(),
+            "ctr task ls failed\n{}",
+            describe(&output)
+        );
+        text(&output.stdout).lines().skip(1).find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.first() == Some(&id)).then(|| fields.last().unwrap_or(&"").to_string())
+        })
+    }
+
+    /// Waits until the task's status is `status`.
+    pub fn wait_for_status(&self, id: &str, status: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.task_status(id).as_deref() == Some(status) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Deletes a stopped task and its container; returns the task's exit
+    /// code (`ctr task delete` only reports a non-zero one, as a warning).
+    pub fn remove(&self, id: &str) -> i32 {
+        let output = self.ctr(&["task", "delete", id]);
+        assert!(
+            output.status.success(),
+            "ctr task delete {id} failed\n{}",
+            describe(&output)
+        );
+        let stderr = text(&output.stderr);
+        let code = match stderr.split("exit with non-zero exit code ").nth(1) {
+            Some(rest) => rest
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("cannot parse the exit code in: {stderr}")),
+            None => 0,
+        };
+        let output = self.ctr(&["containers", "rm", id]);
+        assert!(
+            output.status.success(),
+            "ctr containers rm {id} failed\n{}",
+            describe(&output)
+        );
+        code
+    }
+
+    /// Kills a task with SIGKILL, waits for it to stop and removes it.
+    pub fn kill_and_remove(&self, id: &str) -> i32 {
+        self.kill(id, "SIGKILL");
+        assert!(
+            self.wait_for_status(id, "STOPPED", Duration::from_secs(20)),
+            "task {id} did not stop after SIGKILL"
+        );
+        self.remove(id)
+    }
+
+    /// Processes of the given kinds whose command line names this
+    /// containerd's directory (shims by socket address, QEMU and virtiofsd
+    /// by Hull's state dir).
+    pub fn processes(&self, names: &[&str]) -> Vec<(u32, String)> {
+        processes_mentioning(&self.dir, names)
+    }
+
+    /// Mount points at or under `under`.
+    pub fn mounts_under(&self, under: &Path) -> Vec<PathBuf> {
+        mounts_under(under)
+    }
+
+    /// The tail of containerd's log (the shims log into it too).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.log()).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+fn run_args<'a>(
+    runtime: &'a str,
+    image: &'a str,
+    id: &'a str,
+    flags: &[&'a str],
+    cmd: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend_from_slice(flags);
+    args.push(image);
+    args.push(id);
+    args.extend_from_slice(cmd);
+    args
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!(
+                "--- last lines of {} ---\n{}\n---",
+                self.log().display(),
+                self.log_tail(80)
+            );
+        }
+        // The script deletes tasks and containers, stops containerd, kills
+        // whatever still names the directory and unmounts under it.
+        let output = process::run(self.script("stop"), None, Duration::from_secs(120));
+        if !output.status.success() {
+            eprintln!("private-containerd.sh stop failed\n{}", describe(&output));
+        }
+        // Again, in case the script could not finish.
+        for (pid, _) in processes_mentioning(&self.dir, LEFTOVER_KINDS) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        for mount in mounts_under(&self.dir).into_iter().rev() {
+            if nix::mount::umount(&mount).is_err() {
+                let _ = nix::mount::umount2(&mount, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// Process names the harness cleans up after and checks for leftovers.
+const LEFTOVER_KINDS: &[&str] = &[
+    SHIM_BINARY,
+    "containerd-shim-runc-v2",
+    "qemu-system-x86_64",
+    "virtiofsd",
+    "containerd",
+];
+
+/// Pid and command line of every process named one of `names` (by its
+/// executable's file name) whose command line mentions `needle`.
+pub fn processes_mentioning(needle: &Path, names: &[&str]) -> Vec<(u32, String)> {
+    let needle = needle.to_string_lossy();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = raw
+            .split(|&b| b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        // comm is truncated to 15 bytes; argv[0] is not.
+        let Some(program) = args.first().and_then(|a| Path::new(a).file_name()) else {
+            continue;
+        };
+        let program = program.to_string_lossy();
+        let cmdline = args.join(" ");
+        if names.iter().any(|n| program == *n) && cmdline.contains(needle.as_ref()) {
+            found.push((pid, cmdline));
+        }
+    }
+    found
+}
+
+/// Mount points at or under `dir`, parents before children.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|point| PathBuf::from(point.replace("\\040", " ")))
+        .filter(|point| point.starts_with(dir))
+        .collect();
+    mounts.sort();
+    mounts
+}
+
+/// Asserts that nothing of a container is left: no shim, QEMU or virtiofsd
+/// of this containerd, no mount under Hull's state dir or containerd's task
+/// state, and no sandbox dir in Hull's state dir. Shims exit shortly after
+/// their last container is deleted, so this waits a little for them.
+pub fn assert_no_leftovers(c: &Containerd) {
+    assert_no_processes_or_mounts(c);
+    let sandboxes: Vec<String> = std::fs::read_dir(c.hull_state_dir())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        sandboxes.is_empty(),
+        "sandbox dirs left in {}: {sandboxes:?}",
+        c.hull_state_dir().display()
+    );
+}
+
+/// The process and mount half of [`assert_no_leftovers`], for failures after
+/// which Hull may keep a sandbox dir with the guest console log.
+pub fn assert_no_processes_or_mounts(c: &Containerd) {
+    let kinds = &LEFTOVER_KINDS[..LEFTOVER_KINDS.len() - 1];
+    let task_state = c.dir().join("state");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let processes = c.processes(kinds);
+        let mut mounts = c.mounts_under(&c.hull_state_dir());
+        mounts.extend(c.mounts_under(&task_state));
+        if processes.is_empty() && mounts.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("left behind:\nprocesses: {processes:#?}\nmounts: {mounts:#?}");
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The host's kernel release.
+pub fn host_kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease")
+        .trim()
+        .to_string()
+}
+
+/// Asserts that the Hull shim binary was built next to the test binaries.
+pub fn require_hull_shim() {
+    let shim = artifacts::bin_dir().join(SHIM_BINARY);
+    assert!(
+        shim.exists(),
+        "{} is missing: build it with `cargo build -p hull-shim` before the end-to-end tests",
+        shim.display()
+    );
+}

@@ -1,0 +1,226 @@
+//! Hull through containerd and ctr, compared with runc in the same run:
+//! every scenario runs under both runtimes on one private containerd and the
+//! answers must be equal. Then what only Hull has: its own kernel, VMs that
+//! come and go without leftovers, a VM that dies, and boots that fail.
+//!
+//! Needs `containerd-shim-hull-v2` built next to the test binaries
+//! (`cargo build -p hull-shim`) and HULL_TEST_KERNEL / HULL_TEST_INITRD
+//! (`make test` sets them).
+
+use std::time::{Duration, Instant};
+
+use hull_tests::scenarios;
+use hull_tests::{
+    artifacts, assert_no_leftovers, assert_no_processes_or_mounts, describe, exit_code,
+    host_kernel_release, require_hull_shim, text, Containerd, HullConfig, HULL, RUNC,
+};
+
+fn containerd() -> Containerd {
+    require_hull_shim();
+    let c = Containerd::start();
+    c.import_busybox();
+    c
+}
+
+/// Runs `scenario` under runc, then under Hull, and asserts equal answers.
+fn same_as_runc<T: PartialEq + std::fmt::Debug>(
+    c: &Containerd,
+    scenario: impl Fn(&Containerd, &str) -> T,
+) -> T {
+    let runc = scenario(c, RUNC);
+    let hull = scenario(c, HULL);
+    assert_eq!(hull, runc, "Hull (left) differs from runc (right)");
+    hull
+}
+
+#[test]
+fn kernel_release_is_the_guests() {
+    let c = containerd();
+    let release = scenarios::kernel_release(&c, HULL);
+    assert_ne!(release, host_kernel_release(), "ran on the host kernel");
+    assert!(
+        release.ends_with("-hull"),
+        "guest kernel release {release:?}"
+    );
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn exit_codes_and_missing_command_match_runc() {
+    let c = containerd();
+    assert_eq!(same_as_runc(&c, scenarios::exit_codes), vec![0, 3, 255, 1]);
+    let missing = same_as_runc(&c, scenarios::missing_command);
+    assert!(missing.failed && missing.names_the_command);
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn stdout_stderr_stdin_and_terminal_match_runc() {
+    let c = containerd();
+    same_as_runc(&c, scenarios::streams);
+    let (bytes, intact) = same_as_runc(&c, scenarios::large_output);
+    assert!(bytes == 80_000 * 12 && intact);
+    same_as_runc(&c, scenarios::stdin);
+    let tty = same_as_runc(&c, scenarios::tty_run);
+    assert!(tty.stdio_is_tty && tty.read_input);
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn exec_with_and_without_terminal_matches_runc() {
+    let c = containerd();
+    let exec = same_as_runc(&c, scenarios::exec);
+    assert_eq!(exec.streams.code, 5);
+    assert!(exec.tty.stdio_is_tty && exec.tty.read_input);
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn image_env_cwd_user_and_run_flags_match_runc() {
+    let c = containerd();
+    c.import_busybox_custom();
+    let config = same_as_runc(&c, scenarios::image_config);
+    assert!(config
+        .from_image
+        .starts_with("65534\n65534\n/tmp\nFOO=bar\n"));
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn signals_match_runc() {
+    let c = containerd();
+    let signals = same_as_runc(&c, scenarios::signals);
+    assert_eq!((signals.trapped_code, signals.sigkill_code), (7, 137));
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn ps_and_metrics_match_runc() {
+    let c = containerd();
+    let inspection = same_as_runc(&c, scenarios::ps_and_metrics);
+    assert_eq!(inspection.process_count, 3);
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn pause_and_resume_match_runc() {
+    let c = containerd();
+    let pause = same_as_runc(&c, scenarios::pause_resume);
+    assert!(pause.loop_stopped_while_paused && pause.loop_ran_before_pause);
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn ten_in_a_row_and_four_at_once_leave_nothing_behind() {
+    let c = containerd();
+    let outputs = scenarios::many(&c, HULL, 10, 4);
+    let expected: Vec<String> = (0..10)
+        .map(|n| format!("seq-{n}\n"))
+        .chain((0..4).map(|n| format!("par-{n}\n")))
+        .collect();
+    assert_eq!(outputs, expected);
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn killing_the_vm_ends_the_task_and_cleans_up() {
+    let c = containerd();
+    let id = c.id("vmkill");
+    let run = c.spawn_run(HULL, &id, &["sleep", "100000"]);
+    assert!(
+        c.wait_for_status(&id, "RUNNING", Duration::from_secs(90)),
+        "{id} is not running\n{}",
+        run.stderr()
+    );
+    let qemu = c.processes(&["qemu-system-x86_64"]);
+    assert_eq!(qemu.len(), 1, "expected one QEMU for {id}: {qemu:?}");
+    let killed = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0].0 as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill QEMU");
+    let output = run.wait(Duration::from_secs(30));
+    let code = exit_code(&output);
+    assert_ne!(
+        code,
+        0,
+        "task exited 0 after its VM was killed\n{}",
+        describe(&output)
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "task took {:?} to exit after its VM was killed",
+        killed.elapsed()
+    );
+    assert_eq!(c.task_status(&id), None, "task {id} is still listed");
+    assert_no_leftovers(&c);
+}
+
+/// `ctr run` under a broken configuration: must fail (not hang) and say why.
+fn failing_run(config: HullConfig) -> (Containerd, String) {
+    require_hull_shim();
+    let c = Containerd::start_with(config);
+    c.import_busybox();
+    let id = c.id("broken");
+    let output = c.ctr_run(HULL, &id, &["true"], None);
+    assert_ne!(
+        exit_code(&output),
+        0,
+        "ctr run succeeded\n{}",
+        describe(&output)
+    );
+    let _ = c.ctr(&["containers", "rm", &id]);
+    let stderr = text(&output.stderr);
+    eprintln!("ctr run failed as expected: {stderr}");
+    (c, stderr)
+}
+
+#[test]
+fn missing_kernel_is_named() {
+    let config = HullConfig {
+        kernel: Some("/nonexistent/hull-vmlinux".into()),
+        ..HullConfig::from_env()
+    };
+    let (c, stderr) = failing_run(config);
+    assert!(
+        stderr.contains("/nonexistent/hull-vmlinux"),
+        "error does not name the missing kernel: {stderr}"
+    );
+    assert_no_processes_or_mounts(&c);
+}
+
+#[test]
+fn silent_guest_times_out_naming_the_agent() {
+    let config = HullConfig {
+        initrd: Some(artifacts::silent_initrd().to_path_buf()),
+        agent_timeout_secs: Some(3),
+        ..HullConfig::from_env()
+    };
+    let started = Instant::now();
+    let (c, stderr) = failing_run(config);
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "failing took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.to_lowercase().contains("agent"),
+        "error does not name the agent: {stderr}"
+    );
+    assert_no_processes_or_mounts(&c);
+}
+
+#[test]
+fn unknown_config_key_is_named() {
+    let config = HullConfig {
+        extra: "no_such_key = true\n".into(),
+        ..HullConfig::from_env()
+    };
+    let (c, stderr) = failing_run(config);
+    assert!(
+        stderr.contains("no_such_key"),
+        "error does not name the unknown key: {stderr}"
+    );
+    assert_no_processes_or_mounts(&c);
+}
