@@ -5,4 +5,11 @@
 //! touches `virtio-queue` and `vm-memory` types so the built-in VMM can drive the same code
 //! through virtio-mmio.
 
+pub mod arch;
+pub mod builder;
+pub mod config;
+pub mod device_manager;
 pub mod devices;
+pub mod host;
+pub mod loader;
+pub mod vstate;

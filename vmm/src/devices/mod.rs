@@ -1,3 +1,87 @@
 //! Emulated devices.
+//!
+//! Devices never call KVM: they raise interrupts through [`Interrupt`], which the VMM backs
+//! with an irqfd (see [`EventFdInterrupt`]), and they are reached through plain `read`/`write`
+//! methods that `device_manager` puts on a bus.
 
+pub mod legacy;
 pub mod virtio;
+
+use std::fmt;
+use std::io;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// An interrupt line a device can raise.
+pub trait Interrupt: Send + Sync {
+    /// Raises the interrupt.
+    fn trigger(&self) -> io::Result<()>;
+}
+
+/// An interrupt raised by signalling an `EventFd`; the VMM registers the same fd with KVM as
+/// an irqfd for the device's IRQ.
+pub struct EventFdInterrupt {
+    evt: EventFd,
+}
+
+impl EventFdInterrupt {
+    /// Wraps `evt`; keep a clone of it (`EventFd::try_clone`) to register as the irqfd.
+    pub fn new(evt: EventFd) -> Self {
+        EventFdInterrupt { evt }
+    }
+
+    /// The fd that is signalled when the interrupt is raised.
+    pub fn event_fd(&self) -> &EventFd {
+        &self.evt
+    }
+}
+
+impl Interrupt for EventFdInterrupt {
+    fn trigger(&self) -> io::Result<()> {
+        self.evt.write(1)
+    }
+}
+
+impl fmt::Debug for EventFdInterrupt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::os::unix::io::AsRawFd;
+        f.debug_struct("EventFdInterrupt")
+            .field("fd", &self.evt.as_raw_fd())
+            .finish()
+    }
+}
+
+/// An interrupt that counts how often it was raised, for device tests.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct CountingInterrupt(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl CountingInterrupt {
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl Interrupt for CountingInterrupt {
+    fn trigger(&self) -> io::Result<()> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eventfd_interrupt_signals_the_fd() {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = EventFdInterrupt::new(evt.try_clone().unwrap());
+        assert!(evt.read().is_err(), "fd must start unsignalled");
+        interrupt.trigger().unwrap();
+        interrupt.trigger().unwrap();
+        assert_eq!(evt.read().unwrap(), 2);
+    }
+}

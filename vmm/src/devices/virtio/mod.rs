@@ -1,4 +1,9 @@
 //! Virtio devices, written against `virtio-queue` so any transport (virtio-mmio in the built-in
 //! VMM, vhost-user for QEMU) can drive them.
+//!
+//! - `mmio`: the virtio-mmio transport and the [`mmio::VirtioDevice`] trait devices implement
+//!   for it.
+//! - `vsock`: virtio-vsock with hybrid vsock.
 
+pub mod mmio;
 pub mod vsock;

@@ -6,9 +6,11 @@
 //! - `muxer`: the hybrid vsock Unix sockets and the connection table.
 //! - `device`: the virtqueues, independent of the transport.
 //! - `vhost_user`: serves the device to QEMU as a `vhost-user-vsock-device` backend.
+//! - `mmio_adapter`: the device as a `VirtioDevice` for the built-in VMM's virtio-mmio transport.
 
 mod connection;
 mod device;
+mod mmio_adapter;
 mod muxer;
 pub mod packet;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod vhost_user;
 use std::path::PathBuf;
 
 pub use device::{DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+pub use mmio_adapter::VsockMmioDevice;
 pub use muxer::MuxerError;
 pub use vhost_user::{serve_vhost_user, VsockBackendError, VsockBackendHandle};
 

@@ -1,0 +1,164 @@
+//! hull-vmm: one microVM per process on KVM.
+//!
+//! ```text
+//! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
+//!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
+//!          [--api-sock PATH]
+//! hull-vmm --config FILE [--api-sock PATH]
+//! ```
+//!
+//! Exit status: 0 when the guest halted or asked to power off/reset, 1 when
+//! the VM failed, 2 for bad configuration or a host that cannot run it,
+//! 3 when stopped through the API socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::sync::mpsc;
+
+use clap::Parser;
+use hull_vmm::builder::{self, VmOutcome};
+use hull_vmm::config::{
+    default_cmdline, BootConfig, MachineConfig, SerialConfig, VmConfig, VsockDeviceConfig,
+};
+
+#[derive(Parser)]
+#[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
+struct Cli {
+    /// A TOML file describing the whole VM (see docs/vmm.md).
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib"])]
+    config: Option<PathBuf>,
+    /// ELF vmlinux (PVH entry if it has the note) or bzImage.
+    #[arg(long, required_unless_present = "config")]
+    kernel: Option<PathBuf>,
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    #[arg(long)]
+    cmdline: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    #[arg(long, default_value_t = 128)]
+    memory_mib: u32,
+    /// File that receives the guest's serial console.
+    #[arg(long)]
+    serial_log: Option<PathBuf>,
+    /// Guest CID of a virtio-vsock device (hybrid vsock on --vsock-uds).
+    #[arg(long, requires = "vsock_uds")]
+    vsock_cid: Option<u64>,
+    #[arg(long, requires = "vsock_cid")]
+    vsock_uds: Option<PathBuf>,
+    /// The guest runs under PVM (a PVM-aware kernel or a test payload).
+    #[arg(long)]
+    pvm_capable: bool,
+    /// Unix socket taking `status` and `stop`, one per line.
+    #[arg(long)]
+    api_sock: Option<PathBuf>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("HULL_VMM_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = match vm_config(&cli) {
+        Ok(config) => config,
+        Err(err) => exit(2, err),
+    };
+    let vm = match builder::start(&config) {
+        Ok(vm) => vm,
+        Err(err) => exit(2, err),
+    };
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<VmOutcome>();
+    if let Some(path) = &cli.api_sock {
+        if let Err(err) = serve_api(path, stop_tx) {
+            exit(2, format!("API socket {}: {err}", path.display()));
+        }
+    }
+    // The VM runs until the guest ends it or the API stops it.
+    let runner = std::thread::spawn(move || {
+        let _ = done_tx.send(vm.wait_or(stop_rx));
+    });
+    let outcome = done_rx
+        .recv()
+        .unwrap_or(VmOutcome::Failed("VM thread ended".into()));
+    let _ = runner.join();
+    if let Some(path) = &cli.api_sock {
+        let _ = std::fs::remove_file(path);
+    }
+    match outcome {
+        VmOutcome::GuestStopped(stop) => {
+            eprintln!("hull-vmm: guest stopped ({stop:?})");
+            std::process::exit(0)
+        }
+        VmOutcome::Stopped => std::process::exit(3),
+        VmOutcome::Failed(why) => exit(1, why),
+    }
+}
+
+fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
+    if let Some(path) = &cli.config {
+        return VmConfig::load(path).map_err(|e| e.to_string());
+    }
+    let config = VmConfig {
+        machine: MachineConfig {
+            vcpus: cli.vcpus,
+            memory_mib: cli.memory_mib,
+            pvm_capable: cli.pvm_capable,
+        },
+        boot: BootConfig {
+            kernel: cli.kernel.clone().expect("clap requires --kernel"),
+            initrd: cli.initrd.clone(),
+            cmdline: cli.cmdline.clone().unwrap_or_else(default_cmdline),
+        },
+        serial: SerialConfig {
+            log: cli.serial_log.clone(),
+        },
+        vsock: cli
+            .vsock_cid
+            .zip(cli.vsock_uds.clone())
+            .map(|(guest_cid, uds_path)| VsockDeviceConfig {
+                guest_cid,
+                uds_path,
+            }),
+    };
+    config.validate().map_err(|e| e.to_string())?;
+    Ok(config)
+}
+
+/// `status` answers `running`; `stop` answers `stopping` and stops the VM.
+fn serve_api(path: &PathBuf, stop: mpsc::Sender<()>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(path);
+    let listener = UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("vmm-api".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut writer = match stream.try_clone() {
+                    Ok(writer) => writer,
+                    Err(_) => continue,
+                };
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let reply = match line.trim() {
+                        "status" => "running",
+                        "stop" => {
+                            let _ = stop.send(());
+                            "stopping"
+                        }
+                        _ => "error: unknown command (status, stop)",
+                    };
+                    let _ = writeln!(writer, "{reply}");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn exit(code: i32, err: impl std::fmt::Display) -> ! {
+    eprintln!("hull-vmm: {err}");
+    std::process::exit(code)
+}

@@ -1,0 +1,387 @@
+//! Assembles a VM in a fixed, readable order and runs it until the guest
+//! halts, resets or is stopped: host check → memory → KVM VM → legacy
+//! devices → virtio-mmio devices → kernel, initrd, command line → vCPUs →
+//! event loop.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use kvm_bindings::Msrs;
+use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::x86_64::{cpuid, layout, msr};
+use crate::config::VmConfig;
+use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
+use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
+use crate::devices::{EventFdInterrupt, Interrupt};
+use crate::host::Virtualization;
+use crate::loader;
+use crate::vstate::vcpu::{ExitHandler, Vcpu, VcpuConfig, VcpuHandle, VcpuStop};
+use crate::vstate::vm::{Vm, VmError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(
+        "This host's KVM is PVM ({0}), which cannot boot an ordinary Linux kernel: it would stop in KVM's instruction emulator. Use Hull's QEMU backend (hypervisor = \"qemu\", accelerator = \"tcg\"), or set machine.pvm_capable = true for a PVM-aware guest"
+    )]
+    PvmHost(&'static str),
+    #[error("No usable KVM on this host: {0}")]
+    NoKvm(&'static str),
+    #[error("Allocating {mib} MiB of guest memory: {message}")]
+    Memory { mib: u32, message: String },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("Opening {what} {path}: {source}")]
+    Open {
+        what: &'static str,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Loader(#[from] loader::LoaderError),
+    #[error("Setting up devices: {0}")]
+    Devices(String),
+    #[error("CPUID: {0}")]
+    Cpuid(String),
+    #[error(transparent)]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    #[error("Event loop: {0}")]
+    EventLoop(#[source] std::io::Error),
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmOutcome {
+    /// The guest halted or asked for a reset/power-off.
+    GuestStopped(VcpuStop),
+    /// The VMM was asked to stop it.
+    Stopped,
+    /// A vCPU failed.
+    Failed(String),
+}
+
+/// Exits of the vCPUs go to the port and MMIO buses.
+struct Buses {
+    io: Bus,
+    mmio: Bus,
+    reset: EventFd,
+}
+
+impl ExitHandler for Buses {
+    fn pio_read(&self, port: u16, data: &mut [u8]) {
+        if !self.io.read(port.into(), data) {
+            data.fill(0xff);
+        }
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) -> bool {
+        self.io.write(port.into(), data);
+        let i8042 = u64::from(I8042_PORT)..u64::from(I8042_PORT) + I8042_PORT_LEN;
+        i8042.contains(&u64::from(port)) && self.reset.read().is_ok()
+    }
+
+    fn mmio_read(&self, address: u64, data: &mut [u8]) {
+        if !self.mmio.read(address, data) {
+            data.fill(0xff);
+        }
+    }
+
+    fn mmio_write(&self, address: u64, data: &[u8]) {
+        self.mmio.write(address, data);
+    }
+}
+
+/// A running VM.
+pub struct RunningVm {
+    vcpus: Vec<VcpuHandle>,
+    event_loop: Option<JoinHandle<()>>,
+    event_loop_stop: EventFd,
+    // Kept alive for as long as the vCPUs run.
+    _vm: Vm,
+    _memory: GuestMemoryMmap,
+}
+
+/// Builds the VM `config` describes and starts its vCPUs.
+pub fn start(config: &VmConfig) -> Result<RunningVm, BuildError> {
+    check_host(config, Virtualization::detect())?;
+
+    let mib = config.machine.memory_mib;
+    let size = mib as usize * 1024 * 1024;
+    let memory =
+        GuestMemoryMmap::<()>::from_ranges(&layout::memory_regions(size)).map_err(|e| {
+            BuildError::Memory {
+                mib,
+                message: e.to_string(),
+            }
+        })?;
+    let vm = Vm::new()?;
+    vm.register_memory(&memory)?;
+
+    let irq = |gsi: u32| -> std::io::Result<Arc<dyn Interrupt>> {
+        let event = EventFd::new(EFD_NONBLOCK)?;
+        vm.register_irqfd(&event, gsi)
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        Ok(Arc::new(EventFdInterrupt::new(event)))
+    };
+
+    let serial_out: Box<dyn std::io::Write + Send> = match &config.serial.log {
+        Some(path) => Box::new(File::create(path).map_err(|source| BuildError::Open {
+            what: "serial log",
+            path: path.clone(),
+            source,
+        })?),
+        None => Box::new(std::io::sink()),
+    };
+    let reset = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Devices(e.to_string()))?;
+    let legacy = LegacyDeviceManager::new(
+        serial_out,
+        irq(COM1_IRQ).map_err(|e| BuildError::Devices(e.to_string()))?,
+        reset
+            .try_clone()
+            .map_err(|e| BuildError::Devices(e.to_string()))?,
+    )
+    .map_err(|e| BuildError::Devices(e.to_string()))?;
+
+    let mut mmio = MmioDeviceManager::new(
+        GuestMemoryAtomic::new(memory.clone()),
+        layout::VIRTIO_MMIO_BASE,
+        layout::VIRTIO_MMIO_MAX_DEVICES * layout::VIRTIO_MMIO_DEVICE_SIZE,
+        layout::IRQ_BASE..=layout::IRQ_MAX,
+    );
+    let mut host_event_sources = Vec::new();
+    if let Some(vsock) = &config.vsock {
+        let device = VsockMmioDevice::new(&VsockConfig {
+            guest_cid: vsock.guest_cid,
+            uds_path: vsock.uds_path.clone(),
+        })
+        .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
+        let fd = device.host_events_fd();
+        let device = Arc::new(Mutex::new(device));
+        mmio.register_virtio_device(device.clone(), irq)
+            .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
+        host_event_sources.push((fd, device));
+    }
+
+    let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
+        what: "kernel",
+        path: config.boot.kernel.clone(),
+        source,
+    })?;
+    let mut boot = loader::load_kernel(&memory, &mut kernel)?;
+    if let Some(path) = &config.boot.initrd {
+        let mut initrd = File::open(path).map_err(|source| BuildError::Open {
+            what: "initrd",
+            path: path.clone(),
+            source,
+        })?;
+        loader::load_initrd(&memory, &mut boot, &mut initrd)?;
+    }
+    let devices: Vec<(GuestAddress, u32)> = mmio
+        .devices()
+        .iter()
+        .map(|d| (GuestAddress(d.addr), d.irq))
+        .collect();
+    let cmdline = loader::build_cmdline(&config.boot.cmdline, &devices)?;
+    let boot_state = loader::configure_boot(&memory, &boot, &cmdline)?;
+
+    let supported = vm.supported_cpuid()?;
+    let count = config.machine.vcpus;
+    let buses = Arc::new(Buses {
+        io: legacy.io_bus().clone(),
+        mmio: mmio.bus().clone(),
+        reset,
+    });
+    let mut vcpus = Vec::new();
+    for id in 0..count {
+        let vcpu = Vcpu::new(vm.fd(), id.into())?;
+        let cpuid = cpuid::normalize_cpuid(&supported, id, count)
+            .map_err(|e| BuildError::Cpuid(e.to_string()))?;
+        let msrs = Msrs::from_entries(&msr::boot_msr_entries())
+            .map_err(|e| BuildError::Cpuid(format!("MSR list: {e:?}")))?;
+        let boot_registers = if id == 0 {
+            let mut sregs = vcpu.sregs()?;
+            boot_state.apply_sregs(&mut sregs);
+            Some((boot_state.regs, sregs, boot_state.fpu))
+        } else {
+            None
+        };
+        vcpu.configure(&VcpuConfig {
+            cpuid,
+            msrs,
+            boot: boot_registers,
+        })?;
+        vcpus.push(vcpu);
+    }
+
+    let event_loop_stop = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
+    let event_loop = spawn_event_loop(
+        host_event_sources,
+        event_loop_stop.try_clone().map_err(BuildError::EventLoop)?,
+    )?;
+    let handles = vcpus
+        .into_iter()
+        .map(|vcpu| vcpu.start(buses.clone()))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RunningVm {
+        vcpus: handles,
+        event_loop: Some(event_loop),
+        event_loop_stop,
+        _vm: vm,
+        _memory: memory,
+    })
+}
+
+/// On PVM, only a guest declared PVM-capable may run: anything else would
+/// spin in KVM's instruction emulator instead of booting.
+pub fn check_host(config: &VmConfig, host: Virtualization) -> Result<(), BuildError> {
+    match host {
+        Virtualization::Hardware => Ok(()),
+        Virtualization::Pvm if config.machine.pvm_capable => Ok(()),
+        Virtualization::Pvm => Err(BuildError::PvmHost(host.describe())),
+        Virtualization::None => Err(BuildError::NoKvm(host.describe())),
+    }
+}
+
+/// Watches the host sockets of the devices that have any and lets the
+/// device handle them (vsock connections from the host).
+fn spawn_event_loop(
+    sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
+    stop: EventFd,
+) -> Result<JoinHandle<()>, BuildError> {
+    let epoll = Epoll::new().map_err(BuildError::EventLoop)?;
+    let stop_token = u64::MAX;
+    epoll
+        .ctl(
+            ControlOperation::Add,
+            stop.as_raw_fd(),
+            EpollEvent::new(EventSet::IN, stop_token),
+        )
+        .map_err(BuildError::EventLoop)?;
+    for (index, (fd, _)) in sources.iter().enumerate() {
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                *fd,
+                EpollEvent::new(EventSet::IN, index as u64),
+            )
+            .map_err(BuildError::EventLoop)?;
+    }
+    std::thread::Builder::new()
+        .name("vmm-events".into())
+        .spawn(move || {
+            let mut events = vec![EpollEvent::default(); 8];
+            loop {
+                let ready = match epoll.wait(-1, &mut events) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::error!(%e, "event loop");
+                        return;
+                    }
+                };
+                for event in &events[..ready] {
+                    if event.data() == stop_token {
+                        return;
+                    }
+                    if let Some((_, device)) = sources.get(event.data() as usize) {
+                        device.lock().expect("device lock").process_host_events();
+                    }
+                }
+            }
+        })
+        .map_err(BuildError::EventLoop)
+}
+
+impl RunningVm {
+    /// Waits until a vCPU ends (the guest halted, reset, or failed), then
+    /// stops the others.
+    pub fn wait(mut self) -> VmOutcome {
+        let outcome = loop {
+            if let Some(index) = self.vcpus.iter().position(VcpuHandle::is_finished) {
+                let stop = self.vcpus.swap_remove(index).join();
+                break match stop {
+                    VcpuStop::Failed(why) => VmOutcome::Failed(why),
+                    other => VmOutcome::GuestStopped(other),
+                };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        self.shutdown();
+        outcome
+    }
+
+    /// Stops the VM from outside.
+    pub fn stop(mut self) -> VmOutcome {
+        self.shutdown();
+        VmOutcome::Stopped
+    }
+
+    /// `wait`, or stop when `stop` receives (or its sender goes away after
+    /// sending nothing, which leaves the VM running).
+    pub fn wait_or(self, stop: std::sync::mpsc::Receiver<()>) -> VmOutcome {
+        loop {
+            if self.vcpus.iter().any(VcpuHandle::is_finished) {
+                return self.wait();
+            }
+            if stop.try_recv().is_ok() {
+                return self.stop();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn shutdown(&mut self) {
+        for vcpu in self.vcpus.drain(..) {
+            vcpu.stop();
+        }
+        let _ = self.event_loop_stop.write(1);
+        if let Some(event_loop) = self.event_loop.take() {
+            let _ = event_loop.join();
+        }
+    }
+}
+
+impl Drop for RunningVm {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BootConfig, MachineConfig, SerialConfig};
+
+    fn config(pvm_capable: bool) -> VmConfig {
+        VmConfig {
+            machine: MachineConfig {
+                pvm_capable,
+                ..Default::default()
+            },
+            boot: BootConfig {
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: String::new(),
+            },
+            serial: SerialConfig::default(),
+            vsock: None,
+        }
+    }
+
+    #[test]
+    fn pvm_hosts_refuse_guests_not_declared_pvm_capable() {
+        let err = check_host(&config(false), Virtualization::Pvm)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PVM") && err.contains("qemu"), "{err}");
+        assert!(check_host(&config(true), Virtualization::Pvm).is_ok());
+        assert!(check_host(&config(false), Virtualization::Hardware).is_ok());
+        assert!(check_host(&config(true), Virtualization::None).is_err());
+    }
+}

@@ -1,0 +1,192 @@
+//! The VM a `hull-vmm` process runs: from quick flags or a TOML file.
+//! Every key has a default where one makes sense; an unknown key is an error
+//! that names it.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("Cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Invalid VM configuration in {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("Invalid VM configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(default)]
+    pub machine: MachineConfig,
+    pub boot: BootConfig,
+    #[serde(default)]
+    pub serial: SerialConfig,
+    #[serde(default)]
+    pub vsock: Option<VsockDeviceConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpus: u8,
+    pub memory_mib: u32,
+    /// The guest is known to run under PVM (a PVM-aware kernel, or one of
+    /// Hull's test payloads). Without it, hull-vmm refuses to boot on a PVM
+    /// host instead of hanging in KVM's instruction emulator.
+    pub pvm_capable: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpus: 1,
+            memory_mib: 128,
+            pvm_capable: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// An ELF vmlinux (PVH entry if it has the note) or a bzImage.
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+}
+
+pub fn default_cmdline() -> String {
+    "console=ttyS0 reboot=k panic=1".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SerialConfig {
+    /// Where the guest's serial output goes; none: discarded.
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockDeviceConfig {
+    pub guest_cid: u64,
+    /// The hybrid-vsock Unix socket (`CONNECT <port>`).
+    pub uds_path: PathBuf,
+}
+
+impl VmConfig {
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let config: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_owned(),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.machine.vcpus == 0 || self.machine.vcpus > 32 {
+            return Err(ConfigError::Invalid(format!(
+                "vcpus = {} is outside 1..=32",
+                self.machine.vcpus
+            )));
+        }
+        if self.machine.memory_mib < 2 {
+            return Err(ConfigError::Invalid(format!(
+                "memory_mib = {} is too small",
+                self.machine.memory_mib
+            )));
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.guest_cid < 3 || vsock.guest_cid >= u32::MAX as u64 {
+                return Err(ConfigError::Invalid(format!(
+                    "vsock guest_cid = {} is reserved (use 3 or more)",
+                    vsock.guest_cid
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_parses() {
+        let config = VmConfig::parse(
+            r#"
+            [machine]
+            vcpus = 2
+            memory_mib = 256
+            pvm_capable = true
+            [boot]
+            kernel = "/k"
+            initrd = "/i"
+            cmdline = "console=ttyS0"
+            [serial]
+            log = "/tmp/console.log"
+            [vsock]
+            guest_cid = 3
+            uds_path = "/run/v.sock"
+            "#,
+            Path::new("vm.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.machine.vcpus, 2);
+        assert!(config.machine.pvm_capable);
+        assert_eq!(config.boot.initrd, Some(PathBuf::from("/i")));
+        assert_eq!(config.vsock.unwrap().guest_cid, 3);
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let config = VmConfig::parse("[boot]\nkernel = \"/k\"\n", Path::new("vm.toml")).unwrap();
+        assert_eq!(config.machine, MachineConfig::default());
+        assert_eq!(config.boot.cmdline, default_cmdline());
+        assert!(config.serial.log.is_none());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let err = VmConfig::parse(
+            "[boot]\nkernel = \"/k\"\nkernal = 1\n",
+            Path::new("vm.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("kernal"), "{err}");
+        let err = VmConfig::parse(
+            "[machine]\nvcpus = 0\n[boot]\nkernel = \"/k\"\n",
+            Path::new("vm.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("vcpus"), "{err}");
+        let err = VmConfig::parse(
+            "[boot]\nkernel = \"/k\"\n[vsock]\nguest_cid = 2\nuds_path = \"/v\"\n",
+            Path::new("vm.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("guest_cid"), "{err}");
+        assert!(VmConfig::parse("[machine]\nvcpus = 1\n", Path::new("vm.toml")).is_err());
+    }
+}
