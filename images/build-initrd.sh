@@ -11,15 +11,15 @@ out=${1:?usage: build-initrd.sh OUT_DIR}
 mkdir -p "$out"
 
 target=x86_64-unknown-linux-gnu
-echo "initrd: building the static hull-agent" >&2
+echo "initrd: building the static hull-agent (profile agent: size-optimised, it is unpacked on every boot)" >&2
 # --target keeps crt-static away from build scripts and proc macros, which
 # must stay dynamic. libseccomp is linked statically into the agent.
 (cd "$here" && \
     RUSTFLAGS="-C target-feature=+crt-static" \
     LIBSECCOMP_LINK_TYPE=static \
     LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-    cargo build --release --locked -p hull-agent --target "$target" 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' >&2 || true)
-agent="$here/target/$target/release/hull-agent"
+    cargo build --profile agent --locked -p hull-agent --target "$target" 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' >&2 || true)
+agent="$here/target/$target/agent/hull-agent"
 [ -x "$agent" ] || { echo "initrd: hull-agent was not built" >&2; exit 1; }
 if file "$agent" | grep -q 'dynamically linked'; then
     echo "initrd: $agent is dynamically linked; it must be static to run as /init" >&2
