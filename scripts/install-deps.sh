@@ -8,7 +8,7 @@ packages=(
     qemu-system-x86 containerd runc containernetworking-plugins
     linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio kmod
     busybox-static libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler
-    file iproute2 util-linux
+    file iproute2 util-linux time gcc
 )
 missing=()
 for p in "${packages[@]}"; do
