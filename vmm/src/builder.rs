@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::Msrs;
+use seccompiler::BpfProgram;
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -21,6 +22,7 @@ use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
 use crate::devices::{EventFdInterrupt, Interrupt};
 use crate::host::Virtualization;
 use crate::loader;
+use crate::seccomp::{self, ThreadFilters, ThreadKind};
 use crate::vstate::vcpu::{ExitHandler, Vcpu, VcpuConfig, VcpuHandle, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -107,8 +109,10 @@ pub struct RunningVm {
     _memory: GuestMemoryMmap,
 }
 
-/// Builds the VM `config` describes and starts its vCPUs.
-pub fn start(config: &VmConfig) -> Result<RunningVm, BuildError> {
+/// Builds the VM `config` describes and starts its vCPUs. With `filters`,
+/// the event loop and every vCPU confine themselves (`crate::seccomp`)
+/// before doing anything else.
+pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<RunningVm, BuildError> {
     check_host(config, Virtualization::detect())?;
 
     let mib = config.machine.memory_mib;
@@ -223,10 +227,12 @@ pub fn start(config: &VmConfig) -> Result<RunningVm, BuildError> {
     let event_loop = spawn_event_loop(
         host_event_sources,
         event_loop_stop.try_clone().map_err(BuildError::EventLoop)?,
+        filters.map(|f| f.get(ThreadKind::EventLoop)),
     )?;
+    let vcpu_filter = filters.map(|f| f.get(ThreadKind::Vcpu));
     let handles = vcpus
         .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone()))
+        .map(|vcpu| vcpu.start(buses.clone(), vcpu_filter.clone()))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RunningVm {
         vcpus: handles,
@@ -253,6 +259,7 @@ pub fn check_host(config: &VmConfig, host: Virtualization) -> Result<(), BuildEr
 fn spawn_event_loop(
     sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
     stop: EventFd,
+    filter: Option<Arc<BpfProgram>>,
 ) -> Result<JoinHandle<()>, BuildError> {
     let epoll = Epoll::new().map_err(BuildError::EventLoop)?;
     let stop_token = u64::MAX;
@@ -275,6 +282,7 @@ fn spawn_event_loop(
     std::thread::Builder::new()
         .name("vmm-events".into())
         .spawn(move || {
+            seccomp::confine_current_thread(ThreadKind::EventLoop, filter.as_deref());
             let mut events = vec![EpollEvent::default(); 8];
             loop {
                 let ready = match epoll.wait(-1, &mut events) {

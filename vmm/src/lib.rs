@@ -12,4 +12,5 @@ pub mod device_manager;
 pub mod devices;
 pub mod host;
 pub mod loader;
+pub mod seccomp;
 pub mod vstate;

@@ -9,50 +9,14 @@
 //! Needs root (for /dev/kvm) and gcc.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hull_vmm::host::Virtualization;
 
-const VMM: &str = env!("CARGO_BIN_EXE_hull-vmm");
+mod common;
 
-/// Builds a payload from tests/payload/ into a fresh directory.
-fn build(source: &str, dir: &Path) -> PathBuf {
-    let payload = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payload");
-    let out = dir.join(source.split('.').next().unwrap());
-    let status = Command::new("gcc")
-        .args([
-            "-O1",
-            "-ffreestanding",
-            "-fno-pic",
-            "-fno-pie",
-            "-no-pie",
-            "-mno-red-zone",
-            "-mgeneral-regs-only",
-            "-fno-stack-protector",
-            "-nostdlib",
-            "-static",
-            "-Wl,--build-id=none",
-            "-Wl,--no-warn-rwx-segments",
-        ])
-        .arg(format!("-Wl,-T,{}", payload.join("payload.ld").display()))
-        .arg("-o")
-        .arg(&out)
-        .arg(payload.join(source))
-        .status()
-        .expect("gcc is installed");
-    assert!(status.success(), "building {source}");
-    out
-}
-
-fn require_kvm() {
-    assert!(
-        Path::new("/dev/kvm").exists(),
-        "these tests need /dev/kvm (run as root on a host with KVM)"
-    );
-}
+use common::{build, connect_retrying, require_kvm, VMM};
 
 struct Vmm {
     child: Child,
@@ -96,21 +60,6 @@ impl Drop for Vmm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-fn connect_retrying(path: &Path) -> UnixStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(stream) = UnixStream::connect(path) {
-            return stream;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -3,9 +3,12 @@
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
 //!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
-//!          [--api-sock PATH]
-//! hull-vmm --config FILE [--api-sock PATH]
+//!          [--api-sock PATH] [--no-seccomp]
+//! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
 //! ```
+//!
+//! Every thread drops its capabilities and installs its own seccomp filter
+//! once the VM is built (`hull_vmm::seccomp`).
 //!
 //! Exit status: 0 when the guest halted or asked to power off/reset, 1 when
 //! the VM failed, 2 for bad configuration or a host that cannot run it,
@@ -14,13 +17,15 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 
 use clap::Parser;
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
     default_cmdline, BootConfig, MachineConfig, SerialConfig, VmConfig, VsockDeviceConfig,
 };
+use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
+use seccompiler::BpfProgram;
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
@@ -53,6 +58,9 @@ struct Cli {
     /// Unix socket taking `status` and `stop`, one per line.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Run without seccomp filters (for debugging; capabilities are still dropped).
+    #[arg(long)]
+    no_seccomp: bool,
 }
 
 fn main() {
@@ -68,21 +76,32 @@ fn main() {
         Ok(config) => config,
         Err(err) => exit(2, err),
     };
-    let vm = match builder::start(&config) {
+    let filters = match cli.no_seccomp {
+        true => None,
+        false => Some(ThreadFilters::new().unwrap_or_else(|err| exit(2, err))),
+    };
+    let main_filter = filters.as_ref().map(|f| f.get(ThreadKind::Main));
+    let vm = match builder::start(&config, filters.as_ref()) {
         Ok(vm) => vm,
         Err(err) => exit(2, err),
     };
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<VmOutcome>();
     if let Some(path) = &cli.api_sock {
-        if let Err(err) = serve_api(path, stop_tx) {
+        let filter = filters.as_ref().map(|f| f.get(ThreadKind::Api));
+        if let Err(err) = serve_api(path, stop_tx, filter) {
             exit(2, format!("API socket {}: {err}", path.display()));
         }
     }
     // The VM runs until the guest ends it or the API stops it.
+    let runner_filter = main_filter.clone();
     let runner = std::thread::spawn(move || {
+        seccomp::confine_current_thread(ThreadKind::Main, runner_filter.as_deref());
         let _ = done_tx.send(vm.wait_or(stop_rx));
     });
+    // The last thread is started: from here on the main thread only waits.
+    seccomp::confine_current_thread(ThreadKind::Main, main_filter.as_deref());
+    seccomp::run_selftest_if_asked();
     let outcome = done_rx
         .recv()
         .unwrap_or(VmOutcome::Failed("VM thread ended".into()));
@@ -131,12 +150,17 @@ fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
 }
 
 /// `status` answers `running`; `stop` answers `stopping` and stops the VM.
-fn serve_api(path: &PathBuf, stop: mpsc::Sender<()>) -> std::io::Result<()> {
+fn serve_api(
+    path: &PathBuf,
+    stop: mpsc::Sender<()>,
+    filter: Option<Arc<BpfProgram>>,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = UnixListener::bind(path)?;
     std::thread::Builder::new()
         .name("vmm-api".into())
         .spawn(move || {
+            seccomp::confine_current_thread(ThreadKind::Api, filter.as_deref());
             for stream in listener.incoming().flatten() {
                 let mut writer = match stream.try_clone() {
                     Ok(writer) => writer,

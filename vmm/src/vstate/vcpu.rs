@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use seccompiler::BpfProgram;
+
+use crate::seccomp::{self, ThreadKind};
 
 /// What a vCPU's exits are handed to: the VMM's port and MMIO buses.
 pub trait ExitHandler: Send + Sync {
@@ -105,15 +108,23 @@ impl Vcpu {
         Ok(())
     }
 
-    /// Runs the vCPU on its own thread.
-    pub fn start(self, handler: Arc<dyn ExitHandler>) -> Result<VcpuHandle, VcpuError> {
+    /// Runs the vCPU on its own thread, confined by `filter` (see
+    /// `crate::seccomp`) before it first enters the guest.
+    pub fn start(
+        self,
+        handler: Arc<dyn ExitHandler>,
+        filter: Option<Arc<BpfProgram>>,
+    ) -> Result<VcpuHandle, VcpuError> {
         install_kick_handler();
         let stop = Arc::new(AtomicBool::new(false));
         let thread_stop = stop.clone();
         let id = self.id;
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
-            .spawn(move || self.run(handler.as_ref(), &thread_stop))
+            .spawn(move || {
+                seccomp::confine_current_thread(ThreadKind::Vcpu, filter.as_deref());
+                self.run(handler.as_ref(), &thread_stop)
+            })
             .map_err(|source| VcpuError::Thread { id, source })?;
         Ok(VcpuHandle { thread, stop })
     }

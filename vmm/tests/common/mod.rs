@@ -1,0 +1,62 @@
+//! What the tests that run hull-vmm under /dev/kvm share: building the test
+//! guests in tests/payload/ with gcc, and waiting for sockets to appear.
+
+#![allow(dead_code)]
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub const VMM: &str = env!("CARGO_BIN_EXE_hull-vmm");
+
+/// Builds a payload from tests/payload/ into `dir`.
+pub fn build(source: &str, dir: &Path) -> PathBuf {
+    let payload = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/payload");
+    let out = dir.join(source.split('.').next().unwrap());
+    let status = Command::new("gcc")
+        .args([
+            "-O1",
+            "-ffreestanding",
+            "-fno-pic",
+            "-fno-pie",
+            "-no-pie",
+            "-mno-red-zone",
+            "-mgeneral-regs-only",
+            "-fno-stack-protector",
+            "-nostdlib",
+            "-static",
+            "-Wl,--build-id=none",
+            "-Wl,--no-warn-rwx-segments",
+        ])
+        .arg(format!("-Wl,-T,{}", payload.join("payload.ld").display()))
+        .arg("-o")
+        .arg(&out)
+        .arg(payload.join(source))
+        .status()
+        .expect("gcc is installed");
+    assert!(status.success(), "building {source}");
+    out
+}
+
+pub fn require_kvm() {
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "these tests need /dev/kvm (run as root on a host with KVM)"
+    );
+}
+
+pub fn connect_retrying(path: &Path) -> UnixStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(stream) = UnixStream::connect(path) {
+            return stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

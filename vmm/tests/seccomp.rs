@@ -1,0 +1,365 @@
+//! hull-vmm's confinement (`hull_vmm::seccomp`): the test guests of
+//! kvm_payloads.rs run to the end with every thread filtered and without
+//! capabilities, a forbidden system call kills the VMM with SIGSYS, and the
+//! filters let through, or stop, the calls a guest can make the VMM issue.
+//!
+//! Needs root (for /dev/kvm) and gcc.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hull_vmm::seccomp::{self, ThreadKind};
+
+mod common;
+
+use common::{build, connect_retrying, require_kvm, VMM};
+
+struct Vmm {
+    child: Child,
+}
+
+impl Vmm {
+    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Vmm {
+        let child = Command::new(VMM)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running hull-vmm");
+        Vmm { child }
+    }
+
+    /// Waits for the exit, with a deadline; returns the status and stderr.
+    fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                let mut pipe = self.child.stderr.take().unwrap();
+                pipe.read_to_string(&mut stderr).unwrap();
+                return (status, stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hull-vmm did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Name, seccomp mode, effective and bounding capabilities of every thread
+/// of `pid`. KVM's own kernel workers (`kvm-*`), which never make system
+/// calls, are left out.
+fn threads(pid: u32) -> Vec<(String, String, String, String)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(dir.join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        let comm = comm.trim().to_owned();
+        if !comm.starts_with("kvm-") {
+            threads.push((comm, field("Seccomp:"), field("CapEff:"), field("CapBnd:")));
+        }
+    }
+    threads.sort();
+    threads
+}
+
+#[test]
+fn every_thread_is_filtered_and_without_capabilities_and_the_api_still_stops_the_vm() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    // This guest waits for a vsock connection that never comes.
+    let kernel = build("payload64.c", dir.path());
+    let uds = dir.path().join("v.sock");
+    let api = dir.path().join("api.sock");
+    let vmm = Vmm::spawn(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory-mib",
+            "32",
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--api-sock",
+            api.to_str().unwrap(),
+            "--pvm-capable",
+        ],
+        &[],
+    );
+    let mut stream = connect_retrying(&api);
+
+    // Threads confine themselves as they start: wait until all have.
+    let pid = vmm.child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let threads = loop {
+        let threads = threads(pid);
+        let confined = threads.iter().all(|(_, mode, _, _)| mode == "2");
+        if confined || Instant::now() > deadline {
+            break threads;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let names: Vec<&str> = threads.iter().map(|t| t.0.as_str()).collect();
+    for expected in ["vcpu0", "vmm-events", "vmm-api", "hull-vmm"] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
+    // main, the thread waiting for the vCPUs, vcpu0, events, API.
+    assert_eq!(threads.len(), 5, "{threads:?}");
+    for (name, mode, effective, bounding) in &threads {
+        assert_eq!(mode, "2", "{name} is not in seccomp filter mode");
+        assert_eq!(effective, "0000000000000000", "{name} keeps capabilities");
+        assert_eq!(bounding, "0000000000000000", "{name} keeps a bounding set");
+    }
+
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    stream.write_all(b"status\n").unwrap();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "running\n");
+    line.clear();
+    stream.write_all(b"stop\n").unwrap();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "stopping\n");
+    let (status, stderr) = vmm.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(3), "{status:?}: {stderr}");
+    assert!(!api.exists(), "the API socket is removed");
+    assert!(!uds.exists(), "the vsock socket is removed");
+}
+
+#[test]
+fn filtered_linux64_guest_talks_vsock() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("payload64.c", dir.path());
+    let serial = dir.path().join("serial.log");
+    let uds = dir.path().join("v.sock");
+    let vmm = Vmm::spawn(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--serial-log",
+            serial.to_str().unwrap(),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--pvm-capable",
+        ],
+        &[],
+    );
+    let mut stream = connect_retrying(&uds);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"CONNECT 1234\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut stream).read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK "), "handshake answer {line:?}");
+    stream.write_all(b"ping").unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"pong:ping");
+
+    let (status, stderr) = vmm.wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(log.contains("hull-payload: done"), "{log}");
+    assert!(!uds.exists(), "the vsock socket is removed");
+}
+
+#[test]
+fn filtered_pvh_guest_runs() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("pvh.S", dir.path());
+    let serial = dir.path().join("serial.log");
+    let (status, stderr) = Vmm::spawn(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--cmdline",
+            "console=ttyS0 pvh-test",
+            "--memory-mib",
+            "32",
+            "--serial-log",
+            serial.to_str().unwrap(),
+            "--pvm-capable",
+        ],
+        &[],
+    )
+    .wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(log.contains("hull-payload: pvh entry"), "{log}");
+}
+
+#[test]
+fn a_forbidden_system_call_kills_the_vmm_unless_seccomp_is_off() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("pvh.S", dir.path());
+    let args = ["--kernel", kernel.to_str().unwrap(), "--pvm-capable"];
+    let selftest = [(seccomp::SELFTEST_ENV, "1")];
+
+    let (status, stderr) = Vmm::spawn(&args, &selftest).wait(Duration::from_secs(30));
+    assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}: {stderr}");
+    assert!(!stderr.contains("fork was allowed"), "{stderr}");
+
+    let no_seccomp = [&args[..], &["--no-seccomp"]].concat();
+    let (status, stderr) = Vmm::spawn(&no_seccomp, &selftest).wait(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    assert!(stderr.contains("fork was allowed"), "{stderr}");
+}
+
+/// The environment variable that turns this test binary, run again as a
+/// child, into a probe: it confines itself with one filter and makes one
+/// system call (see `probe_child`).
+const PROBE_ENV: &str = "HULL_VMM_SECCOMP_PROBE";
+
+/// How a probe child ended: 0 when the call went through, or a signal.
+fn run_probe(probe: &str, socket_dir: &Path) -> ExitStatus {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "filters_allow_what_a_guest_may_cause_and_kill_the_rest",
+            "--nocapture",
+        ])
+        .env(PROBE_ENV, probe)
+        .env("HULL_VMM_PROBE_DIR", socket_dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+}
+
+#[test]
+fn filters_allow_what_a_guest_may_cause_and_kill_the_rest() {
+    if let Ok(probe) = std::env::var(PROBE_ENV) {
+        // This is the child run by the loop below.
+        return probe_child(&probe);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A host service a guest connects to through vsock: `<uds>_<port>`.
+    let _listener = std::os::unix::net::UnixListener::bind(dir.path().join("v.sock_52")).unwrap();
+    for (probe, expected) in [
+        // A guest-initiated vsock connection runs on the vCPU thread.
+        ("vcpu-unix-connect", None),
+        ("vcpu-inet-socket", Some(libc::SIGSYS)),
+        ("vcpu-other-ioctl", Some(libc::SIGSYS)),
+        ("vcpu-open", Some(libc::SIGSYS)),
+        ("event-loop-exec-mapping", Some(libc::SIGSYS)),
+        ("api-connect", Some(libc::SIGSYS)),
+        // The kick signal may be sent; SIGUSR1 would end the process by
+        // itself, so SIGSYS shows the filter stopped it first.
+        ("main-kick", None),
+        ("main-other-signal", Some(libc::SIGSYS)),
+    ] {
+        let status = run_probe(probe, dir.path());
+        match expected {
+            None => assert_eq!(status.code(), Some(0), "{probe}: {status:?}"),
+            Some(signal) => assert_eq!(status.signal(), Some(signal), "{probe}: {status:?}"),
+        }
+    }
+}
+
+/// The child side of `filters_allow_what_a_guest_may_cause_and_kill_the_rest`:
+/// confines itself with one filter and makes one system call.
+fn probe_child(probe: &str) {
+    let dir = std::path::PathBuf::from(std::env::var("HULL_VMM_PROBE_DIR").unwrap());
+    let kind = match probe.split('-').next().unwrap() {
+        "vcpu" => ThreadKind::Vcpu,
+        "event" => ThreadKind::EventLoop,
+        "api" => ThreadKind::Api,
+        "main" => ThreadKind::Main,
+        other => panic!("unknown probe {other}"),
+    };
+    let path = std::ffi::CString::new(dir.join("v.sock_52").to_str().unwrap()).unwrap();
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (slot, byte) in address.sun_path.iter_mut().zip(path.as_bytes()) {
+        *slot = *byte as libc::c_char;
+    }
+    // The thread the main filter's thread kicks, as it kicks vCPUs; it is
+    // not confined, so it can return from the signal handler.
+    let kick = libc::SIGRTMIN();
+    // SAFETY: installs a handler that does nothing, for the kick signal.
+    unsafe {
+        extern "C" fn ignore(_: libc::c_int) {}
+        libc::signal(kick, ignore as *const () as libc::sighandler_t);
+    }
+    let target = std::thread::spawn(|| loop {
+        std::thread::park();
+    });
+    let target = std::os::unix::thread::JoinHandleExt::as_pthread_t(&target);
+    let filter = seccomp::compile(kind).unwrap();
+    seccomp::try_confine_current_thread(kind, Some(&filter)).unwrap();
+    // SAFETY: plain system calls on values owned here; the process exits
+    // right after, so nothing outlives them.
+    let ok = unsafe {
+        match probe {
+            "vcpu-unix-connect" | "api-connect" => {
+                let fd = libc::socket(
+                    libc::AF_UNIX,
+                    libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    0,
+                );
+                fd >= 0
+                    && libc::connect(
+                        fd,
+                        &address as *const _ as *const libc::sockaddr,
+                        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                    ) == 0
+            }
+            "vcpu-inet-socket" => libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) >= 0,
+            "vcpu-other-ioctl" => {
+                let mut size: libc::winsize = std::mem::zeroed();
+                libc::ioctl(2, libc::TIOCGWINSZ, &mut size) == 0
+            }
+            "vcpu-open" => libc::open(c"/etc/hostname".as_ptr(), libc::O_RDONLY) >= 0,
+            "event-loop-exec-mapping" => {
+                let map = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                map != libc::MAP_FAILED
+            }
+            "main-kick" => libc::pthread_kill(target, kick) == 0,
+            "main-other-signal" => libc::pthread_kill(target, libc::SIGUSR1) == 0,
+            other => panic!("unknown probe {other}"),
+        }
+    };
+    // SAFETY: ends the probe process without running anything else.
+    unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+}
