@@ -14,7 +14,7 @@ DEMO_DIR    := /run/hull-demo
 CTR         := ctr -a $(DEMO_DIR)/containerd.sock -n hull-demo
 export HULL_CACHE
 
-.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test bench lint clean
+.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test fuzz bench lint clean
 
 help:
 	@echo "make demo     install deps, build, install, run busybox in a microVM through containerd (and under runc)"
@@ -79,6 +79,22 @@ test: assets
 	HULL_TEST_INITRD=$(abspath $(INITRD)) \
 	HULL_TEST_ROOTFS=$(abspath $(ROOTFS)) \
 	cargo test --locked --workspace -- --test-threads=2
+	@$(MAKE) --no-print-directory fuzz
+
+# A short run of every fuzz target (FUZZ_SECONDS each). cargo fuzz wants
+# nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
+FUZZ_SECONDS ?= 10
+FUZZ_TARGETS := vsock_packet virtqueue config
+fuzz: deps
+	@mkdir -p target
+	@for target in $(FUZZ_TARGETS); do \
+		echo "fuzz: $$target for $(FUZZ_SECONDS) s (log: target/fuzz-$$target.log)"; \
+		if ! (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none $$target -- \
+			-max_total_time=$(FUZZ_SECONDS) > ../target/fuzz-$$target.log 2>&1); then \
+			tail -40 target/fuzz-$$target.log; echo "fuzz: $$target FAILED"; exit 1; \
+		fi; \
+		grep -E '^Done [0-9]+ runs' target/fuzz-$$target.log || true; \
+	done
 
 lint:
 	cargo fmt --all -- --check

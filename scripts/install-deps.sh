@@ -30,3 +30,11 @@ else
     echo "deps: cargo install virtiofsd $virtiofsd_version (a few minutes)"
     cargo install --locked --version "$virtiofsd_version" --root /usr/local virtiofsd
 fi
+
+cargo_fuzz_version=0.13.2
+if cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+    echo "deps: cargo-fuzz $cargo_fuzz_version present"
+else
+    echo "deps: cargo install cargo-fuzz $cargo_fuzz_version (a minute or two)"
+    cargo install --locked --version "$cargo_fuzz_version" cargo-fuzz
+fi
