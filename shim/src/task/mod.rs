@@ -20,6 +20,9 @@ pub use self::service::TaskService;
 use crate::config::Config;
 use crate::sandbox::SandboxPaths;
 
+/// How long the shim may take to stop serving after Shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// containerd's name for this runtime.
 pub const RUNTIME_ID: &str = "io.containerd.hull.v2";
 
@@ -88,6 +91,17 @@ impl Shim for HullShim {
 
     async fn wait(&mut self) {
         self.exit.wait().await;
+        // The crate now drains the ttrpc server, which has been seen to hang
+        // with a connection mid-request; containerd then waits for this shim
+        // forever. Bound it: after a grace period, remove the socket and exit.
+        std::thread::spawn(|| {
+            std::thread::sleep(SHUTDOWN_GRACE);
+            tracing::warn!("ttrpc server did not shut down in time; exiting");
+            if let Ok(address) = std::fs::read_to_string("address") {
+                let _ = std::fs::remove_file(address.trim().trim_start_matches("unix://"));
+            }
+            std::process::exit(0);
+        });
     }
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

@@ -33,6 +33,8 @@ pub enum DeviceError {
     Muxer(#[from] MuxerError),
     #[error("Virtqueue access failed")]
     Queue(#[from] virtio_queue::Error),
+    #[error("The driver's available ring index is out of range; the queue is ignored until reset")]
+    BrokenQueue,
 }
 
 /// The virtio-vsock device core.
@@ -92,17 +94,26 @@ impl VsockDevice {
         queue: &mut Queue,
     ) -> Result<bool, DeviceError> {
         let mut used = false;
+        let mut idle_rounds = 0;
         loop {
             queue.disable_notification(mem)?;
+            let mut popped = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 let head = chain.head_index();
                 self.handle_tx_chain(mem, chain);
                 // Malformed chains are returned too, or the driver would leak the buffers.
                 queue.add_used(mem, head, 0)?;
                 used = true;
+                popped = true;
             }
+            idle_rounds = if popped { 0 } else { idle_rounds + 1 };
             if !queue.enable_notification(mem)? {
                 break;
+            }
+            if idle_rounds >= 2 {
+                // The available ring says there is more, yet nothing can be
+                // popped: its index is out of range. Don't spin on it.
+                return Err(DeviceError::BrokenQueue);
             }
         }
         Ok(used && queue.needs_notification(mem)?)
@@ -137,11 +148,23 @@ impl VsockDevice {
         queue: &mut Queue,
     ) -> Result<bool, DeviceError> {
         let mut used = false;
+        let mut idle_rounds = 0;
         loop {
+            let before = queue.next_avail();
             let out_of_buffers = self.fill_rx(mem, queue, &mut used)?;
+            idle_rounds = if queue.next_avail() == before {
+                idle_rounds + 1
+            } else {
+                0
+            };
             // Packets are left but no buffers: ask for a kick, unless buffers arrived meanwhile.
             if !out_of_buffers || !queue.enable_notification(mem)? {
                 break;
+            }
+            if idle_rounds >= 2 {
+                // Buffers "arrived" yet none could be popped, twice: the
+                // available ring's index is out of range. Don't spin on it.
+                return Err(DeviceError::BrokenQueue);
             }
         }
         Ok(used && queue.needs_notification(mem)?)
@@ -188,5 +211,37 @@ impl VsockDevice {
             *used = true;
         }
         Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod broken_ring_tests {
+    use super::*;
+    use virtio_queue::QueueT;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// A ring whose available index says 0xcccc buffers are waiting (more
+    /// than the queue holds) must not make the device spin: found by the
+    /// `virtqueue` fuzz target.
+    #[test]
+    fn an_out_of_range_available_index_is_an_error_not_a_hang() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        mem.write_slice(&[0xcc; 0x400], GuestAddress(0)).unwrap();
+        let mut queue = Queue::new(16).unwrap();
+        queue.set_size(16);
+        queue.set_desc_table_address(Some(0), Some(0));
+        queue.set_avail_ring_address(Some(0x100), Some(0));
+        queue.set_used_ring_address(Some(0x200), Some(0));
+        queue.set_ready(true);
+        let dir = tempfile::tempdir().unwrap();
+        let mut device = VsockDevice::new(&VsockConfig {
+            guest_cid: 3,
+            uds_path: dir.path().join("v.sock"),
+        })
+        .unwrap();
+        assert!(matches!(
+            device.process_tx(&mem, &mut queue),
+            Err(DeviceError::BrokenQueue)
+        ));
     }
 }
