@@ -75,11 +75,14 @@ bench: install
 # Tests find the guest assets through these variables.
 test: assets
 	@echo "test: cargo test (unit, agent-on-host, vsock, end-to-end under QEMU/TCG)"
+	@mkdir -p target
+	set -o pipefail; \
 	HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) \
 	HULL_TEST_INITRD=$(abspath $(INITRD)) \
 	HULL_TEST_ROOTFS=$(abspath $(ROOTFS)) \
-	cargo test --locked --workspace -- --test-threads=2
+	cargo test --locked --workspace -- --test-threads=2 2>&1 | tee target/test.log
 	@$(MAKE) --no-print-directory fuzz
+	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "test: %d passed, %d failed\n", p, f }' target/test.log
 
 # A short run of every fuzz target (FUZZ_SECONDS each). cargo fuzz wants
 # nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
