@@ -77,34 +77,14 @@ pub async fn run(mode: Mode) -> Result<()> {
                 AGENT_STDIO_PORT,
             ))
             .context("listening on vsock for stdio")?;
-            let sandbox = sandbox.clone();
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(serve_stream(sandbox.clone(), stream));
-                        }
-                        Err(err) => tracing::warn!(%err, "accepting a stdio stream"),
-                    }
-                }
-            });
+            accept_stdio(sandbox.clone(), listener);
         }
         Mode::Host { dir } => {
             let path = dir.join("stdio.sock");
             let _ = std::fs::remove_file(&path);
             let listener = tokio::net::UnixListener::bind(&path)
                 .with_context(|| format!("listening on {}", path.display()))?;
-            let sandbox = sandbox.clone();
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(serve_stream(sandbox.clone(), stream));
-                        }
-                        Err(err) => tracing::warn!(%err, "accepting a stdio stream"),
-                    }
-                }
-            });
+            accept_stdio(sandbox.clone(), listener);
         }
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "hull-agent ready");
@@ -129,6 +109,44 @@ pub async fn run(mode: Mode) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where stdio streams come from: vsock in the guest, a Unix socket on the
+/// host.
+#[async_trait::async_trait]
+trait StreamListener: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream>;
+}
+
+#[async_trait::async_trait]
+impl StreamListener for tokio_vsock::VsockListener {
+    type Stream = tokio_vsock::VsockStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+#[async_trait::async_trait]
+impl StreamListener for tokio::net::UnixListener {
+    type Stream = tokio::net::UnixStream;
+    async fn accept_stream(&self) -> std::io::Result<Self::Stream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Serves every stdio stream `listener` accepts, each on its own task.
+fn accept_stdio(sandbox: Arc<Sandbox>, listener: impl StreamListener) {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept_stream().await {
+                Ok(stream) => {
+                    tokio::spawn(serve_stream(sandbox.clone(), stream));
+                }
+                Err(err) => tracing::warn!(%err, "accepting a stdio stream"),
+            }
+        }
+    });
 }
 
 /// Reads a stream's header, attaches it to its process and copies until the
