@@ -154,13 +154,11 @@ impl TaskService {
             vm_exit: vm_exit.clone(),
         };
         self.watch_oom(agent);
-        let service = self.clone();
+        // Processes waiting on the agent see the VM's end through the same
+        // watch (watch_exit); this only records it.
         tokio::spawn(async move {
             if let Some(exit) = wait_vm(vm_exit).await {
                 tracing::warn!(?exit, "the sandbox VM stopped");
-                // Processes waiting on the agent see their exit through
-                // the same watch; nothing else to do until containerd deletes.
-                let _ = service;
             }
         });
         Ok(sandbox)
@@ -645,7 +643,6 @@ impl Task for TaskService {
             }),
         )
         .await;
-        let _ = container.bundle;
         Ok(DeleteResponse {
             pid: container.init.pid,
             exit_status: exit.status,
