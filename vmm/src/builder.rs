@@ -18,6 +18,7 @@ use crate::arch::x86_64::{cpuid, layout, msr};
 use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
 use crate::devices::{EventFdInterrupt, Interrupt};
 use crate::host::Virtualization;
@@ -170,6 +171,13 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         mmio.register_virtio_device(device.clone(), irq)
             .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
         host_event_sources.push((fd, device));
+    }
+    for block in &config.block {
+        let what = || format!("block {}", block.path.display());
+        let device = BlockDevice::open(&block.path, block.read_only)
+            .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
+        mmio.register_virtio_device(Arc::new(Mutex::new(device)), irq)
+            .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
     }
 
     let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
@@ -379,6 +387,7 @@ mod tests {
             },
             serial: SerialConfig::default(),
             vsock: None,
+            block: Vec::new(),
         }
     }
 

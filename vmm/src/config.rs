@@ -30,6 +30,9 @@ pub struct VmConfig {
     pub serial: SerialConfig,
     #[serde(default)]
     pub vsock: Option<VsockDeviceConfig>,
+    /// virtio-blk devices, in order (`[[block]]`).
+    #[serde(default)]
+    pub block: Vec<BlockDeviceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -80,6 +83,15 @@ pub struct VsockDeviceConfig {
     pub guest_cid: u64,
     /// The hybrid-vsock Unix socket (`CONNECT <port>`).
     pub uds_path: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockDeviceConfig {
+    /// A raw image file; its size in whole 512-byte sectors is the capacity.
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl VmConfig {
@@ -146,6 +158,11 @@ mod tests {
             [vsock]
             guest_cid = 3
             uds_path = "/run/v.sock"
+            [[block]]
+            path = "/img/root.raw"
+            read_only = true
+            [[block]]
+            path = "/img/data.raw"
             "#,
             Path::new("vm.toml"),
         )
@@ -154,6 +171,19 @@ mod tests {
         assert!(config.machine.pvm_capable);
         assert_eq!(config.boot.initrd, Some(PathBuf::from("/i")));
         assert_eq!(config.vsock.unwrap().guest_cid, 3);
+        assert_eq!(
+            config.block,
+            vec![
+                BlockDeviceConfig {
+                    path: "/img/root.raw".into(),
+                    read_only: true,
+                },
+                BlockDeviceConfig {
+                    path: "/img/data.raw".into(),
+                    read_only: false,
+                },
+            ]
+        );
     }
 
     #[test]
@@ -162,6 +192,23 @@ mod tests {
         assert_eq!(config.machine, MachineConfig::default());
         assert_eq!(config.boot.cmdline, default_cmdline());
         assert!(config.serial.log.is_none());
+        assert!(config.block.is_empty());
+    }
+
+    #[test]
+    fn block_entries_need_a_path_and_know_their_keys() {
+        let parse = |block: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n[[block]]\n{block}"),
+                Path::new("vm.toml"),
+            )
+        };
+        let err = parse("read_only = true\n").unwrap_err().to_string();
+        assert!(err.contains("path"), "{err}");
+        let err = parse("path = \"/d\"\nreadonly = true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("readonly"), "{err}");
     }
 
     #[test]

@@ -234,7 +234,9 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
 /// KVM_RUN and nothing else on the vCPU fd, the kick signal's return,
 /// the serial log and the irqfds (`write`), and the vsock device when the
 /// guest notifies a queue: reads, writes and epoll re-arming on its host
-/// sockets, and connections the guest opens to `<uds>_<port>`.
+/// sockets, and connections the guest opens to `<uds>_<port>`; and the
+/// virtio-blk devices, which read, write and flush their image files when
+/// the guest notifies their queue.
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
     rules.insert(
         libc::SYS_ioctl,
@@ -254,6 +256,10 @@ fn vcpu(rules: &mut Rules) -> RuleResult<()> {
         libc::SYS_epoll_ctl,
         libc::SYS_epoll_wait,
         libc::SYS_connect,
+        // virtio-blk requests on the image file.
+        libc::SYS_pread64,
+        libc::SYS_pwrite64,
+        libc::SYS_fdatasync,
     ] {
         rules.insert(nr, vec![]);
     }
@@ -509,6 +515,16 @@ mod tests {
             .unwrap()])
             .unwrap()]
         );
+    }
+
+    #[test]
+    fn only_the_vcpu_does_block_io() {
+        for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync] {
+            for kind in ThreadKind::ALL {
+                let allowed = rules(kind).unwrap().get(&nr).is_some_and(Vec::is_empty);
+                assert_eq!(allowed, kind == ThreadKind::Vcpu, "{kind:?} and {nr}");
+            }
+        }
     }
 
     #[test]

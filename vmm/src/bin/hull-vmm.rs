@@ -3,7 +3,7 @@
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
 //!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
-//!          [--api-sock PATH] [--no-seccomp]
+//!          [--block PATH[,ro]]... [--api-sock PATH] [--no-seccomp]
 //! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
 //! ```
 //!
@@ -22,7 +22,8 @@ use std::sync::{mpsc, Arc};
 use clap::Parser;
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
-    default_cmdline, BootConfig, MachineConfig, SerialConfig, VmConfig, VsockDeviceConfig,
+    default_cmdline, BlockDeviceConfig, BootConfig, MachineConfig, SerialConfig, VmConfig,
+    VsockDeviceConfig,
 };
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use seccompiler::BpfProgram;
@@ -31,7 +32,7 @@ use seccompiler::BpfProgram;
 #[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
 struct Cli {
     /// A TOML file describing the whole VM (see docs/vmm.md).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block"])]
     config: Option<PathBuf>,
     /// ELF vmlinux (PVH entry if it has the note) or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -52,6 +53,9 @@ struct Cli {
     vsock_cid: Option<u64>,
     #[arg(long, requires = "vsock_cid")]
     vsock_uds: Option<PathBuf>,
+    /// A raw disk image for a virtio-blk device; `,ro` makes it read-only. Repeatable.
+    #[arg(long = "block", value_name = "PATH[,ro]", value_parser = parse_block)]
+    block: Vec<BlockDeviceConfig>,
     /// The guest runs under PVM (a PVM-aware kernel or a test payload).
     #[arg(long)]
     pvm_capable: bool,
@@ -144,9 +148,25 @@ fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
                 guest_cid,
                 uds_path,
             }),
+        block: cli.block.clone(),
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// `PATH` or `PATH,ro`.
+fn parse_block(arg: &str) -> Result<BlockDeviceConfig, String> {
+    let (path, read_only) = match arg.strip_suffix(",ro") {
+        Some(path) => (path, true),
+        None => (arg, false),
+    };
+    if path.is_empty() {
+        return Err("expected PATH or PATH,ro".into());
+    }
+    Ok(BlockDeviceConfig {
+        path: path.into(),
+        read_only,
+    })
 }
 
 /// `status` answers `running`; `stop` answers `stopping` and stops the VM.
@@ -185,4 +205,38 @@ fn serve_api(
 fn exit(code: i32, err: impl std::fmt::Display) -> ! {
     eprintln!("hull-vmm: {err}");
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_flags_repeat_and_take_ro() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "/k",
+            "--block",
+            "/a.img",
+            "--block",
+            "/b,c.img,ro",
+        ])
+        .unwrap();
+        let config = vm_config(&cli).unwrap();
+        assert_eq!(
+            config.block,
+            vec![
+                BlockDeviceConfig {
+                    path: "/a.img".into(),
+                    read_only: false,
+                },
+                BlockDeviceConfig {
+                    path: "/b,c.img".into(),
+                    read_only: true,
+                },
+            ]
+        );
+        assert!(Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--block", ",ro"]).is_err());
+    }
 }

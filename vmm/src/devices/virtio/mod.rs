@@ -3,7 +3,9 @@
 //!
 //! - `mmio`: the virtio-mmio transport and the [`mmio::VirtioDevice`] trait devices implement
 //!   for it.
+//! - `block`: virtio-blk on a raw image file.
 //! - `vsock`: virtio-vsock with hybrid vsock.
 
+pub mod block;
 pub mod mmio;
 pub mod vsock;
