@@ -16,7 +16,7 @@ use hull_vmm::host::Virtualization;
 
 mod common;
 
-use common::{build, connect_retrying, require_kvm, VMM};
+use common::{build, connect_retrying, require_kvm, vsock_ping_pong, VMM};
 
 struct Vmm {
     child: Child,
@@ -90,18 +90,7 @@ fn linux64_guest_sees_its_boot_data_and_talks_vsock() {
         "--pvm-capable",
     ]);
 
-    let mut stream = connect_retrying(&uds);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(b"CONNECT 1234\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&mut stream).read_line(&mut line).unwrap();
-    assert!(line.starts_with("OK "), "handshake answer {line:?}");
-    stream.write_all(b"ping").unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, b"pong:ping");
+    vsock_ping_pong(&uds);
 
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
     assert_eq!(status, Some(0), "{stderr}");

@@ -15,7 +15,7 @@ use hull_vmm::seccomp::{self, ThreadKind};
 
 mod common;
 
-use common::{build, connect_retrying, require_kvm, VMM};
+use common::{build, connect_retrying, require_kvm, vsock_ping_pong, VMM};
 
 struct Vmm {
     child: Child,
@@ -175,18 +175,7 @@ fn filtered_linux64_guest_talks_vsock() {
         ],
         &[],
     );
-    let mut stream = connect_retrying(&uds);
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    stream.write_all(b"CONNECT 1234\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&mut stream).read_line(&mut line).unwrap();
-    assert!(line.starts_with("OK "), "handshake answer {line:?}");
-    stream.write_all(b"ping").unwrap();
-    let mut reply = Vec::new();
-    stream.read_to_end(&mut reply).unwrap();
-    assert_eq!(reply, b"pong:ping");
+    vsock_ping_pong(&uds);
 
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");

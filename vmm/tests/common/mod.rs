@@ -60,3 +60,22 @@ pub fn connect_retrying(path: &Path) -> UnixStream {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Talks to the 64-bit test guest through the hybrid-vsock socket `uds`:
+/// `CONNECT 1234`, then `ping`, which it answers with `pong:ping` and a
+/// shutdown.
+pub fn vsock_ping_pong(uds: &Path) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = connect_retrying(uds);
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(b"CONNECT 1234\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&mut stream).read_line(&mut line).unwrap();
+    assert!(line.starts_with("OK "), "handshake answer {line:?}");
+    stream.write_all(b"ping").unwrap();
+    let mut reply = Vec::new();
+    stream.read_to_end(&mut reply).unwrap();
+    assert_eq!(reply, b"pong:ping");
+}
