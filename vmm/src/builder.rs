@@ -24,6 +24,7 @@ use crate::devices::{EventFdInterrupt, Interrupt};
 use crate::host::Virtualization;
 use crate::loader;
 use crate::seccomp::{self, ThreadFilters, ThreadKind};
+use crate::vstate::memory;
 use crate::vstate::vcpu::{ExitHandler, Vcpu, VcpuConfig, VcpuHandle, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
 
@@ -118,13 +119,12 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
 
     let mib = config.machine.memory_mib;
     let size = mib as usize * 1024 * 1024;
-    let memory =
-        GuestMemoryMmap::<()>::from_ranges(&layout::memory_regions(size)).map_err(|e| {
-            BuildError::Memory {
-                mib,
-                message: e.to_string(),
-            }
-        })?;
+    let memory = memory::create_guest_memory(&layout::memory_regions(size)).map_err(|e| {
+        BuildError::Memory {
+            mib,
+            message: e.to_string(),
+        }
+    })?;
     let vm = Vm::new()?;
     vm.register_memory(&memory)?;
 
