@@ -4,14 +4,10 @@
 //! event loop.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 
 use kvm_bindings::Msrs;
-use seccompiler::BpfProgram;
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::{cpuid, layout, msr};
@@ -21,9 +17,10 @@ use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
 use crate::devices::{EventFdInterrupt, Interrupt};
+use crate::event_loop::{EventLoop, EventLoopHandle};
 use crate::host::Virtualization;
 use crate::loader;
-use crate::seccomp::{self, ThreadFilters, ThreadKind};
+use crate::seccomp::{ThreadFilters, ThreadKind};
 use crate::vstate::memory;
 use crate::vstate::vcpu::{ExitHandler, Vcpu, VcpuConfig, VcpuHandle, VcpuStop};
 use crate::vstate::vm::{Vm, VmError};
@@ -104,8 +101,7 @@ impl ExitHandler for Buses {
 /// A running VM.
 pub struct RunningVm {
     vcpus: Vec<VcpuHandle>,
-    event_loop: Option<JoinHandle<()>>,
-    event_loop_stop: EventFd,
+    event_loop: EventLoopHandle,
     // Kept alive for as long as the vCPUs run.
     _vm: Vm,
     _memory: GuestMemoryMmap,
@@ -159,18 +155,17 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         layout::VIRTIO_MMIO_MAX_DEVICES * layout::VIRTIO_MMIO_DEVICE_SIZE,
         layout::IRQ_BASE..=layout::IRQ_MAX,
     );
-    let mut host_event_sources = Vec::new();
+    let mut event_loop = EventLoop::new().map_err(BuildError::EventLoop)?;
     if let Some(vsock) = &config.vsock {
         let device = VsockMmioDevice::new(&VsockConfig {
             guest_cid: vsock.guest_cid,
             uds_path: vsock.uds_path.clone(),
         })
         .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
-        let fd = device.host_events_fd();
         let device = Arc::new(Mutex::new(device));
         mmio.register_virtio_device(device.clone(), irq)
             .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
-        host_event_sources.push((fd, device));
+        event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
     for block in &config.block {
         let what = || format!("block {}", block.path.display());
@@ -231,12 +226,9 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         vcpus.push(vcpu);
     }
 
-    let event_loop_stop = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
-    let event_loop = spawn_event_loop(
-        host_event_sources,
-        event_loop_stop.try_clone().map_err(BuildError::EventLoop)?,
-        filters.map(|f| f.get(ThreadKind::EventLoop)),
-    )?;
+    let event_loop = event_loop
+        .spawn(filters.map(|f| f.get(ThreadKind::EventLoop)))
+        .map_err(BuildError::EventLoop)?;
     let vcpu_filter = filters.map(|f| f.get(ThreadKind::Vcpu));
     let handles = vcpus
         .into_iter()
@@ -244,8 +236,7 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RunningVm {
         vcpus: handles,
-        event_loop: Some(event_loop),
-        event_loop_stop,
+        event_loop,
         _vm: vm,
         _memory: memory,
     })
@@ -260,58 +251,6 @@ pub fn check_host(config: &VmConfig, host: Virtualization) -> Result<(), BuildEr
         Virtualization::Pvm => Err(BuildError::PvmHost(host.describe())),
         Virtualization::None => Err(BuildError::NoKvm(host.describe())),
     }
-}
-
-/// Watches the host sockets of the devices that have any and lets the
-/// device handle them (vsock connections from the host).
-fn spawn_event_loop(
-    sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
-    stop: EventFd,
-    filter: Option<Arc<BpfProgram>>,
-) -> Result<JoinHandle<()>, BuildError> {
-    let epoll = Epoll::new().map_err(BuildError::EventLoop)?;
-    let stop_token = u64::MAX;
-    epoll
-        .ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, stop_token),
-        )
-        .map_err(BuildError::EventLoop)?;
-    for (index, (fd, _)) in sources.iter().enumerate() {
-        epoll
-            .ctl(
-                ControlOperation::Add,
-                *fd,
-                EpollEvent::new(EventSet::IN, index as u64),
-            )
-            .map_err(BuildError::EventLoop)?;
-    }
-    std::thread::Builder::new()
-        .name("vmm-events".into())
-        .spawn(move || {
-            seccomp::confine_current_thread(ThreadKind::EventLoop, filter.as_deref());
-            let mut events = vec![EpollEvent::default(); 8];
-            loop {
-                let ready = match epoll.wait(-1, &mut events) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::error!(%e, "event loop");
-                        return;
-                    }
-                };
-                for event in &events[..ready] {
-                    if event.data() == stop_token {
-                        return;
-                    }
-                    if let Some((_, device)) = sources.get(event.data() as usize) {
-                        device.lock().expect("device lock").process_host_events();
-                    }
-                }
-            }
-        })
-        .map_err(BuildError::EventLoop)
 }
 
 impl RunningVm {
@@ -356,10 +295,7 @@ impl RunningVm {
         for vcpu in self.vcpus.drain(..) {
             vcpu.stop();
         }
-        let _ = self.event_loop_stop.write(1);
-        if let Some(event_loop) = self.event_loop.take() {
-            let _ = event_loop.join();
-        }
+        self.event_loop.stop();
     }
 }
 

@@ -10,6 +10,7 @@ pub mod builder;
 pub mod config;
 pub mod device_manager;
 pub mod devices;
+pub mod event_loop;
 pub mod host;
 pub mod loader;
 pub mod seccomp;

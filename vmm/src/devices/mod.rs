@@ -2,20 +2,42 @@
 //!
 //! Devices never call KVM: they raise interrupts through [`Interrupt`], which the VMM backs
 //! with an irqfd (see [`EventFdInterrupt`]), and they are reached through plain `read`/`write`
-//! methods that `device_manager` puts on a bus.
+//! methods that `device_manager` puts on a bus. Host-side fds they need watched (sockets,
+//! eventfds a backend signals) go to the VMM's event loop through [`HostEvents`].
 
 pub mod legacy;
 pub mod virtio;
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 /// An interrupt line a device can raise.
 pub trait Interrupt: Send + Sync {
     /// Raises the interrupt.
     fn trigger(&self) -> io::Result<()>;
+}
+
+/// Whether the event loop keeps watching an fd after its device handled it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    Keep,
+    /// Stop watching it: it will not become useful again (a peer hung up), and a
+    /// level-triggered event that stays pending would otherwise wake the loop forever.
+    Stop,
+}
+
+/// A device with host-side fds for the VMM's event loop (`crate::event_loop`) to watch.
+pub trait HostEvents: Send {
+    /// The fds to watch and the events of each. Asked once, when the device joins the loop;
+    /// [`HostEvents::handle_host_event`] gets the index of the ready fd in this list.
+    fn host_event_fds(&self) -> Vec<(RawFd, EventSet)>;
+
+    /// Fd `index` of [`HostEvents::host_event_fds`] is ready with `events`.
+    fn handle_host_event(&mut self, index: usize, events: EventSet) -> Watch;
 }
 
 /// An interrupt raised by signalling an `EventFd`; the VMM registers the same fd with KVM as

@@ -3,7 +3,8 @@
 //! [`VsockMmioDevice`] implements [`VirtioDevice`] around the transport-independent
 //! [`VsockDevice`]. Work arrives from two places: queue notifications (through the
 //! transport, on a vCPU thread) and host sockets (the VMM's event loop watches
-//! [`VsockMmioDevice::host_events_fd`] and calls [`VsockMmioDevice::process_host_events`]).
+//! [`VsockMmioDevice::host_events_fd`] through [`HostEvents`] and calls
+//! [`VsockMmioDevice::process_host_events`]).
 
 use std::os::unix::io::RawFd;
 
@@ -13,10 +14,12 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 
 use super::device::{DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::VsockConfig;
 use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::{HostEvents, Watch};
 
 /// Largest virtqueue the device offers.
 const QUEUE_MAX_SIZE: u16 = 256;
@@ -207,6 +210,17 @@ impl VirtioDevice for VsockMmioDevice {
         // Host connections stay open: a fresh driver knows none of them and answers their next
         // packet with RST, which closes them.
         self.active = None;
+    }
+}
+
+impl HostEvents for VsockMmioDevice {
+    fn host_event_fds(&self) -> Vec<(RawFd, EventSet)> {
+        vec![(self.host_events_fd(), EventSet::IN)]
+    }
+
+    fn handle_host_event(&mut self, _index: usize, _events: EventSet) -> Watch {
+        self.process_host_events();
+        Watch::Keep
     }
 }
 
