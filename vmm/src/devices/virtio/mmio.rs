@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::{debug, warn};
@@ -128,6 +128,9 @@ pub trait VirtioDevice: Send {
 struct InterruptState {
     status: AtomicU32,
     config_generation: AtomicU32,
+    /// The device failed on its own (its backend went away): the transport shows
+    /// DEVICE_NEEDS_RESET from the next register access until the driver resets it.
+    needs_reset: AtomicBool,
 }
 
 /// How a device interrupts the driver: sets the transport's `InterruptStatus` and raises the
@@ -163,6 +166,14 @@ impl VirtioInterrupt {
         self.line.trigger()
     }
 
+    /// Tells the driver the device can no longer work until it is reset: DEVICE_NEEDS_RESET
+    /// in the status, and a configuration change interrupt (virtio 1.x, 2.1.2). For devices
+    /// that fail outside activation, e.g. when their backend dies.
+    pub fn signal_needs_reset(&self) -> io::Result<()> {
+        self.state.needs_reset.store(true, Ordering::SeqCst);
+        self.signal_config_change()
+    }
+
     /// The pending interrupt reasons (`InterruptStatus`).
     pub fn status(&self) -> u32 {
         self.state.status.load(Ordering::SeqCst)
@@ -174,6 +185,11 @@ impl VirtioInterrupt {
 
     fn clear(&self) {
         self.state.status.store(0, Ordering::SeqCst);
+        self.state.needs_reset.store(false, Ordering::SeqCst);
+    }
+
+    fn needs_reset(&self) -> bool {
+        self.state.needs_reset.load(Ordering::SeqCst)
     }
 
     fn config_generation(&self) -> u32 {
@@ -300,7 +316,17 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
 
     /// The driver status (`Status` register).
     pub fn driver_status(&self) -> u32 {
-        self.status
+        match self.interrupt.needs_reset() {
+            true => self.status | NEEDS_RESET,
+            false => self.status,
+        }
+    }
+
+    /// Folds a device's own DEVICE_NEEDS_RESET into the status before the driver sees it.
+    fn take_needs_reset(&mut self) {
+        if self.interrupt.needs_reset() {
+            self.status |= NEEDS_RESET;
+        }
     }
 
     /// Whether the device was activated (DRIVER_OK accepted) and not reset since.
@@ -324,6 +350,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
     /// A guest read of `data.len()` bytes at `offset` in the window.
     pub fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        self.take_needs_reset();
         if offset >= MMIO_CONFIG_SPACE_OFFSET {
             lock(&self.device).read_config(offset - MMIO_CONFIG_SPACE_OFFSET, data);
             return;
@@ -364,6 +391,7 @@ impl<D: VirtioDevice + ?Sized> MmioTransport<D> {
 
     /// A guest write of `data` at `offset` in the window.
     pub fn write(&mut self, offset: u64, data: &[u8]) {
+        self.take_needs_reset();
         if offset >= MMIO_CONFIG_SPACE_OFFSET {
             if self.status & DRIVER == 0 || self.status & FAILED != 0 {
                 warn!(
@@ -1009,6 +1037,28 @@ mod tests {
         // The status register is read-only.
         f.write(INTERRUPT_STATUS, 3);
         assert_eq!(f.read(INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn a_device_failing_on_its_own_needs_a_reset() {
+        let mut f = Fixture::new();
+        f.activate();
+        let interrupt = f.device().interrupt.clone().unwrap();
+        interrupt.signal_needs_reset().unwrap();
+        let status = ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK;
+        assert_eq!(f.read(STATUS), status | NEEDS_RESET);
+        assert_eq!(f.transport.driver_status(), status | NEEDS_RESET);
+        assert_eq!(f.read(INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(f.read(CONFIG_GENERATION), 1);
+        assert_eq!(f.line.count(), 1);
+        // The driver may give up on it, keeping the bit...
+        f.write(STATUS, status | NEEDS_RESET | FAILED);
+        assert_eq!(f.read(STATUS), status | NEEDS_RESET | FAILED);
+        // ...and a reset clears it, so the device can be set up again.
+        f.write(STATUS, 0);
+        assert_eq!(f.read(STATUS), 0);
+        f.activate();
+        assert_eq!(f.read(STATUS), status);
     }
 
     #[test]
