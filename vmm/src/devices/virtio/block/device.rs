@@ -205,42 +205,22 @@ impl std::fmt::Debug for BlockDevice {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileExt;
-    use std::sync::{Arc, Mutex};
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::devices::virtio::block::SECTOR_SIZE;
-    use crate::devices::virtio::mmio::MmioTransport;
-    use crate::devices::CountingInterrupt;
+    use crate::devices::virtio::test_support::{
+        regs, status, Desc, MmioDriver, SplitRing, INT_VRING,
+    };
 
     const MEM_SIZE: usize = 1 << 20;
     const QUEUE_SIZE: u16 = 16;
     const CAPACITY: u64 = 64;
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
+    const RING: u64 = 0x1000;
     const HDR: u64 = 0x4000;
     const STATUS_ADDR: u64 = 0x5000;
     const DATA: u64 = 0x1_0000;
-
-    // virtio-mmio registers, as a driver knows them from the spec.
-    const DEVICE_ID: u64 = 0x008;
-    const DEVICE_FEATURES: u64 = 0x010;
-    const DEVICE_FEATURES_SEL: u64 = 0x014;
-    const DRIVER_FEATURES: u64 = 0x020;
-    const DRIVER_FEATURES_SEL: u64 = 0x024;
-    const QUEUE_NUM: u64 = 0x038;
-    const QUEUE_READY: u64 = 0x044;
-    const QUEUE_NOTIFY: u64 = 0x050;
-    const INTERRUPT_STATUS: u64 = 0x060;
-    const INTERRUPT_ACK: u64 = 0x064;
-    const STATUS: u64 = 0x070;
-    const QUEUE_DESC_LOW: u64 = 0x080;
-    const QUEUE_DRIVER_LOW: u64 = 0x090;
-    const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    const CONFIG: u64 = 0x100;
 
     const T_IN: u32 = 0;
     const T_OUT: u32 = 1;
@@ -250,18 +230,13 @@ mod tests {
     const S_IOERR: u8 = 1;
     const S_UNSUPP: u8 = 2;
 
-    /// A descriptor: address, length, device-writable.
-    type Desc = (u64, u32, bool);
-
     /// A guest driver with one split virtqueue, talking through the virtio-mmio registers.
     struct Guest {
         _dir: tempfile::TempDir,
         image: std::path::PathBuf,
         mem: GuestMemoryMmap,
-        transport: MmioTransport<BlockDevice>,
-        line: Arc<CountingInterrupt>,
-        avail_idx: u16,
-        used_seen: u16,
+        driver: MmioDriver<BlockDevice>,
+        ring: SplitRing,
     }
 
     impl Guest {
@@ -273,102 +248,54 @@ mod tests {
             file.set_len(CAPACITY * SECTOR_SIZE + 100).unwrap();
             let device = BlockDevice::open(&image, read_only).unwrap();
             let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-            let line = Arc::new(CountingInterrupt::default());
-            let transport = MmioTransport::new(
-                GuestMemoryAtomic::new(mem.clone()),
-                Arc::new(Mutex::new(device)),
-                line.clone(),
-            );
             let mut guest = Guest {
                 _dir: dir,
                 image,
-                mem,
-                transport,
-                line,
-                avail_idx: 0,
-                used_seen: 0,
+                mem: mem.clone(),
+                driver: MmioDriver::new(mem, device),
+                ring: SplitRing::new(QUEUE_SIZE, RING),
             };
+            assert!(guest.ring.end() <= HDR);
             guest.probe();
             guest
         }
 
         fn read(&mut self, offset: u64) -> u32 {
-            let mut data = [0u8; 4];
-            self.transport.read(offset, &mut data);
-            u32::from_le_bytes(data)
-        }
-
-        fn write(&mut self, offset: u64, value: u32) {
-            self.transport.write(offset, &value.to_le_bytes());
+            self.driver.read(offset)
         }
 
         fn features(&mut self) -> u64 {
-            self.write(DEVICE_FEATURES_SEL, 0);
-            let low = self.read(DEVICE_FEATURES);
-            self.write(DEVICE_FEATURES_SEL, 1);
-            let high = self.read(DEVICE_FEATURES);
-            u64::from(low) | (u64::from(high) << 32)
+            self.driver.device_features()
         }
 
         fn probe(&mut self) {
-            assert_eq!(self.read(DEVICE_ID), 2);
-            self.write(STATUS, 1);
-            self.write(STATUS, 1 | 2);
+            use status::*;
+            assert_eq!(self.read(regs::DEVICE_ID), 2);
             // Everything offered but EVENT_IDX, so every used buffer interrupts.
             let features = self.features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
-            self.write(DRIVER_FEATURES_SEL, 0);
-            self.write(DRIVER_FEATURES, features as u32);
-            self.write(DRIVER_FEATURES_SEL, 1);
-            self.write(DRIVER_FEATURES, (features >> 32) as u32);
-            self.write(STATUS, 1 | 2 | 8);
-            assert_eq!(self.read(STATUS), 1 | 2 | 8);
-            self.write(QUEUE_NUM, u32::from(QUEUE_SIZE));
-            self.write(QUEUE_DESC_LOW, DESC as u32);
-            self.write(QUEUE_DRIVER_LOW, AVAIL as u32);
-            self.write(QUEUE_DEVICE_LOW, USED as u32);
-            self.write(QUEUE_READY, 1);
-            self.write(STATUS, 1 | 2 | 8 | 4);
-            assert_eq!(self.read(STATUS), 1 | 2 | 8 | 4);
+            assert_eq!(
+                self.driver.negotiate(features),
+                ACKNOWLEDGE | DRIVER | FEATURES_OK
+            );
+            self.driver.setup_queue(0, &self.ring);
+            assert_eq!(
+                self.driver.driver_ok(),
+                ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
+            );
         }
 
         /// Posts one chain, notifies, and returns the used length (the chain must come back,
         /// with an interrupt).
         fn submit(&mut self, descs: &[Desc]) -> u32 {
-            for (i, &(addr, len, writable)) in descs.iter().enumerate() {
-                let desc = DESC + 16 * i as u64;
-                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 } as u16;
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                self.mem.write_obj(addr, GuestAddress(desc)).unwrap();
-                self.mem.write_obj(len, GuestAddress(desc + 8)).unwrap();
-                self.mem.write_obj(flags, GuestAddress(desc + 12)).unwrap();
-                self.mem
-                    .write_obj(i as u16 + 1, GuestAddress(desc + 14))
-                    .unwrap();
-            }
-            let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
-            self.mem.write_obj(0u16, GuestAddress(slot)).unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem
-                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-                .unwrap();
-            let interrupts = self.line.count();
-            self.write(QUEUE_NOTIFY, 0);
-            let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-            assert_eq!(
-                used_idx,
-                self.used_seen.wrapping_add(1),
-                "chain not returned"
-            );
-            let entry = USED + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
-            self.used_seen = used_idx;
-            let id: u32 = self.mem.read_obj(GuestAddress(entry)).unwrap();
-            assert_eq!(id, 0);
-            assert!(self.line.count() > interrupts, "no interrupt");
-            assert_eq!(self.read(INTERRUPT_STATUS) & 1, 1);
-            self.write(INTERRUPT_ACK, 1);
-            self.mem.read_obj(GuestAddress(entry + 4)).unwrap()
+            let head = self.ring.add_chain(&self.mem, descs);
+            let interrupts = self.driver.line.count();
+            self.driver.write(regs::QUEUE_NOTIFY, 0);
+            let (id, len) = self.ring.pop_used(&self.mem).expect("chain not returned");
+            assert_eq!(id, head);
+            assert!(self.driver.line.count() > interrupts, "no interrupt");
+            assert_eq!(self.read(regs::INTERRUPT_STATUS) & INT_VRING, INT_VRING);
+            self.driver.write(regs::INTERRUPT_ACK, INT_VRING);
+            len
         }
 
         fn header(&self, kind: u32, sector: u64) {
@@ -412,9 +339,9 @@ mod tests {
     #[test]
     fn identity_features_and_capacity_through_the_transport() {
         let mut guest = Guest::new("disk.img", false);
-        assert_eq!(guest.read(CONFIG), CAPACITY as u32);
-        assert_eq!(guest.read(CONFIG + 4), 0);
-        assert_eq!(guest.read(CONFIG + 12), 254, "seg_max");
+        assert_eq!(guest.read(regs::CONFIG), CAPACITY as u32);
+        assert_eq!(guest.read(regs::CONFIG + 4), 0);
+        assert_eq!(guest.read(regs::CONFIG + 12), 254, "seg_max");
         let features = guest.features();
         assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
         assert_ne!(features & (1 << VIRTIO_BLK_F_FLUSH), 0);
