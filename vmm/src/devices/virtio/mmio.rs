@@ -83,6 +83,9 @@ pub enum ActivateError {
     QueueCount { expected: usize, actual: usize },
     #[error("The driver did not enable virtqueue {0}, which the device needs")]
     QueueNotReady(usize),
+    /// The process behind a vhost-user device refused or failed (the message says which).
+    #[error("{0}")]
+    Backend(String),
 }
 
 /// A virtio device as the transport sees it.

@@ -4,9 +4,11 @@
 //! - `mmio`: the virtio-mmio transport and the [`mmio::VirtioDevice`] trait devices implement
 //!   for it.
 //! - `block`: virtio-blk on a raw image file.
+//! - `fs`: virtio-fs, a vhost-user frontend to virtiofsd.
 //! - `vsock`: virtio-vsock with hybrid vsock.
 
 pub mod block;
+pub mod fs;
 pub mod mmio;
 #[cfg(test)]
 pub(crate) mod test_support;

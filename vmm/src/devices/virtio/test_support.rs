@@ -4,6 +4,7 @@
 //! agree.
 
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
@@ -34,6 +35,7 @@ pub mod regs {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG: u64 = 0x100;
 }
 
@@ -43,10 +45,12 @@ pub mod status {
     pub const DRIVER: u32 = 2;
     pub const DRIVER_OK: u32 = 4;
     pub const FEATURES_OK: u32 = 8;
+    pub const NEEDS_RESET: u32 = 0x40;
 }
 
-/// `InterruptStatus` bit of a used buffer.
+/// `InterruptStatus` bits.
 pub const INT_VRING: u32 = 1;
+pub const INT_CONFIG: u32 = 2;
 
 /// One descriptor: guest address, length, device-writable.
 pub type Desc = (u64, u32, bool);
@@ -84,6 +88,17 @@ impl<D: VirtioDevice> MmioDriver<D> {
 
     pub fn write(&mut self, offset: u64, value: u32) {
         self.transport.write(offset, &value.to_le_bytes());
+    }
+
+    /// Config space bytes `offset..offset + len`, read one byte at a time.
+    pub fn config_bytes(&mut self, offset: u64, len: usize) -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| {
+                let mut byte = [0u8];
+                self.transport.read(regs::CONFIG + offset + i, &mut byte);
+                byte[0]
+            })
+            .collect()
     }
 
     /// The 64 feature bits the device offers.
@@ -135,6 +150,20 @@ impl<D: VirtioDevice> MmioDriver<D> {
         use status::*;
         self.write(regs::STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
         self.read(regs::STATUS)
+    }
+
+    /// Waits until `InterruptStatus` has all of `bits` (devices with a backend raise it from
+    /// another thread), then acknowledges them.
+    pub fn wait_and_ack_interrupt(&mut self, bits: u32, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.read(regs::INTERRUPT_STATUS) & bits != bits {
+            assert!(
+                Instant::now() < deadline,
+                "no interrupt {bits:#x} within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.write(regs::INTERRUPT_ACK, bits);
     }
 }
 
@@ -229,5 +258,20 @@ impl SplitRing {
             index = mem.read_obj(GuestAddress(at + 14)).unwrap();
         }
         Some((head, len))
+    }
+
+    /// Like [`SplitRing::pop_used`], waiting up to `timeout` for the device.
+    pub fn wait_used(&mut self, mem: &GuestMemoryMmap, timeout: Duration) -> (u16, u32) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(used) = self.pop_used(mem) {
+                return used;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the device returned no chain within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
