@@ -1,6 +1,7 @@
 //! Assembles a VM in a fixed, readable order and runs it until the guest
-//! halts, resets or is stopped: host check → memory → KVM VM → legacy
-//! devices → virtio-mmio devices → kernel, initrd, command line → vCPUs →
+//! halts, resets or is stopped: host check → memory (a shared memfd) → KVM
+//! VM → legacy devices → virtio-mmio devices (vsock, block, fs, which
+//! connects to its virtiofsd here) → kernel, initrd, command line → vCPUs →
 //! event loop.
 
 use std::fs::File;
@@ -15,6 +16,7 @@ use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::virtio::block::BlockDevice;
+use crate::devices::virtio::fs::{FsDevice, FsError};
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
 use crate::devices::{EventFdInterrupt, Interrupt};
 use crate::event_loop::{EventLoop, EventLoopHandle};
@@ -48,6 +50,8 @@ pub enum BuildError {
     Loader(#[from] loader::LoaderError),
     #[error("Setting up devices: {0}")]
     Devices(String),
+    #[error(transparent)]
+    Fs(#[from] FsError),
     #[error("CPUID: {0}")]
     Cpuid(String),
     #[error(transparent)]
@@ -173,6 +177,14 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
             .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
         mmio.register_virtio_device(Arc::new(Mutex::new(device)), irq)
             .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
+    }
+    for fs in &config.fs {
+        // Connects now: a missing virtiofsd fails the start, not the guest's mount.
+        let device = FsDevice::connect(&fs.device_config(), &memory)?;
+        let device = Arc::new(Mutex::new(device));
+        mmio.register_virtio_device(device.clone(), irq)
+            .map_err(|e| BuildError::Devices(format!("fs {}: {e}", fs.tag)))?;
+        event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
 
     let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
@@ -324,6 +336,7 @@ mod tests {
             serial: SerialConfig::default(),
             vsock: None,
             block: Vec::new(),
+            fs: Vec::new(),
         }
     }
 

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::devices::virtio::fs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("Cannot read {path}: {source}")]
@@ -33,6 +35,9 @@ pub struct VmConfig {
     /// virtio-blk devices, in order (`[[block]]`).
     #[serde(default)]
     pub block: Vec<BlockDeviceConfig>,
+    /// virtio-fs devices, in order (`[[fs]]`), after the block devices.
+    #[serde(default)]
+    pub fs: Vec<FsDeviceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,11 +99,46 @@ pub struct BlockDeviceConfig {
     pub read_only: bool,
 }
 
+/// The default size of each virtio-fs virtqueue. FUSE requests go up to 256 pages (1 MiB)
+/// plus a few header descriptors, and Linux keeps a request's pages within the queue size
+/// (`max_pages_limit` = queue size - 4): 512 is the smallest power of two that lets a whole
+/// 1 MiB request fit, even as a plain descriptor chain. It costs the guest 13 KiB of ring per
+/// queue. virtiofsd accepts up to 32768.
+pub const DEFAULT_FS_QUEUE_SIZE: u16 = 512;
+
+fn default_fs_queue_size() -> u16 {
+    DEFAULT_FS_QUEUE_SIZE
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsDeviceConfig {
+    /// virtiofsd's vhost-user socket (`virtiofsd --socket-path`); virtiofsd must be
+    /// listening on it when the VM starts.
+    pub socket: PathBuf,
+    /// The name the guest mounts the share by (`mount -t virtiofs TAG DIR`), 1 to 36 bytes.
+    pub tag: String,
+    /// The size of each virtqueue, a power of two from 2 to 32768.
+    #[serde(default = "default_fs_queue_size")]
+    pub queue_size: u16,
+}
+
+impl FsDeviceConfig {
+    /// The device's view of it.
+    pub fn device_config(&self) -> fs::FsConfig {
+        fs::FsConfig {
+            socket: self.socket.clone(),
+            tag: self.tag.clone(),
+            queue_size: self.queue_size,
+        }
+    }
+}
+
 impl VmConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message: parse_error_message(text, &e),
         })?;
         config.validate()?;
         Ok(config)
@@ -133,8 +173,44 @@ impl VmConfig {
                 )));
             }
         }
+        self.validate_fs()
+    }
+
+    fn validate_fs(&self) -> Result<(), ConfigError> {
+        for (index, device) in self.fs.iter().enumerate() {
+            let invalid = |e: fs::FsError| {
+                ConfigError::Invalid(format!("fs socket {}: {e}", device.socket.display()))
+            };
+            fs::validate_tag(&device.tag).map_err(invalid)?;
+            fs::validate_queue_size(device.queue_size).map_err(invalid)?;
+            for earlier in &self.fs[..index] {
+                if earlier.tag == device.tag {
+                    return Err(ConfigError::Invalid(format!(
+                        "fs tag {:?} is used twice: the guest could mount only one of them",
+                        device.tag
+                    )));
+                }
+                if earlier.socket == device.socket {
+                    return Err(ConfigError::Invalid(format!(
+                        "fs socket {} is used twice: a virtiofsd serves one device",
+                        device.socket.display()
+                    )));
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The parser's message, after the line it points at: a bad value's message names only the
+/// type it expected, the line shows which key it was.
+fn parse_error_message(text: &str, error: &toml::de::Error) -> String {
+    let Some(before) = error.span().and_then(|span| text.get(..span.start)) else {
+        return error.message().to_owned();
+    };
+    let number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or_default().trim();
+    format!("line {number} (`{line}`): {}", error.message())
 }
 
 #[cfg(test)]
@@ -163,6 +239,13 @@ mod tests {
             read_only = true
             [[block]]
             path = "/img/data.raw"
+            [[fs]]
+            socket = "/run/hull/s1/virtiofsd.sock"
+            tag = "hullfs"
+            [[fs]]
+            socket = "/run/hull/s1/data.sock"
+            tag = "data"
+            queue_size = 1024
             "#,
             Path::new("vm.toml"),
         )
@@ -184,6 +267,22 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(
+            config.fs,
+            vec![
+                FsDeviceConfig {
+                    socket: "/run/hull/s1/virtiofsd.sock".into(),
+                    tag: "hullfs".into(),
+                    queue_size: DEFAULT_FS_QUEUE_SIZE,
+                },
+                FsDeviceConfig {
+                    socket: "/run/hull/s1/data.sock".into(),
+                    tag: "data".into(),
+                    queue_size: 1024,
+                },
+            ]
+        );
+        assert_eq!(DEFAULT_FS_QUEUE_SIZE, 512);
     }
 
     #[test]
@@ -193,6 +292,56 @@ mod tests {
         assert_eq!(config.boot.cmdline, default_cmdline());
         assert!(config.serial.log.is_none());
         assert!(config.block.is_empty());
+        assert!(config.fs.is_empty());
+    }
+
+    #[test]
+    fn fs_entries_are_checked_and_bad_values_named() {
+        let parse = |fs: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n{fs}"),
+                Path::new("vm.toml"),
+            )
+        };
+        let entry =
+            |socket: &str, tag: &str| format!("[[fs]]\nsocket = \"{socket}\"\ntag = \"{tag}\"\n");
+        assert!(parse(&entry("/a.sock", &"t".repeat(36))).is_ok());
+
+        let long = "t".repeat(37);
+        let err = parse(&entry("/a.sock", &long)).unwrap_err().to_string();
+        assert!(err.contains(&long) && err.contains("/a.sock"), "{err}");
+        let err = parse(&entry("/a.sock", "")).unwrap_err().to_string();
+        assert!(err.contains("tag \"\"") && err.contains("1 to 36"), "{err}");
+
+        let err = parse(&format!("{}queue_size = 500\n", entry("/a.sock", "a")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("500"), "{err}");
+        let err = parse(&format!("{}queue_size = 70000\n", entry("/a.sock", "a")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 6 (`queue_size = 70000`)") && err.contains("u16"),
+            "{err}"
+        );
+
+        let err = parse("[[fs]]\ntag = \"a\"\n").unwrap_err().to_string();
+        assert!(err.contains("socket"), "{err}");
+        let err = parse("[[fs]]\nsocket = \"/a.sock\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tag"), "{err}");
+        let err = parse(&format!("{}cache = \"never\"\n", entry("/a.sock", "a")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("cache"), "{err}");
+
+        let twice = format!("{}{}", entry("/a.sock", "same"), entry("/b.sock", "same"));
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("\"same\"") && err.contains("twice"), "{err}");
+        let twice = format!("{}{}", entry("/a.sock", "one"), entry("/a.sock", "two"));
+        let err = parse(&twice).unwrap_err().to_string();
+        assert!(err.contains("/a.sock") && err.contains("twice"), "{err}");
     }
 
     #[test]

@@ -234,9 +234,12 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
 /// KVM_RUN and nothing else on the vCPU fd, the kick signal's return,
 /// the serial log and the irqfds (`write`), and the vsock device when the
 /// guest notifies a queue: reads, writes and epoll re-arming on its host
-/// sockets, and connections the guest opens to `<uds>_<port>`; and the
+/// sockets, and connections the guest opens to `<uds>_<port>`; the
 /// virtio-blk devices, which read, write and flush their image files when
-/// the guest notifies their queue.
+/// the guest notifies their queue; and the virtio-fs devices, which speak
+/// vhost-user to virtiofsd (`sendmsg`/`recvmsg`, with fds attached) when
+/// the guest activates or resets them, and write a kick eventfd when it
+/// notifies a queue.
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
     rules.insert(
         libc::SYS_ioctl,
@@ -260,6 +263,9 @@ fn vcpu(rules: &mut Rules) -> RuleResult<()> {
         libc::SYS_pread64,
         libc::SYS_pwrite64,
         libc::SYS_fdatasync,
+        // virtio-fs: vhost-user requests to virtiofsd.
+        libc::SYS_sendmsg,
+        libc::SYS_recvmsg,
     ] {
         rules.insert(nr, vec![]);
     }
@@ -268,7 +274,9 @@ fn vcpu(rules: &mut Rules) -> RuleResult<()> {
 }
 
 /// Host clients of the vsock device: accepting them (and making them
-/// non-blocking with FIONBIO), reading and writing them, and the epoll set.
+/// non-blocking with FIONBIO), reading and writing them, and the epoll set;
+/// virtio-fs's call eventfds (`read`, then `write` to the irqfd) and the
+/// `shutdown` of a vhost-user socket whose virtiofsd hung up.
 fn event_loop(rules: &mut Rules) -> RuleResult<()> {
     for nr in [
         libc::SYS_epoll_wait,
@@ -520,6 +528,16 @@ mod tests {
     #[test]
     fn only_the_vcpu_does_block_io() {
         for nr in [libc::SYS_pread64, libc::SYS_pwrite64, libc::SYS_fdatasync] {
+            for kind in ThreadKind::ALL {
+                let allowed = rules(kind).unwrap().get(&nr).is_some_and(Vec::is_empty);
+                assert_eq!(allowed, kind == ThreadKind::Vcpu, "{kind:?} and {nr}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_the_vcpu_speaks_vhost_user() {
+        for nr in [libc::SYS_sendmsg, libc::SYS_recvmsg] {
             for kind in ThreadKind::ALL {
                 let allowed = rules(kind).unwrap().get(&nr).is_some_and(Vec::is_empty);
                 assert_eq!(allowed, kind == ThreadKind::Vcpu, "{kind:?} and {nr}");

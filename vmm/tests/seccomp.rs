@@ -260,6 +260,9 @@ fn filters_allow_what_a_guest_may_cause_and_kill_the_rest() {
     for (probe, expected) in [
         // A guest-initiated vsock connection runs on the vCPU thread.
         ("vcpu-unix-connect", None),
+        // virtio-fs activation: a vhost-user request with an eventfd attached.
+        ("vcpu-vhost-user", None),
+        ("event-loop-vhost-user", Some(libc::SIGSYS)),
         ("vcpu-inet-socket", Some(libc::SIGSYS)),
         ("vcpu-other-ioctl", Some(libc::SIGSYS)),
         ("vcpu-open", Some(libc::SIGSYS)),
@@ -308,6 +311,9 @@ fn probe_child(probe: &str) {
         std::thread::park();
     });
     let target = std::os::unix::thread::JoinHandleExt::as_pthread_t(&target);
+    // A connected pair, as with virtiofsd, and an fd to pass over it.
+    let (frontend, backend) = std::os::unix::net::UnixStream::pair().unwrap();
+    let eventfd = std::fs::File::open("/dev/null").unwrap();
     let filter = seccomp::compile(kind).unwrap();
     seccomp::try_confine_current_thread(kind, Some(&filter)).unwrap();
     // SAFETY: plain system calls on values owned here; the process exits
@@ -326,6 +332,11 @@ fn probe_child(probe: &str) {
                         &address as *const _ as *const libc::sockaddr,
                         std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
                     ) == 0
+            }
+            "vcpu-vhost-user" | "event-loop-vhost-user" => {
+                use std::os::fd::AsRawFd;
+                send_with_fd(frontend.as_raw_fd(), eventfd.as_raw_fd())
+                    && recv_with_fd(backend.as_raw_fd())
             }
             "vcpu-inet-socket" => libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) >= 0,
             "vcpu-other-ioctl" => {
@@ -351,4 +362,49 @@ fn probe_child(probe: &str) {
     };
     // SAFETY: ends the probe process without running anything else.
     unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+}
+
+/// One byte with `fd` attached (SCM_RIGHTS), as vhost-user passes eventfds.
+///
+/// # Safety
+/// `socket` and `fd` are open.
+unsafe fn send_with_fd(socket: libc::c_int, fd: libc::c_int) -> bool {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    let mut msg: libc::msghdr = std::mem::zeroed();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+    let cmsg = libc::CMSG_FIRSTHDR(&msg);
+    (*cmsg).cmsg_level = libc::SOL_SOCKET;
+    (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+    (*cmsg).cmsg_len = libc::CMSG_LEN(4) as usize;
+    libc::CMSG_DATA(cmsg)
+        .cast::<libc::c_int>()
+        .write_unaligned(fd);
+    libc::sendmsg(socket, &msg, 0) == 1
+}
+
+/// Receives what `send_with_fd` sent.
+///
+/// # Safety
+/// `socket` is open.
+unsafe fn recv_with_fd(socket: libc::c_int) -> bool {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut control = [0u64; 4];
+    let mut msg: libc::msghdr = std::mem::zeroed();
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control);
+    libc::recvmsg(socket, &mut msg, libc::MSG_CMSG_CLOEXEC) == 1
 }

@@ -3,7 +3,8 @@
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
 //!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
-//!          [--block PATH[,ro]]... [--api-sock PATH] [--no-seccomp]
+//!          [--block PATH[,ro]]... [--fs SOCKET,tag=TAG[,queue_size=N]]...
+//!          [--api-sock PATH] [--no-seccomp]
 //! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
 //! ```
 //!
@@ -22,8 +23,8 @@ use std::sync::{mpsc, Arc};
 use clap::Parser;
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
-    default_cmdline, BlockDeviceConfig, BootConfig, MachineConfig, SerialConfig, VmConfig,
-    VsockDeviceConfig,
+    default_cmdline, BlockDeviceConfig, BootConfig, FsDeviceConfig, MachineConfig, SerialConfig,
+    VmConfig, VsockDeviceConfig, DEFAULT_FS_QUEUE_SIZE,
 };
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use seccompiler::BpfProgram;
@@ -32,7 +33,7 @@ use seccompiler::BpfProgram;
 #[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
 struct Cli {
     /// A TOML file describing the whole VM (see docs/vmm.md).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block", "fs"])]
     config: Option<PathBuf>,
     /// ELF vmlinux (PVH entry if it has the note) or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -56,6 +57,10 @@ struct Cli {
     /// A raw disk image for a virtio-blk device; `,ro` makes it read-only. Repeatable.
     #[arg(long = "block", value_name = "PATH[,ro]", value_parser = parse_block)]
     block: Vec<BlockDeviceConfig>,
+    /// A virtio-fs device served by the virtiofsd listening on SOCKET, mounted in the guest
+    /// by TAG (1 to 36 bytes). Repeatable.
+    #[arg(long = "fs", value_name = "SOCKET,tag=TAG[,queue_size=N]", value_parser = parse_fs)]
+    fs: Vec<FsDeviceConfig>,
     /// The guest runs under PVM (a PVM-aware kernel or a test payload).
     #[arg(long)]
     pvm_capable: bool,
@@ -149,6 +154,7 @@ fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
                 uds_path,
             }),
         block: cli.block.clone(),
+        fs: cli.fs.clone(),
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -166,6 +172,36 @@ fn parse_block(arg: &str) -> Result<BlockDeviceConfig, String> {
     Ok(BlockDeviceConfig {
         path: path.into(),
         read_only,
+    })
+}
+
+/// `SOCKET,tag=TAG[,queue_size=N]`: the options are the trailing `key=value` parts, so a
+/// socket path may itself contain commas.
+fn parse_fs(arg: &str) -> Result<FsDeviceConfig, String> {
+    let mut parts: Vec<&str> = arg.split(',').collect();
+    let mut tag = None;
+    let mut queue_size = DEFAULT_FS_QUEUE_SIZE;
+    while let Some(last) = parts.last() {
+        if let Some(value) = last.strip_prefix("tag=") {
+            tag.get_or_insert_with(|| value.to_owned());
+        } else if let Some(value) = last.strip_prefix("queue_size=") {
+            queue_size = value
+                .parse()
+                .map_err(|_| format!("queue_size={value} is not a number up to 32768"))?;
+        } else {
+            break;
+        }
+        parts.pop();
+    }
+    let socket = parts.join(",");
+    if socket.is_empty() {
+        return Err("expected SOCKET,tag=TAG[,queue_size=N]".into());
+    }
+    let tag = tag.ok_or_else(|| format!("no tag=TAG after the socket {socket}"))?;
+    Ok(FsDeviceConfig {
+        socket: socket.into(),
+        tag,
+        queue_size,
     })
 }
 
@@ -238,5 +274,54 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--block", ",ro"]).is_err());
+    }
+
+    #[test]
+    fn fs_flags_repeat_and_take_a_tag_and_queue_size() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "/k",
+            "--fs",
+            "/run/v.sock,tag=hullfs",
+            "--fs",
+            "/run/a,b.sock,queue_size=1024,tag=data",
+        ])
+        .unwrap();
+        let config = vm_config(&cli).unwrap();
+        assert_eq!(
+            config.fs,
+            vec![
+                FsDeviceConfig {
+                    socket: "/run/v.sock".into(),
+                    tag: "hullfs".into(),
+                    queue_size: 512,
+                },
+                FsDeviceConfig {
+                    socket: "/run/a,b.sock".into(),
+                    tag: "data".into(),
+                    queue_size: 1024,
+                },
+            ]
+        );
+        let parse = |arg: &str| Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--fs", arg]);
+        let err = parse("/run/v.sock").err().unwrap().to_string();
+        assert!(
+            err.contains("tag=TAG") && err.contains("/run/v.sock"),
+            "{err}"
+        );
+        assert!(parse("tag=x").is_err());
+        assert!(parse("/v.sock,tag=x,queue_size=big").is_err());
+        // Values are checked like the configuration file's.
+        let long = "t".repeat(37);
+        let cli = parse(&format!("/v.sock,tag={long}")).unwrap();
+        let err = vm_config(&cli).unwrap_err();
+        assert!(err.contains(&long), "{err}");
+        let cli = parse("/v.sock,tag=x,queue_size=100").unwrap();
+        assert!(vm_config(&cli).unwrap_err().contains("100"));
+        assert!(
+            Cli::try_parse_from(["hull-vmm", "--config", "/vm.toml", "--fs", "/v.sock,tag=x"])
+                .is_err()
+        );
     }
 }
