@@ -2,7 +2,9 @@
 //! tests/payload/: one entered through the 64-bit Linux boot protocol (it
 //! checks boot_params, E820, command line and initrd, then drives the
 //! virtio-mmio vsock device and answers a host connection made through the
-//! hybrid-vsock socket), one through PVH. On these hosts KVM is PVM, which
+//! hybrid-vsock socket), one that drives a virtio-fs device served by a real
+//! virtiofsd (FUSE_INIT and FUSE_LOOKUP), one through PVH. hull-vmm runs
+//! with its seccomp filters, as it does by default. On these hosts KVM is PVM, which
 //! emulates every guest kernel instruction, so the guests are tiny and say
 //! they are PVM-capable.
 //!
@@ -16,6 +18,7 @@ use hull_vmm::host::Virtualization;
 
 mod common;
 
+use common::virtiofsd::VirtiofsdProcess;
 use common::{build, connect_retrying, require_kvm, vsock_ping_pong, VMM};
 
 struct Vmm {
@@ -107,6 +110,43 @@ fn linux64_guest_sees_its_boot_data_and_talks_vsock() {
     ] {
         assert!(log.contains(expected), "{expected:?} not in:\n{log}");
     }
+}
+
+#[test]
+fn linux64_guest_speaks_fuse_to_virtiofsd_through_virtio_fs() {
+    require_kvm();
+    let mut virtiofsd = VirtiofsdProcess::start();
+    std::fs::write(virtiofsd.share().join("hello.txt"), vec![b'x'; 4321]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("fs.c", dir.path());
+    let serial = dir.path().join("serial.log");
+    let fs = format!("{},tag=hullfs,queue_size=256", virtiofsd.socket().display());
+    let vmm = Vmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--serial-log",
+        serial.to_str().unwrap(),
+        "--fs",
+        &fs,
+        "--pvm-capable",
+    ]);
+    let (status, stderr) = vmm.wait(Duration::from_secs(30));
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(status, Some(0), "{stderr}\n{log}\n{}", virtiofsd.log());
+    for expected in [
+        "fs tag=hullfs request queues=1",
+        "hull-payload: virtio-fs ready",
+        "fuse init error=0 major=7",
+        "lookup hello.txt error=0 size=4321",
+        "hull-payload: done",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
+    // The VMM's end closed the session; virtiofsd leaves with it.
+    let status = virtiofsd.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", virtiofsd.log());
 }
 
 #[test]
@@ -206,4 +246,26 @@ fn bad_input_is_named() {
         Vmm::spawn(&["--kernel", "/k", "--vcpus", "0"]).wait(Duration::from_secs(10));
     assert_eq!(status, Some(2));
     assert!(stderr.contains("vcpus"), "{stderr}");
+    // virtio-fs connects at start: no virtiofsd, no VM.
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("pvh.S", dir.path());
+    let socket = dir.path().join("virtiofsd.sock");
+    let fs = format!("{},tag=hullfs", socket.display());
+    let (status, stderr) = Vmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--fs",
+        &fs,
+        "--pvm-capable",
+    ])
+    .wait(Duration::from_secs(10));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&socket.display().to_string()) && stderr.contains("virtiofsd"),
+        "{stderr}"
+    );
+    let (status, stderr) =
+        Vmm::spawn(&["--kernel", "/k", "--fs", "/v.sock,tag="]).wait(Duration::from_secs(10));
+    assert_eq!(status, Some(2));
+    assert!(stderr.contains("tag \"\""), "{stderr}");
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod virtiofsd;
+
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;

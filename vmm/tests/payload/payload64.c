@@ -6,84 +6,31 @@
  * hybrid-vsock connection from the host and echoes one message back.
  * It stays small: under PVM every instruction it runs is emulated.
  */
-typedef unsigned char u8;
-typedef unsigned short u16;
-typedef unsigned int u32;
-typedef unsigned long long u64;
+#include "guest.h"
 
-#define COM1 0x3f8
 #define LISTEN_PORT 1234
 #define GUEST_CID 3
-#define QSIZE 4
 #define BUF_ALLOC 65536
 
-static inline void outb(u16 port, u8 v) { __asm__ volatile("outb %0, %1" ::"a"(v), "Nd"(port)); }
-static inline u32 rd32(u64 a) { return *(volatile u32 *)a; }
-static inline void wr32(u64 a, u32 v) { *(volatile u32 *)a = v; }
-
-static void puts_(const char *s) { while (*s) outb(COM1, (u8)*s++); }
-static void puthex(u64 v) {
-    char b[19]; int i = 18; b[i] = 0;
-    do { b[--i] = "0123456789abcdef"[v & 15]; v >>= 4; } while (v);
-    b[--i] = 'x'; b[--i] = '0'; puts_(b + i);
-}
-static void putdec(u64 v) { char b[21]; int i = 20; b[i] = 0; do { b[--i] = '0' + v % 10; v /= 10; } while (v); puts_(b + i); }
-/* Ends the VM the way a guest reboots: the i8042 reset line. (With the
- * in-kernel irqchip, HLT only sleeps the vCPU; it never exits to the VMM.) */
-static __attribute__((noreturn)) void stop(const char *why) {
-    puts_(why); puts_("\n");
-    outb(0x64, 0xfe);
-    for (;;) __asm__ volatile("pause");
-}
-static void copy(void *d, const void *s, u32 n) { u8 *dd = d; const u8 *ss = s; while (n--) *dd++ = *ss++; }
-static void zero(void *d, u32 n) { u8 *dd = d; while (n--) *dd++ = 0; }
-
-/* virtio-mmio registers */
-enum { MAGIC = 0x0, VERSION = 0x4, DEVICE_ID = 0x8, DEV_FEAT = 0x10, DEV_FEAT_SEL = 0x14,
-       DRV_FEAT = 0x20, DRV_FEAT_SEL = 0x24, QSEL = 0x30, QNUM_MAX = 0x34, QNUM = 0x38,
-       QREADY = 0x44, QNOTIFY = 0x50, STATUS = 0x70, QDESC = 0x80, QDRIVER = 0x90, QDEVICE = 0xa0 };
-
-struct desc { u64 addr; u32 len; u16 flags; u16 next; };
-struct avail { u16 flags; u16 idx; u16 ring[QSIZE]; };
-struct used_elem { u32 id; u32 len; };
-struct used { u16 flags; u16 idx; struct used_elem ring[QSIZE]; };
 struct __attribute__((packed)) hdr {
     u64 src_cid, dst_cid; u32 src_port, dst_port, len; u16 type, op; u32 flags, buf_alloc, fwd_cnt;
 };
 enum { OP_REQUEST = 1, OP_RESPONSE = 2, OP_RST = 3, OP_SHUTDOWN = 4, OP_RW = 5, OP_CREDIT_UPDATE = 6 };
 
-struct queue { struct desc *d; struct avail *a; struct used *u; u16 last_used; };
 #define MEM 0x400000ULL /* rings and buffers live here, above the payload */
 static struct queue rxq, txq;
 static u64 mmio;
 static u32 fwd_cnt;
 
-static void setup_queue(int index, struct queue *q, u64 base) {
-    q->d = (struct desc *)base; q->a = (struct avail *)(base + 0x100); q->u = (struct used *)(base + 0x200);
-    zero((void *)base, 0x300); q->last_used = 0;
-    wr32(mmio + QSEL, index);
-    if (rd32(mmio + QNUM_MAX) < QSIZE) stop("hull-payload: queue too small");
-    wr32(mmio + QNUM, QSIZE);
-    wr32(mmio + QDESC, (u32)base); wr32(mmio + QDESC + 4, 0);
-    wr32(mmio + QDRIVER, (u32)(base + 0x100)); wr32(mmio + QDRIVER + 4, 0);
-    wr32(mmio + QDEVICE, (u32)(base + 0x200)); wr32(mmio + QDEVICE + 4, 0);
-    wr32(mmio + QREADY, 1);
-}
-
 /* Gives the device receive buffers: header and data in one descriptor each. */
 static void post_rx(u16 slot) {
-    rxq.d[slot].addr = MEM + 0x10000 + slot * 0x1000; rxq.d[slot].len = 0x1000; rxq.d[slot].flags = 2; /* WRITE */
-    rxq.a->ring[rxq.a->idx % QSIZE] = slot;
-    __asm__ volatile("mfence" ::: "memory");
-    rxq.a->idx++;
-    wr32(mmio + QNOTIFY, 0);
+    rxq.d[slot].addr = MEM + 0x10000 + slot * 0x1000; rxq.d[slot].len = 0x1000; rxq.d[slot].flags = DESC_F_WRITE;
+    make_available(mmio, 0, &rxq, slot);
 }
 
 /* Waits for the next received packet; returns its buffer. */
 static struct hdr *recv(void) {
-    while (*(volatile u16 *)&rxq.u->idx == rxq.last_used) __asm__ volatile("pause");
-    struct used_elem e = rxq.u->ring[rxq.last_used % QSIZE];
-    rxq.last_used++;
+    struct used_elem e = wait_used(&rxq);
     struct hdr *h = (struct hdr *)(MEM + 0x10000 + e.id * 0x1000);
     post_rx((u16)e.id);
     return h;
@@ -97,25 +44,8 @@ static void send(struct hdr *reply, const void *data, u32 len) {
     copy(buf, reply, sizeof *reply);
     copy(buf + sizeof *reply, data, len);
     txq.d[slot].addr = (u64)buf; txq.d[slot].len = sizeof *reply + len; txq.d[slot].flags = 0;
-    txq.a->ring[txq.a->idx % QSIZE] = slot;
-    __asm__ volatile("mfence" ::: "memory");
-    txq.a->idx++;
-    wr32(mmio + QNOTIFY, 1);
+    make_available(mmio, 1, &txq, slot);
     while (*(volatile u16 *)&txq.u->idx != txq.a->idx) __asm__ volatile("pause");
-}
-
-static const char *find(const char *s, const char *w) {
-    for (; *s; s++) { const char *a = s, *b = w; while (*b && *a == *b) a++, b++; if (!*b) return a; }
-    return 0;
-}
-static u64 parse_hex(const char *s) {
-    u64 v = 0;
-    for (;; s++) {
-        u8 c = *s;
-        if (c >= '0' && c <= '9') v = v * 16 + c - '0';
-        else if (c >= 'a' && c <= 'f') v = v * 16 + c - 'a' + 10;
-        else return v;
-    }
 }
 
 void main64(u8 *bp) {
@@ -128,18 +58,15 @@ void main64(u8 *bp) {
         if (*(u32 *)(e + 16) == 1) ram += *(u64 *)(e + 8);
     }
     puts_("e820 entries="); putdec(e820); puts_(" ram="); puthex(ram); puts_("\n");
-    const char *cmdline = (const char *)(u64) * (u32 *)(bp + 0x228);
+    const char *cmdline = boot_cmdline(bp);
     puts_("cmdline="); puts_(cmdline); puts_("\n");
     u32 initrd = *(u32 *)(bp + 0x218), initrd_size = *(u32 *)(bp + 0x21c);
     puts_("initrd size="); putdec(initrd_size); puts_(" starts=");
     for (u32 i = 0; i < 8 && i < initrd_size; i++) outb(COM1, ((u8 *)(u64)initrd)[i]);
     puts_("\n");
 
-    const char *dev = find(cmdline, "virtio_mmio.device=4K@0x");
-    if (!dev) stop("hull-payload: no virtio_mmio device on the command line");
-    mmio = parse_hex(dev);
-    if (rd32(mmio + MAGIC) != 0x74726976 || rd32(mmio + VERSION) != 2) stop("hull-payload: not virtio-mmio v2");
-    if (rd32(mmio + DEVICE_ID) != 19) stop("hull-payload: device is not vsock");
+    mmio = find_virtio_device(cmdline, 19);
+    if (!mmio) stop("hull-payload: no virtio-mmio vsock device on the command line");
     wr32(mmio + STATUS, 0);
     wr32(mmio + STATUS, 1);     /* ACKNOWLEDGE */
     wr32(mmio + STATUS, 1 | 2); /* DRIVER */
@@ -149,10 +76,10 @@ void main64(u8 *bp) {
     wr32(mmio + DRV_FEAT_SEL, 1); wr32(mmio + DRV_FEAT, 1);
     wr32(mmio + STATUS, 1 | 2 | 8); /* FEATURES_OK */
     if (!(rd32(mmio + STATUS) & 8)) stop("hull-payload: FEATURES_OK refused");
-    setup_queue(0, &rxq, MEM);
-    setup_queue(1, &txq, MEM + 0x1000);
+    setup_queue(mmio, 0, &rxq, MEM);
+    setup_queue(mmio, 1, &txq, MEM + 0x1000);
     wr32(mmio + STATUS, 1 | 2 | 8 | 4); /* DRIVER_OK */
-    if (*(u32 *)(mmio + 0x100) != GUEST_CID) stop("hull-payload: unexpected guest CID");
+    if (*(u32 *)(mmio + CONFIG) != GUEST_CID) stop("hull-payload: unexpected guest CID");
     for (u16 i = 0; i < QSIZE; i++) post_rx(i);
     puts_("hull-payload: vsock ready\n");
 

@@ -3,9 +3,7 @@
 //! through the virtio-mmio registers as a guest driver would, the VMM's own event loop
 //! relaying virtiofsd's interrupts, and FUSE requests on the request queue.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -19,7 +17,11 @@ use crate::devices::virtio::test_support::{
 use crate::event_loop::{EventLoop, EventLoopHandle};
 use crate::vstate::memory::create_guest_memory;
 
-const VIRTIOFSD: &str = "/usr/local/bin/virtiofsd";
+// Shared with the tests that run hull-vmm with a guest (vmm/tests/).
+#[path = "../../../../tests/common/virtiofsd.rs"]
+mod virtiofsd;
+use virtiofsd::VirtiofsdProcess;
+
 const TAG: &str = "hullfs";
 const QUEUE_SIZE: u16 = 64;
 const MEM_SIZE: usize = 2 << 20;
@@ -143,93 +145,6 @@ const _: () = {
     assert!(std::mem::size_of::<FuseAttr>() == 88);
     assert!(std::mem::size_of::<FuseEntryOut>() == 128);
 };
-
-/// virtiofsd serving a temporary directory, as this test's child. Killed and reaped on drop,
-/// also when the test fails; the directory (socket included) goes with it.
-struct VirtiofsdProcess {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-}
-
-impl VirtiofsdProcess {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let share = dir.path().join("share");
-        std::fs::create_dir(&share).unwrap();
-        let log = std::fs::File::create(dir.path().join("virtiofsd.log")).unwrap();
-        let child = Command::new(VIRTIOFSD)
-            .arg(format!(
-                "--socket-path={}",
-                dir.path().join("fs.sock").display()
-            ))
-            .arg(format!("--shared-dir={}", share.display()))
-            .args(["--sandbox=none", "--cache=never"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {VIRTIOFSD} (scripts/install-deps.sh): {e}"));
-        let mut virtiofsd = VirtiofsdProcess {
-            child: Some(child),
-            dir,
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while !virtiofsd.socket().exists() {
-            if let Some(status) = virtiofsd.child().try_wait().unwrap() {
-                panic!("virtiofsd exited with {status}: {}", virtiofsd.log());
-            }
-            assert!(Instant::now() < deadline, "no socket: {}", virtiofsd.log());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        virtiofsd
-    }
-
-    fn child(&mut self) -> &mut Child {
-        self.child.as_mut().expect("virtiofsd was reaped")
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("fs.sock")
-    }
-
-    fn share(&self) -> PathBuf {
-        self.dir.path().join("share")
-    }
-
-    fn log(&self) -> String {
-        let mut log = String::new();
-        if let Ok(mut file) = std::fs::File::open(self.dir.path().join("virtiofsd.log")) {
-            let _ = file.read_to_string(&mut log);
-        }
-        log
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Waits for virtiofsd to exit by itself.
-    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child().try_wait().unwrap() {
-                self.child = None;
-                return status;
-            }
-            assert!(Instant::now() < deadline, "virtiofsd did not exit");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for VirtiofsdProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// A guest driver for the device, with the VMM's event loop running for it.
 struct FsGuest {
