@@ -74,7 +74,10 @@ pub enum FsError {
     Unsupported { socket: PathBuf, what: String },
     #[error("Guest memory at {0:#x} is not backed by a file (memfd), so virtiofsd cannot map it")]
     MemoryNotShared(u64),
-    #[error("virtiofsd at {} has gone away (or stopped answering)", socket.display())]
+    #[error(
+        "virtiofsd at {} is gone: its vhost-user session is closed",
+        socket.display()
+    )]
     BackendGone { socket: PathBuf },
     #[error("Virtqueue {index}: its {ring} at {addr:#x} is outside guest memory")]
     RingOutsideMemory {
