@@ -1,9 +1,7 @@
-//! Hull's VMM building blocks.
-//!
-//! Today this is the virtio-vsock device with Firecracker's hybrid vsock host protocol
-//! (`devices::virtio::vsock`), served to QEMU as a vhost-user backend. The device core only
-//! touches `virtio-queue` and `vm-memory` types so the built-in VMM can drive the same code
-//! through virtio-mmio.
+//! Hull's VMM: the built-in KVM VMM `hull-vmm` (`builder` assembles it; see docs/vmm.md) and
+//! its devices. The virtio-vsock device with Firecracker's hybrid vsock host protocol
+//! (`devices::virtio::vsock`) is also served to QEMU as a vhost-user backend; virtio-fs
+//! (`devices::virtio::fs`) is a vhost-user frontend to virtiofsd.
 
 pub mod arch;
 pub mod builder;
