@@ -11,6 +11,27 @@ use tokio::sync::watch;
 
 use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit};
 
+/// The descriptor number QEMU finds the pod's tap at.
+const TAP_FD: i32 = 3;
+
+/// Makes `fd` the child's descriptor `target`, open across exec.
+fn pass_fd(command: &mut Command, fd: std::os::fd::RawFd, target: i32) {
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == target {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 pub struct Qemu {
     binary: std::path::PathBuf,
     pid: Option<u32>,
@@ -40,7 +61,7 @@ impl Qemu {
             ResolvedAccelerator::Tcg => "max",
         };
         let memory = format!("{}M", config.memory_mib);
-        vec![
+        let mut args: Vec<String> = vec![
             "-M".into(),
             "microvm,rtc=on,memory-backend=mem".into(),
             "-object".into(),
@@ -74,7 +95,16 @@ impl Qemu {
             format!("socket,id=fs,path={}", config.fs_socket.display()),
             "-device".into(),
             format!("vhost-user-fs-device,chardev=fs,tag={}", config.fs_tag),
-        ]
+        ];
+        if let Some(net) = &config.net {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,fd={TAP_FD},vhost=off"),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+            ]);
+        }
+        args
     }
 }
 
@@ -98,6 +128,9 @@ impl Hypervisor for Qemu {
             ))
             .kill_on_drop(true);
         crate::sandbox::die_with_parent(&mut command);
+        if let Some(net) = &config.net {
+            pass_fd(&mut command, net.tap_fd, TAP_FD);
+        }
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             program: self.binary.display().to_string(),
             source,
@@ -167,6 +200,7 @@ mod tests {
             fs_socket: "/run/hull/s/virtiofsd.sock".into(),
             fs_tag: "hull".into(),
             console_log: "/run/hull/s/console.log".into(),
+            net: None,
         };
         let args = Qemu::args(&config).join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -176,5 +210,36 @@ mod tests {
         assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=hull"));
         assert!(args.contains("-serial file:/run/hull/s/console.log"));
         assert!(args.contains("-append console=ttyS0"));
+        assert!(!args.contains("-netdev"));
+    }
+
+    #[test]
+    fn a_pod_network_is_a_virtio_net_device_on_the_passed_tap() {
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            accelerator: ResolvedAccelerator::Tcg,
+            vsock_socket: "/v".into(),
+            guest_cid: 3,
+            fs_socket: "/f".into(),
+            fs_tag: "hull".into(),
+            console_log: "/c".into(),
+            net: Some(super::super::NetDevice {
+                tap_fd: 17,
+                mac: "02:42:ac:11:00:0a".into(),
+            }),
+        };
+        let args = Qemu::args(&config).join(" ");
+        assert!(
+            args.contains("-netdev tap,id=net0,fd=3,vhost=off"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device virtio-net-device,netdev=net0,mac=02:42:ac:11:00:0a"),
+            "{args}"
+        );
     }
 }
