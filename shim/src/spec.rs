@@ -137,6 +137,17 @@ pub fn guest_spec(
         tracing::warn!("dropping OCI hooks: they would run host binaries inside the guest");
         spec.set_hooks(None);
     }
+    // The host's AppArmor and SELinux labels mean nothing to the guest
+    // kernel, which has neither; the VM is the boundary.
+    if let Some(mut process) = spec.process().clone() {
+        process.set_apparmor_profile(None);
+        process.set_selinux_label(None);
+        spec.set_process(Some(process));
+    }
+    if let Some(mut linux) = spec.linux().clone() {
+        linux.set_mount_label(None);
+        spec.set_linux(Some(linux));
+    }
 
     let mut shares = Vec::new();
     let mut mounts = spec.mounts().clone().unwrap_or_default();
@@ -257,9 +268,12 @@ mod tests {
     }
 
     #[test]
-    fn guest_spec_moves_the_rootfs_and_drops_hooks() {
+    fn guest_spec_moves_the_rootfs_and_drops_hooks_and_host_labels() {
         let mut spec = container_spec(Path::new("rootfs"), &ProcessOptions::default());
         spec.set_hooks(Some(Default::default()));
+        let mut process = spec.process().clone().unwrap();
+        process.set_apparmor_profile(Some("cri-containerd.apparmor.d".into()));
+        spec.set_process(Some(process));
         let guest = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default()).unwrap();
         assert_eq!(
             guest.spec.root().as_ref().unwrap().path(),
