@@ -14,6 +14,7 @@ use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::arch::x86_64::{cpuid, layout, msr};
 use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
@@ -48,6 +49,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
     #[error("Setting up devices: {0}")]
     Devices(String),
     #[error("CPUID: {0}")]
@@ -201,6 +204,7 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         .collect();
     let cmdline = loader::build_cmdline(&config.boot.cmdline, &devices)?;
     let boot_state = loader::configure_boot(&memory, &boot, &cmdline)?;
+    mptable::write_mptable(&memory, config.machine.vcpus)?;
 
     let supported = vm.supported_cpuid()?;
     let count = config.machine.vcpus;
