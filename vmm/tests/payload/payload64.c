@@ -4,7 +4,8 @@
  * handed on the serial port (E820, command line, initrd, MP table and its
  * local APIC), finds the virtio-mmio vsock device on the command line,
  * drives it by polling (no interrupts), answers one hybrid-vsock
- * connection from the host and echoes one message back.
+ * connection from the host and echoes one message back, then connects to
+ * host port 5200 itself and reports what it is told there.
  * It stays small: under PVM every instruction it runs is emulated.
  */
 typedef unsigned char u8;
@@ -14,6 +15,7 @@ typedef unsigned long long u64;
 
 #define COM1 0x3f8
 #define LISTEN_PORT 1234
+#define HOST_PORT 5200 /* the host service the guest connects to: <uds>_5200 */
 #define GUEST_CID 3
 #define QSIZE 4
 #define BUF_ALLOC 65536
@@ -208,6 +210,30 @@ void main64(u8 *bp) {
     send(&reply, msg, 5 + (n < 50 ? n : 50));
     reply.op = OP_SHUTDOWN; reply.flags = 3;
     send(&reply, 0, 0);
+    puts_("hull-payload: answered\n");
+
+    /* Then a connection of its own, which the VMM opens to <uds>_5200. */
+    struct hdr out = { .src_cid = GUEST_CID, .dst_cid = 2, .src_port = LISTEN_PORT + 1, .dst_port = HOST_PORT };
+    fwd_cnt = 0;
+    out.op = OP_REQUEST;
+    send(&out, 0, 0);
+    for (;;) {
+        h = recv();
+        if (h->dst_port != out.src_port || h->op == OP_CREDIT_UPDATE) continue; /* the first connection's end */
+        if (h->op == OP_RST) { puts_("hull-payload: host port 5200 refused\n"); stop("hull-payload: done"); }
+        if (h->op == OP_RESPONSE) break;
+        stop("hull-payload: expected a response from port 5200");
+    }
+    out.op = OP_RW;
+    send(&out, "hello", 5);
+    do h = recv(); while (h->dst_port != out.src_port || h->op == OP_CREDIT_UPDATE);
+    if (h->op != OP_RW) stop("hull-payload: expected data from port 5200");
+    n = h->len < 50 ? h->len : 50;
+    fwd_cnt += h->len;
+    copy(msg, (u8 *)h + sizeof *h, n); msg[n] = 0;
+    puts_("hull-payload: port 5200 says "); puts_(msg); puts_("\n");
+    out.op = OP_SHUTDOWN; out.flags = 3;
+    send(&out, 0, 0);
     stop("hull-payload: done");
 }
 
