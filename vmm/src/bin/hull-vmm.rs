@@ -85,7 +85,7 @@ fn main() {
         false => Some(ThreadFilters::new().unwrap_or_else(|err| exit(2, err))),
     };
     let main_filter = filters.as_ref().map(|f| f.get(ThreadKind::Main));
-    let vm = match builder::start(&config, filters.as_ref()) {
+    let vm = match builder::build(&config).and_then(|vm| vm.start(filters.as_ref())) {
         Ok(vm) => vm,
         Err(err) => exit(2, err),
     };
