@@ -2,7 +2,8 @@
 //! halts, resets or is stopped: host check → memory → KVM VM → legacy
 //! devices → virtio-mmio devices → kernel, initrd, command line, MP table →
 //! vCPUs (`build`, which opens every host resource and starts no thread),
-//! then the event loop and the vCPU threads (`BuiltVm::start`).
+//! then the event loop and the vCPU threads (`BuiltVm::start`). The jail
+//! (`crate::jail`) goes in between.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -416,6 +417,7 @@ mod tests {
             serial: SerialConfig::default(),
             vsock: None,
             block: Vec::new(),
+            jail: None,
         }
     }
 
