@@ -1,7 +1,9 @@
 //! Assembles a VM in a fixed, readable order and runs it until the guest
 //! halts, resets or is stopped: host check → memory → KVM VM → legacy
-//! devices → virtio-mmio devices → kernel, initrd, command line → vCPUs →
-//! event loop.
+//! devices → virtio-mmio devices → kernel, initrd, command line, MP table →
+//! vCPUs (`build`, which opens every host resource and starts no thread),
+//! then the event loop and the vCPU threads (`BuiltVm::start`). The jail
+//! (`crate::jail`) goes in between.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
@@ -14,6 +16,7 @@ use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::arch::x86_64::{cpuid, layout, msr};
 use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
@@ -48,6 +51,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
     #[error("Setting up devices: {0}")]
     Devices(String),
     #[error("CPUID: {0}")]
@@ -100,6 +105,16 @@ impl ExitHandler for Buses {
     }
 }
 
+/// A VM whose host resources are all open and whose vCPUs are configured,
+/// with no thread started yet.
+pub struct BuiltVm {
+    vcpus: Vec<Vcpu>,
+    buses: Arc<Buses>,
+    host_event_sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
+    vm: Vm,
+    memory: GuestMemoryMmap,
+}
+
 /// A running VM.
 pub struct RunningVm {
     vcpus: Vec<VcpuHandle>,
@@ -110,10 +125,9 @@ pub struct RunningVm {
     _memory: GuestMemoryMmap,
 }
 
-/// Builds the VM `config` describes and starts its vCPUs. With `filters`,
-/// the event loop and every vCPU confine themselves (`crate::seccomp`)
-/// before doing anything else.
-pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<RunningVm, BuildError> {
+/// Builds the VM `config` describes, up to the point where its threads
+/// would start.
+pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     check_host(config, Virtualization::detect())?;
 
     let mib = config.machine.memory_mib;
@@ -201,6 +215,7 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         .collect();
     let cmdline = loader::build_cmdline(&config.boot.cmdline, &devices)?;
     let boot_state = loader::configure_boot(&memory, &boot, &cmdline)?;
+    mptable::write_mptable(&memory, config.machine.vcpus)?;
 
     let supported = vm.supported_cpuid()?;
     let count = config.machine.vcpus;
@@ -230,25 +245,39 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         })?;
         vcpus.push(vcpu);
     }
-
-    let event_loop_stop = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
-    let event_loop = spawn_event_loop(
+    Ok(BuiltVm {
+        vcpus,
+        buses,
         host_event_sources,
-        event_loop_stop.try_clone().map_err(BuildError::EventLoop)?,
-        filters.map(|f| f.get(ThreadKind::EventLoop)),
-    )?;
-    let vcpu_filter = filters.map(|f| f.get(ThreadKind::Vcpu));
-    let handles = vcpus
-        .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone(), vcpu_filter.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RunningVm {
-        vcpus: handles,
-        event_loop: Some(event_loop),
-        event_loop_stop,
-        _vm: vm,
-        _memory: memory,
+        vm,
+        memory,
     })
+}
+
+impl BuiltVm {
+    /// Starts the event loop and the vCPUs. With `filters`, each of them
+    /// confines itself (`crate::seccomp`) before doing anything else.
+    pub fn start(self, filters: Option<&ThreadFilters>) -> Result<RunningVm, BuildError> {
+        let event_loop_stop = EventFd::new(EFD_NONBLOCK).map_err(BuildError::EventLoop)?;
+        let event_loop = spawn_event_loop(
+            self.host_event_sources,
+            event_loop_stop.try_clone().map_err(BuildError::EventLoop)?,
+            filters.map(|f| f.get(ThreadKind::EventLoop)),
+        )?;
+        let vcpu_filter = filters.map(|f| f.get(ThreadKind::Vcpu));
+        let handles = self
+            .vcpus
+            .into_iter()
+            .map(|vcpu| vcpu.start(self.buses.clone(), vcpu_filter.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RunningVm {
+            vcpus: handles,
+            event_loop: Some(event_loop),
+            event_loop_stop,
+            _vm: self.vm,
+            _memory: self.memory,
+        })
+    }
 }
 
 /// On PVM, only a guest declared PVM-capable may run: anything else would
@@ -388,6 +417,7 @@ mod tests {
             serial: SerialConfig::default(),
             vsock: None,
             block: Vec::new(),
+            jail: None,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct VmConfig {
     /// virtio-blk devices, in order (`[[block]]`).
     #[serde(default)]
     pub block: Vec<BlockDeviceConfig>,
+    /// Where hull-vmm confines itself once the VM is built (`crate::jail`).
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -94,6 +97,22 @@ pub struct BlockDeviceConfig {
     pub read_only: bool,
 }
 
+/// The jail hull-vmm enters once it holds every host resource it needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// The directory that becomes the VMM's root (the sandbox's directory).
+    /// The sockets hull-vmm keeps using (vsock, API) must be inside it.
+    pub root: PathBuf,
+    /// The non-root user and group the VMM runs as from then on.
+    pub uid: u32,
+    pub gid: u32,
+    /// A cgroup v2 directory the VMM moves itself into. The caller creates
+    /// it (with its limits) and removes it.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+}
+
 impl VmConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -133,6 +152,35 @@ impl VmConfig {
                 )));
             }
         }
+        if let Some(jail) = &self.jail {
+            jail.validate()?;
+        }
+        Ok(())
+    }
+}
+
+impl JailConfig {
+    /// What can be checked without looking at the host; `crate::jail`
+    /// checks the directories themselves.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.root.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "jail root = {} is not an absolute path",
+                self.root.display()
+            )));
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "jail uid = {}, gid = {}: the jail drops root, give a non-root uid and gid",
+                self.uid, self.gid
+            )));
+        }
+        if let Some(cgroup) = self.cgroup.as_ref().filter(|c| !c.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "jail cgroup = {} is not an absolute path",
+                cgroup.display()
+            )));
+        }
         Ok(())
     }
 }
@@ -163,6 +211,11 @@ mod tests {
             read_only = true
             [[block]]
             path = "/img/data.raw"
+            [jail]
+            root = "/run/hull/s1"
+            uid = 1000
+            gid = 1001
+            cgroup = "/sys/fs/cgroup/hull/s1"
             "#,
             Path::new("vm.toml"),
         )
@@ -184,6 +237,41 @@ mod tests {
                 },
             ]
         );
+        assert_eq!(
+            config.jail,
+            Some(JailConfig {
+                root: "/run/hull/s1".into(),
+                uid: 1000,
+                gid: 1001,
+                cgroup: Some("/sys/fs/cgroup/hull/s1".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn jail_needs_an_absolute_root_and_a_non_root_user() {
+        let parse = |jail: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n[jail]\n{jail}"),
+                Path::new("vm.toml"),
+            )
+        };
+        let config = parse("root = \"/j\"\nuid = 1\ngid = 2\n").unwrap();
+        assert_eq!(config.jail.unwrap().cgroup, None);
+        for (jail, named) in [
+            ("root = \"j\"\nuid = 1\ngid = 2\n", "root = j"),
+            ("root = \"/j\"\nuid = 0\ngid = 2\n", "uid = 0"),
+            ("root = \"/j\"\nuid = 1\ngid = 0\n", "gid = 0"),
+            (
+                "root = \"/j\"\nuid = 1\ngid = 2\ncgroup = \"c\"\n",
+                "cgroup = c",
+            ),
+            ("root = \"/j\"\ngid = 2\n", "uid"),
+            ("root = \"/j\"\nuid = 1\ngid = 2\nuser = 3\n", "user"),
+        ] {
+            let err = parse(jail).unwrap_err().to_string();
+            assert!(err.contains(named), "{jail}: {err}");
+        }
     }
 
     #[test]
@@ -193,6 +281,7 @@ mod tests {
         assert_eq!(config.boot.cmdline, default_cmdline());
         assert!(config.serial.log.is_none());
         assert!(config.block.is_empty());
+        assert!(config.jail.is_none());
     }
 
     #[test]

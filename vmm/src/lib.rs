@@ -11,6 +11,7 @@ pub mod config;
 pub mod device_manager;
 pub mod devices;
 pub mod host;
+pub mod jail;
 pub mod loader;
 pub mod seccomp;
 pub mod vstate;

@@ -343,16 +343,7 @@ const KVM_RUN: u64 = 0xae80;
 /// effective, permitted and inheritable sets. Capabilities belong to a
 /// thread, which is why every thread does this itself.
 pub fn drop_capabilities() -> std::io::Result<()> {
-    // The bounding set can only shrink while CAP_SETPCAP is still held;
-    // without it (an unprivileged VMM) there is nothing to drop there.
-    if has_effective_capability(CAP_SETPCAP)? {
-        for cap in 0..=last_capability() {
-            // SAFETY: prctl with integer arguments only.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
+    drop_bounding_set()?;
     // SAFETY: prctl with integer arguments only. EINVAL means a kernel
     // without ambient capabilities, where there is nothing to clear.
     let rc = unsafe {
@@ -380,6 +371,21 @@ pub fn drop_capabilities() -> std::io::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Empties the calling thread's bounding set. It can only shrink while
+/// CAP_SETPCAP is held; without it (an unprivileged or jailed VMM, whose
+/// jail emptied the set before giving up root) there is nothing to drop.
+pub fn drop_bounding_set() -> std::io::Result<()> {
+    if has_effective_capability(CAP_SETPCAP)? {
+        for cap in 0..=last_capability() {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
     }
     Ok(())
 }

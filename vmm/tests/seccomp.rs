@@ -15,7 +15,7 @@ use hull_vmm::seccomp::{self, ThreadKind};
 
 mod common;
 
-use common::{build, connect_retrying, require_kvm, vsock_ping_pong, VMM};
+use common::{build, connect_retrying, require_kvm, serve_port_5200, vsock_ping_pong, VMM};
 
 struct Vmm {
     child: Child,
@@ -159,6 +159,8 @@ fn filtered_linux64_guest_talks_vsock() {
     let kernel = build("payload64.c", dir.path());
     let serial = dir.path().join("serial.log");
     let uds = dir.path().join("v.sock");
+    // The guest's own connection: socket and connect on a vCPU thread.
+    let service = serve_port_5200(&uds);
     let vmm = Vmm::spawn(
         &[
             "--kernel",
@@ -179,7 +181,9 @@ fn filtered_linux64_guest_talks_vsock() {
 
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    assert_eq!(service.received(), b"hello");
     let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(log.contains("port 5200 says hi from the host"), "{log}");
     assert!(log.contains("hull-payload: done"), "{log}");
     assert!(!uds.exists(), "the vsock socket is removed");
 }

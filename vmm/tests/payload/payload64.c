@@ -1,9 +1,11 @@
 /*
  * Hull VMM test guest, entered through the 64-bit Linux boot protocol the
  * way a kernel is: long mode, RSI = boot_params. It reports what it was
- * handed on the serial port, finds the virtio-mmio vsock device on the
- * command line, drives it by polling (no interrupts), answers one
- * hybrid-vsock connection from the host and echoes one message back.
+ * handed on the serial port (E820, command line, initrd, MP table and its
+ * local APIC), finds the virtio-mmio vsock device on the command line,
+ * drives it by polling (no interrupts), answers one hybrid-vsock
+ * connection from the host and echoes one message back, then connects to
+ * host port 5200 itself and reports what it is told there.
  * It stays small: under PVM every instruction it runs is emulated.
  */
 typedef unsigned char u8;
@@ -13,6 +15,7 @@ typedef unsigned long long u64;
 
 #define COM1 0x3f8
 #define LISTEN_PORT 1234
+#define HOST_PORT 5200 /* the host service the guest connects to: <uds>_5200 */
 #define GUEST_CID 3
 #define QSIZE 4
 #define BUF_ALLOC 65536
@@ -104,6 +107,35 @@ static void send(struct hdr *reply, const void *data, u32 len) {
     while (*(volatile u16 *)&txq.u->idx != txq.a->idx) __asm__ volatile("pause");
 }
 
+static u8 sum(const u8 *p, u32 n) { u8 s = 0; while (n--) s += *p++; return s; }
+/* The MP floating pointer, as Linux looks for it: "_MP_" on a 16-byte
+ * boundary, length 1, bytes adding up to 0. */
+static const u8 *find_mpf(u64 start, u64 end) {
+    for (; start < end; start += 16) {
+        const u8 *p = (const u8 *)start;
+        if (*(const u32 *)p == 0x5f504d5f && p[8] == 1 && !sum(p, 16)) return p;
+    }
+    return 0;
+}
+/* Counts the processors of the MP table (the last KiB of base memory or
+ * the BIOS area; the first KiB is skipped, the guest has no BIOS there). */
+static void report_mptable(void) {
+    const u8 *mpf = find_mpf(639 * 0x400, 640 * 0x400);
+    if (!mpf) mpf = find_mpf(0xf0000, 0x100000);
+    if (!mpf) stop("hull-payload: no MP floating pointer");
+    const u8 *t = (const u8 *)(u64) * (const u32 *)(mpf + 4);
+    if (*(const u32 *)t != 0x504d4350 || sum(t, *(const u16 *)(t + 4))) stop("hull-payload: bad MP configuration table");
+    const u8 *e = t + 44;
+    u32 cpus = 0, bsp = 0, irqs = 0;
+    for (u32 i = *(const u16 *)(t + 34); i; i--) {
+        if (*e == 0) { cpus++; bsp += (e[3] & 3) == 3; e += 20; }
+        else { irqs += *e == 3; e += 8; }
+    }
+    puts_("mptable cpus="); putdec(cpus); puts_(" bsp="); putdec(bsp); puts_(" irqs="); putdec(irqs);
+    /* This vCPU's local APIC LINT0 and LINT1, as the VMM set them. */
+    puts_(" lint0="); puthex(rd32(0xfee00350)); puts_(" lint1="); puthex(rd32(0xfee00360)); puts_("\n");
+}
+
 static const char *find(const char *s, const char *w) {
     for (; *s; s++) { const char *a = s, *b = w; while (*b && *a == *b) a++, b++; if (!*b) return a; }
     return 0;
@@ -134,6 +166,8 @@ void main64(u8 *bp) {
     puts_("initrd size="); putdec(initrd_size); puts_(" starts=");
     for (u32 i = 0; i < 8 && i < initrd_size; i++) outb(COM1, ((u8 *)(u64)initrd)[i]);
     puts_("\n");
+
+    report_mptable();
 
     const char *dev = find(cmdline, "virtio_mmio.device=4K@0x");
     if (!dev) stop("hull-payload: no virtio_mmio device on the command line");
@@ -176,6 +210,30 @@ void main64(u8 *bp) {
     send(&reply, msg, 5 + (n < 50 ? n : 50));
     reply.op = OP_SHUTDOWN; reply.flags = 3;
     send(&reply, 0, 0);
+    puts_("hull-payload: answered\n");
+
+    /* Then a connection of its own, which the VMM opens to <uds>_5200. */
+    struct hdr out = { .src_cid = GUEST_CID, .dst_cid = 2, .src_port = LISTEN_PORT + 1, .dst_port = HOST_PORT };
+    fwd_cnt = 0;
+    out.op = OP_REQUEST;
+    send(&out, 0, 0);
+    for (;;) {
+        h = recv();
+        if (h->dst_port != out.src_port || h->op == OP_CREDIT_UPDATE) continue; /* the first connection's end */
+        if (h->op == OP_RST) { puts_("hull-payload: host port 5200 refused\n"); stop("hull-payload: done"); }
+        if (h->op == OP_RESPONSE) break;
+        stop("hull-payload: expected a response from port 5200");
+    }
+    out.op = OP_RW;
+    send(&out, "hello", 5);
+    do h = recv(); while (h->dst_port != out.src_port || h->op == OP_CREDIT_UPDATE);
+    if (h->op != OP_RW) stop("hull-payload: expected data from port 5200");
+    n = h->len < 50 ? h->len : 50;
+    fwd_cnt += h->len;
+    copy(msg, (u8 *)h + sizeof *h, n); msg[n] = 0;
+    puts_("hull-payload: port 5200 says "); puts_(msg); puts_("\n");
+    out.op = OP_SHUTDOWN; out.flags = 3;
+    send(&out, 0, 0);
     stop("hull-payload: done");
 }
 
