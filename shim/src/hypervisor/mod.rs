@@ -1,6 +1,7 @@
 //! The `Hypervisor` trait: what the sandbox needs from a VMM, and nothing of
 //! how it talks to KVM. QEMU is the only backend so far.
 
+pub mod process;
 pub mod qemu;
 
 use std::os::fd::RawFd;
