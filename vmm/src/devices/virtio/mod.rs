@@ -8,4 +8,6 @@
 
 pub mod block;
 pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod vsock;
