@@ -40,6 +40,10 @@ pub const ACKNOWLEDGE: u32 = 1;
 pub const DRIVER: u32 = 2;
 pub const DRIVER_OK: u32 = 4;
 pub const FEATURES_OK: u32 = 8;
+pub const NEEDS_RESET: u32 = 0x40;
+
+/// `VRING_USED_F_NO_NOTIFY`: the device asks not to be notified.
+pub const USED_F_NO_NOTIFY: u16 = 1;
 
 /// A descriptor: guest address, length, device-writable.
 pub type Desc = (u64, u32, bool);
@@ -130,6 +134,22 @@ impl DriverQueue {
         let chain = self.chains.remove(&head).expect("used id is a chain head");
         self.free.extend(chain);
         Some((head, len))
+    }
+
+    /// The used ring's flags (`VRING_USED_F_NO_NOTIFY`).
+    pub fn used_flags(&self, mem: &GuestMemoryMmap) -> u16 {
+        mem.read_obj(GuestAddress(self.used)).unwrap()
+    }
+
+    /// With `VIRTIO_F_EVENT_IDX`: the available index at which the device wants a notification.
+    pub fn avail_event(&self, mem: &GuestMemoryMmap) -> u16 {
+        let at = self.used + 4 + 8 * u64::from(self.size);
+        mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// The driver's available index.
+    pub fn avail_idx(&self) -> u16 {
+        self.avail_idx
     }
 }
 
