@@ -4,7 +4,7 @@
 //! event loop.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -19,8 +19,9 @@ use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::virtio::block::BlockDevice;
+use crate::devices::virtio::net::NetDevice;
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
-use crate::devices::{EventFdInterrupt, Interrupt};
+use crate::devices::{EventFdInterrupt, HostEvents, Interrupt};
 use crate::host::Virtualization;
 use crate::loader;
 use crate::seccomp::{self, ThreadFilters, ThreadKind};
@@ -159,18 +160,17 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         layout::VIRTIO_MMIO_MAX_DEVICES * layout::VIRTIO_MMIO_DEVICE_SIZE,
         layout::IRQ_BASE..=layout::IRQ_MAX,
     );
-    let mut host_event_sources = Vec::new();
+    let mut host_event_sources: Vec<Arc<Mutex<dyn HostEvents>>> = Vec::new();
     if let Some(vsock) = &config.vsock {
         let device = VsockMmioDevice::new(&VsockConfig {
             guest_cid: vsock.guest_cid,
             uds_path: vsock.uds_path.clone(),
         })
         .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
-        let fd = device.host_events_fd();
         let device = Arc::new(Mutex::new(device));
         mmio.register_virtio_device(device.clone(), irq)
             .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
-        host_event_sources.push((fd, device));
+        host_event_sources.push(device);
     }
     for block in &config.block {
         let what = || format!("block {}", block.path.display());
@@ -178,6 +178,15 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
             .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
         mmio.register_virtio_device(Arc::new(Mutex::new(device)), irq)
             .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
+    }
+    for (index, net) in config.net.iter().enumerate() {
+        // The tap is opened (or created) now, while the VMM still has its capabilities.
+        let device = NetDevice::open(&net.tap, net.guest_mac(index))
+            .map_err(|e| BuildError::Devices(format!("net: {e}")))?;
+        let device = Arc::new(Mutex::new(device));
+        mmio.register_virtio_device(device.clone(), irq)
+            .map_err(|e| BuildError::Devices(format!("net {}: {e}", net.tap)))?;
+        host_event_sources.push(device);
     }
 
     let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
@@ -262,10 +271,10 @@ pub fn check_host(config: &VmConfig, host: Virtualization) -> Result<(), BuildEr
     }
 }
 
-/// Watches the host sockets of the devices that have any and lets the
-/// device handle them (vsock connections from the host).
+/// Watches the host fds of the devices that have any and lets the device
+/// handle them (vsock connections from the host, frames on a tap).
 fn spawn_event_loop(
-    sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
+    sources: Vec<Arc<Mutex<dyn HostEvents>>>,
     stop: EventFd,
     filter: Option<Arc<BpfProgram>>,
 ) -> Result<JoinHandle<()>, BuildError> {
@@ -278,12 +287,13 @@ fn spawn_event_loop(
             EpollEvent::new(EventSet::IN, stop_token),
         )
         .map_err(BuildError::EventLoop)?;
-    for (index, (fd, _)) in sources.iter().enumerate() {
+    for (index, device) in sources.iter().enumerate() {
+        let device = device.lock().expect("device lock");
         epoll
             .ctl(
                 ControlOperation::Add,
-                *fd,
-                EpollEvent::new(EventSet::IN, index as u64),
+                device.host_events_fd(),
+                EpollEvent::new(device.host_events_trigger().event_set(), index as u64),
             )
             .map_err(BuildError::EventLoop)?;
     }
@@ -305,7 +315,7 @@ fn spawn_event_loop(
                     if event.data() == stop_token {
                         return;
                     }
-                    if let Some((_, device)) = sources.get(event.data() as usize) {
+                    if let Some(device) = sources.get(event.data() as usize) {
                         device.lock().expect("device lock").process_host_events();
                     }
                 }
@@ -388,6 +398,7 @@ mod tests {
             serial: SerialConfig::default(),
             vsock: None,
             block: Vec::new(),
+            net: Vec::new(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
 //!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
-//!          [--block PATH[,ro]]... [--api-sock PATH] [--no-seccomp]
+//!          [--block PATH[,ro]]... [--net TAP[,mac=MAC]]... [--api-sock PATH] [--no-seccomp]
 //! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
 //! ```
 //!
@@ -22,8 +22,8 @@ use std::sync::{mpsc, Arc};
 use clap::Parser;
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
-    default_cmdline, BlockDeviceConfig, BootConfig, MachineConfig, SerialConfig, VmConfig,
-    VsockDeviceConfig,
+    default_cmdline, BlockDeviceConfig, BootConfig, MachineConfig, NetDeviceConfig, SerialConfig,
+    VmConfig, VsockDeviceConfig,
 };
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use seccompiler::BpfProgram;
@@ -32,7 +32,7 @@ use seccompiler::BpfProgram;
 #[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
 struct Cli {
     /// A TOML file describing the whole VM (see docs/vmm.md).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block", "net"])]
     config: Option<PathBuf>,
     /// ELF vmlinux (PVH entry if it has the note) or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -56,6 +56,10 @@ struct Cli {
     /// A raw disk image for a virtio-blk device; `,ro` makes it read-only. Repeatable.
     #[arg(long = "block", value_name = "PATH[,ro]", value_parser = parse_block)]
     block: Vec<BlockDeviceConfig>,
+    /// A host tap for a virtio-net device (created if missing), with the guest's MAC address
+    /// (default 02:00:00:00:00:N for the N-th device). Repeatable.
+    #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = parse_net)]
+    net: Vec<NetDeviceConfig>,
     /// The guest runs under PVM (a PVM-aware kernel or a test payload).
     #[arg(long)]
     pvm_capable: bool,
@@ -149,6 +153,7 @@ fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
                 uds_path,
             }),
         block: cli.block.clone(),
+        net: cli.net.clone(),
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -166,6 +171,25 @@ fn parse_block(arg: &str) -> Result<BlockDeviceConfig, String> {
     Ok(BlockDeviceConfig {
         path: path.into(),
         read_only,
+    })
+}
+
+/// `TAP` or `TAP,mac=MAC`; the tap name is checked with the rest of the configuration.
+fn parse_net(arg: &str) -> Result<NetDeviceConfig, String> {
+    let usage = || format!("{arg:?}: expected TAP or TAP,mac=MAC");
+    let (tap, mac) = match arg.split_once(',') {
+        None => (arg, None),
+        Some((tap, option)) => {
+            let mac = option.strip_prefix("mac=").ok_or_else(usage)?;
+            (tap, Some(mac.parse().map_err(|e| format!("{e}"))?))
+        }
+    };
+    if tap.is_empty() {
+        return Err(usage());
+    }
+    Ok(NetDeviceConfig {
+        tap: tap.to_owned(),
+        mac,
     })
 }
 
@@ -238,5 +262,45 @@ mod tests {
             ]
         );
         assert!(Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--block", ",ro"]).is_err());
+    }
+
+    #[test]
+    fn net_flags_repeat_and_take_a_mac() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "/k",
+            "--net",
+            "tap0",
+            "--net",
+            "tap1,mac=02:ab:00:00:00:09",
+        ])
+        .unwrap();
+        let config = vm_config(&cli).unwrap();
+        let nets: Vec<String> = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .collect();
+        assert_eq!(nets, ["tap0 02:00:00:00:00:01", "tap1 02:ab:00:00:00:09"]);
+
+        let error =
+            |arg: &str| match Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--net", arg]) {
+                Ok(cli) => vm_config(&cli).unwrap_err(),
+                Err(e) => e.to_string(),
+            };
+        for (arg, named) in [
+            ("", "\"\""),
+            (",mac=02:00:00:00:00:01", "mac=02"),
+            ("tap0,mtu=9000", "mtu=9000"),
+            ("tap0,mac=02:00:00:00:00", "02:00:00:00:00"),
+            ("tap0,mac=01:00:00:00:00:01", "multicast"),
+            ("tap/0", "tap/0"),
+        ] {
+            let err = error(arg);
+            assert!(err.contains(named), "{arg}: {err}");
+        }
+        assert!(Cli::try_parse_from(["hull-vmm", "--config", "/c", "--net", "tap0"]).is_err());
     }
 }

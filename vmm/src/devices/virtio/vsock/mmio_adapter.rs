@@ -2,8 +2,8 @@
 //!
 //! [`VsockMmioDevice`] implements [`VirtioDevice`] around the transport-independent
 //! [`VsockDevice`]. Work arrives from two places: queue notifications (through the
-//! transport, on a vCPU thread) and host sockets (the VMM's event loop watches
-//! [`VsockMmioDevice::host_events_fd`] and calls [`VsockMmioDevice::process_host_events`]).
+//! transport, on a vCPU thread) and host sockets (the VMM's event loop drives it as a
+//! [`HostEvents`] device).
 
 use std::os::unix::io::RawFd;
 
@@ -17,6 +17,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use super::device::{DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::VsockConfig;
 use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::{HostEvents, Trigger};
 
 /// Largest virtqueue the device offers.
 const QUEUE_MAX_SIZE: u16 = 256;
@@ -56,21 +57,6 @@ impl VsockMmioDevice {
     /// The device core.
     pub fn device(&self) -> &VsockDevice {
         &self.device
-    }
-
-    /// Becomes readable when host sockets need [`Self::process_host_events`].
-    pub fn host_events_fd(&self) -> RawFd {
-        self.device.host_events_fd()
-    }
-
-    /// Handles ready host sockets and passes what they produced to the guest. Host clients
-    /// may connect before the driver is up: their requests wait until activation.
-    pub fn process_host_events(&mut self) {
-        self.device.process_host_events();
-        if let Some(active) = &mut self.active {
-            let notify = run_rx(&mut self.device, active);
-            notify_driver(active, notify);
-        }
     }
 
     /// Whether the driver activated the device.
@@ -207,6 +193,28 @@ impl VirtioDevice for VsockMmioDevice {
         // Host connections stay open: a fresh driver knows none of them and answers their next
         // packet with RST, which closes them.
         self.active = None;
+    }
+}
+
+impl HostEvents for VsockMmioDevice {
+    /// Becomes readable when host sockets need [`Self::process_host_events`].
+    fn host_events_fd(&self) -> RawFd {
+        self.device.host_events_fd()
+    }
+
+    /// The fd is the muxer's own epoll set, readable while any host socket is ready.
+    fn host_events_trigger(&self) -> Trigger {
+        Trigger::Level
+    }
+
+    /// Handles ready host sockets and passes what they produced to the guest. Host clients
+    /// may connect before the driver is up: their requests wait until activation.
+    fn process_host_events(&mut self) {
+        self.device.process_host_events();
+        if let Some(active) = &mut self.active {
+            let notify = run_rx(&mut self.device, active);
+            notify_driver(active, notify);
+        }
     }
 }
 
