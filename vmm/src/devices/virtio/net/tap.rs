@@ -31,7 +31,7 @@ pub enum TapError {
         #[source]
         source: io::Error,
     },
-    #[error("Opening tap device {name} (TUNSETIFF; it must be a tap without multiqueue, and creating or attaching one needs CAP_NET_ADMIN): {source}")]
+    #[error("Opening tap device {name}: TUNSETIFF failed (an existing interface of that name must be a tap without multiqueue; creating a tap, or attaching to one owned by another user, needs CAP_NET_ADMIN): {source}")]
     Attach {
         name: String,
         #[source]
