@@ -6,7 +6,7 @@
 //! (`crate::jail`) goes in between.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -22,8 +22,9 @@ use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::virtio::block::BlockDevice;
+use crate::devices::virtio::net::NetDevice;
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
-use crate::devices::{EventFdInterrupt, Interrupt};
+use crate::devices::{EventFdInterrupt, HostEvents, Interrupt};
 use crate::host::Virtualization;
 use crate::loader;
 use crate::seccomp::{self, ThreadFilters, ThreadKind};
@@ -110,7 +111,7 @@ impl ExitHandler for Buses {
 pub struct BuiltVm {
     vcpus: Vec<Vcpu>,
     buses: Arc<Buses>,
-    host_event_sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
+    host_event_sources: Vec<Arc<Mutex<dyn HostEvents>>>,
     vm: Vm,
     memory: GuestMemoryMmap,
 }
@@ -173,18 +174,17 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
         layout::VIRTIO_MMIO_MAX_DEVICES * layout::VIRTIO_MMIO_DEVICE_SIZE,
         layout::IRQ_BASE..=layout::IRQ_MAX,
     );
-    let mut host_event_sources = Vec::new();
+    let mut host_event_sources: Vec<Arc<Mutex<dyn HostEvents>>> = Vec::new();
     if let Some(vsock) = &config.vsock {
         let device = VsockMmioDevice::new(&VsockConfig {
             guest_cid: vsock.guest_cid,
             uds_path: vsock.uds_path.clone(),
         })
         .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
-        let fd = device.host_events_fd();
         let device = Arc::new(Mutex::new(device));
         mmio.register_virtio_device(device.clone(), irq)
             .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
-        host_event_sources.push((fd, device));
+        host_event_sources.push(device);
     }
     for block in &config.block {
         let what = || format!("block {}", block.path.display());
@@ -192,6 +192,15 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
             .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
         mmio.register_virtio_device(Arc::new(Mutex::new(device)), irq)
             .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
+    }
+    for (index, net) in config.net.iter().enumerate() {
+        // The tap is opened (or created) now, while the VMM still has its capabilities.
+        let device = NetDevice::open(&net.tap, net.guest_mac(index))
+            .map_err(|e| BuildError::Devices(format!("net: {e}")))?;
+        let device = Arc::new(Mutex::new(device));
+        mmio.register_virtio_device(device.clone(), irq)
+            .map_err(|e| BuildError::Devices(format!("net {}: {e}", net.tap)))?;
+        host_event_sources.push(device);
     }
 
     let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
@@ -291,10 +300,10 @@ pub fn check_host(config: &VmConfig, host: Virtualization) -> Result<(), BuildEr
     }
 }
 
-/// Watches the host sockets of the devices that have any and lets the
-/// device handle them (vsock connections from the host).
+/// Watches the host fds of the devices that have any and lets the device
+/// handle them (vsock connections from the host, frames on a tap).
 fn spawn_event_loop(
-    sources: Vec<(RawFd, Arc<Mutex<VsockMmioDevice>>)>,
+    sources: Vec<Arc<Mutex<dyn HostEvents>>>,
     stop: EventFd,
     filter: Option<Arc<BpfProgram>>,
 ) -> Result<JoinHandle<()>, BuildError> {
@@ -307,12 +316,13 @@ fn spawn_event_loop(
             EpollEvent::new(EventSet::IN, stop_token),
         )
         .map_err(BuildError::EventLoop)?;
-    for (index, (fd, _)) in sources.iter().enumerate() {
+    for (index, device) in sources.iter().enumerate() {
+        let device = device.lock().expect("device lock");
         epoll
             .ctl(
                 ControlOperation::Add,
-                *fd,
-                EpollEvent::new(EventSet::IN, index as u64),
+                device.host_events_fd(),
+                EpollEvent::new(device.host_events_trigger().event_set(), index as u64),
             )
             .map_err(BuildError::EventLoop)?;
     }
@@ -334,7 +344,7 @@ fn spawn_event_loop(
                     if event.data() == stop_token {
                         return;
                     }
-                    if let Some((_, device)) = sources.get(event.data() as usize) {
+                    if let Some(device) = sources.get(event.data() as usize) {
                         device.lock().expect("device lock").process_host_events();
                     }
                 }
@@ -418,6 +428,7 @@ mod tests {
             vsock: None,
             block: Vec::new(),
             jail: None,
+            net: Vec::new(),
         }
     }
 

@@ -2,9 +2,12 @@
 //! Every key has a default where one makes sense; an unknown key is an error
 //! that names it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+
+use crate::devices::virtio::net::{check_tap_name, MacAddress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -36,6 +39,9 @@ pub struct VmConfig {
     /// Where hull-vmm confines itself once the VM is built (`crate::jail`).
     #[serde(default)]
     pub jail: Option<JailConfig>,
+    /// virtio-net devices, in order (`[[net]]`).
+    #[serde(default)]
+    pub net: Vec<NetDeviceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -113,6 +119,32 @@ pub struct JailConfig {
     pub cgroup: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetDeviceConfig {
+    /// The host tap the device sends and receives on; created if it does not exist.
+    pub tap: String,
+    /// The guest's MAC address; see [`NetDeviceConfig::guest_mac`] for the default.
+    #[serde(default, deserialize_with = "deserialize_mac")]
+    pub mac: Option<MacAddress>,
+}
+
+impl NetDeviceConfig {
+    /// The MAC address of the `index`-th net device (counting from 0): the configured one, or
+    /// 02:00:00:00:00:01 for the first, ...:02 for the second, and so on.
+    pub fn guest_mac(&self, index: usize) -> MacAddress {
+        self.mac
+            .unwrap_or_else(|| MacAddress::for_device_index(index))
+    }
+}
+
+fn deserialize_mac<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<MacAddress>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
 impl VmConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -149,6 +181,24 @@ impl VmConfig {
                 return Err(ConfigError::Invalid(format!(
                     "vsock guest_cid = {} is reserved (use 3 or more)",
                     vsock.guest_cid
+                )));
+            }
+        }
+        let mut taps = HashSet::new();
+        let mut macs = HashSet::new();
+        for (index, net) in self.net.iter().enumerate() {
+            check_tap_name(&net.tap).map_err(|e| ConfigError::Invalid(format!("net: {e}")))?;
+            if !taps.insert(net.tap.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "net tap = {:?} is given twice: each net device needs a tap of its own",
+                    net.tap
+                )));
+            }
+            let mac = net.guest_mac(index);
+            if !macs.insert(mac) {
+                return Err(ConfigError::Invalid(format!(
+                    "net tap = {:?}: MAC address {mac} is already another net device's",
+                    net.tap
                 )));
             }
         }
@@ -216,6 +266,11 @@ mod tests {
             uid = 1000
             gid = 1001
             cgroup = "/sys/fs/cgroup/hull/s1"
+            [[net]]
+            tap = "tap0"
+            mac = "02:aa:bb:cc:dd:ee"
+            [[net]]
+            tap = "tap1"
             "#,
             Path::new("vm.toml"),
         )
@@ -237,6 +292,13 @@ mod tests {
                 },
             ]
         );
+        let macs: Vec<String> = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .collect();
+        assert_eq!(macs, ["tap0 02:aa:bb:cc:dd:ee", "tap1 02:00:00:00:00:02"]);
         assert_eq!(
             config.jail,
             Some(JailConfig {
@@ -282,6 +344,47 @@ mod tests {
         assert!(config.serial.log.is_none());
         assert!(config.block.is_empty());
         assert!(config.jail.is_none());
+        assert!(config.net.is_empty());
+    }
+
+    #[test]
+    fn net_entries_are_checked_and_errors_name_the_bad_value() {
+        let parse = |net: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n{net}"),
+                Path::new("vm.toml"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let err = parse("[[net]]\nmac = \"02:00:00:00:00:01\"\n").unwrap_err();
+        assert!(err.contains("tap"), "{err}");
+        let err = parse("[[net]]\ntap = \"t0\"\nmac = \"02:00:00:00:00\"\n").unwrap_err();
+        assert!(
+            err.contains("\"02:00:00:00:00\"") && err.contains("MAC"),
+            "{err}"
+        );
+        let err = parse("[[net]]\ntap = \"t0\"\nmac = \"03:00:00:00:00:01\"\n").unwrap_err();
+        assert!(
+            err.contains("03:00:00:00:00:01") && err.contains("multicast"),
+            "{err}"
+        );
+        let err = parse("[[net]]\ntap = \"t0\"\nmtu = 9000\n").unwrap_err();
+        assert!(err.contains("mtu"), "{err}");
+        let err = parse("[[net]]\ntap = \"a/b\"\n").unwrap_err();
+        assert!(err.contains("\"a/b\""), "{err}");
+        let err = parse("[[net]]\ntap = \"sixteen-chars-xx\"\n").unwrap_err();
+        assert!(err.contains("sixteen-chars-xx"), "{err}");
+        let err = parse("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t0\"\n").unwrap_err();
+        assert!(err.contains("\"t0\" is given twice"), "{err}");
+        // The second device's default MAC is the one the first was given.
+        let err =
+            parse("[[net]]\ntap = \"t0\"\nmac = \"02:00:00:00:00:02\"\n[[net]]\ntap = \"t1\"\n")
+                .unwrap_err();
+        assert!(
+            err.contains("\"t1\"") && err.contains("02:00:00:00:00:02"),
+            "{err}"
+        );
+        assert!(parse("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t1\"\n").is_ok());
     }
 
     #[test]

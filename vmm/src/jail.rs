@@ -430,6 +430,7 @@ mod tests {
                 path: "disk.raw".into(),
                 read_only: false,
             }],
+            net: Vec::new(),
             jail: None,
         };
         jail.relocate(&mut config).unwrap();

@@ -26,7 +26,7 @@ pub enum ThreadKind {
     Main,
     /// A vCPU: KVM_RUN and the devices on the port and MMIO buses.
     Vcpu,
-    /// The event loop for the devices' host sockets (vsock).
+    /// The event loop for the devices' host fds (vsock sockets, taps).
     EventLoop,
     /// The API socket.
     Api,
@@ -234,9 +234,10 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
 /// KVM_RUN and nothing else on the vCPU fd, the kick signal's return,
 /// the serial log and the irqfds (`write`), and the vsock device when the
 /// guest notifies a queue: reads, writes and epoll re-arming on its host
-/// sockets, and connections the guest opens to `<uds>_<port>`; and the
+/// sockets, and connections the guest opens to `<uds>_<port>`; the
 /// virtio-blk devices, which read, write and flush their image files when
-/// the guest notifies their queue.
+/// the guest notifies their queue; and the virtio-net devices, which send
+/// frames to their taps (`writev`) and take frames from them (`read`).
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
     rules.insert(
         libc::SYS_ioctl,
@@ -268,7 +269,8 @@ fn vcpu(rules: &mut Rules) -> RuleResult<()> {
 }
 
 /// Host clients of the vsock device: accepting them (and making them
-/// non-blocking with FIONBIO), reading and writing them, and the epoll set.
+/// non-blocking with FIONBIO), reading and writing them, and the epoll set;
+/// frames arriving on the net devices' taps (`read`).
 fn event_loop(rules: &mut Rules) -> RuleResult<()> {
     for nr in [
         libc::SYS_epoll_wait,

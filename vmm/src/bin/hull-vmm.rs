@@ -3,7 +3,7 @@
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
 //!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
-//!          [--block PATH[,ro]]... [--api-sock PATH] [--no-seccomp]
+//!          [--block PATH[,ro]]... [--net TAP[,mac=MAC]]... [--api-sock PATH] [--no-seccomp]
 //!          [--jail DIR --uid N --gid N [--cgroup PATH]]
 //! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
 //! ```
@@ -24,8 +24,8 @@ use std::sync::{mpsc, Arc};
 use clap::Parser;
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
-    default_cmdline, BlockDeviceConfig, BootConfig, JailConfig, MachineConfig, SerialConfig,
-    VmConfig, VsockDeviceConfig,
+    default_cmdline, BlockDeviceConfig, BootConfig, JailConfig, MachineConfig, NetDeviceConfig,
+    SerialConfig, VmConfig, VsockDeviceConfig,
 };
 use hull_vmm::jail::{Jail, JailError};
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
@@ -35,7 +35,7 @@ use seccompiler::BpfProgram;
 #[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
 struct Cli {
     /// A TOML file describing the whole VM (see docs/vmm.md).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block", "jail"])]
+    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block", "net", "jail"])]
     config: Option<PathBuf>,
     /// ELF vmlinux (PVH entry if it has the note) or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -59,6 +59,10 @@ struct Cli {
     /// A raw disk image for a virtio-blk device; `,ro` makes it read-only. Repeatable.
     #[arg(long = "block", value_name = "PATH[,ro]", value_parser = parse_block)]
     block: Vec<BlockDeviceConfig>,
+    /// A host tap for a virtio-net device (created if missing), with the guest's MAC address
+    /// (default 02:00:00:00:00:N for the N-th device). Repeatable.
+    #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = parse_net)]
+    net: Vec<NetDeviceConfig>,
     /// The guest runs under PVM (a PVM-aware kernel or a test payload).
     #[arg(long)]
     pvm_capable: bool,
@@ -193,6 +197,7 @@ fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
             gid: cli.gid.expect("clap requires --gid with --jail"),
             cgroup: cli.cgroup.clone(),
         }),
+        net: cli.net.clone(),
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
@@ -236,6 +241,25 @@ fn parse_block(arg: &str) -> Result<BlockDeviceConfig, String> {
 fn bind_api(path: &Path) -> std::io::Result<UnixListener> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path)
+}
+
+/// `TAP` or `TAP,mac=MAC`; the tap name is checked with the rest of the configuration.
+fn parse_net(arg: &str) -> Result<NetDeviceConfig, String> {
+    let usage = || format!("{arg:?}: expected TAP or TAP,mac=MAC");
+    let (tap, mac) = match arg.split_once(',') {
+        None => (arg, None),
+        Some((tap, option)) => {
+            let mac = option.strip_prefix("mac=").ok_or_else(usage)?;
+            (tap, Some(mac.parse().map_err(|e| format!("{e}"))?))
+        }
+    };
+    if tap.is_empty() {
+        return Err(usage());
+    }
+    Ok(NetDeviceConfig {
+        tap: tap.to_owned(),
+        mac,
+    })
 }
 
 /// `status` answers `running`; `stop` answers `stopping` and stops the VM.
@@ -337,5 +361,45 @@ mod tests {
             "hull-vmm", "--config", "/vm.toml", "--jail", "/j", "--uid", "5", "--gid", "6",
         ]);
         assert!(with_file.is_err(), "[jail] belongs in the file");
+    }
+
+    #[test]
+    fn net_flags_repeat_and_take_a_mac() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "/k",
+            "--net",
+            "tap0",
+            "--net",
+            "tap1,mac=02:ab:00:00:00:09",
+        ])
+        .unwrap();
+        let config = vm_config(&cli).unwrap();
+        let nets: Vec<String> = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .collect();
+        assert_eq!(nets, ["tap0 02:00:00:00:00:01", "tap1 02:ab:00:00:00:09"]);
+
+        let error =
+            |arg: &str| match Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--net", arg]) {
+                Ok(cli) => vm_config(&cli).unwrap_err(),
+                Err(e) => e.to_string(),
+            };
+        for (arg, named) in [
+            ("", "\"\""),
+            (",mac=02:00:00:00:00:01", "mac=02"),
+            ("tap0,mtu=9000", "mtu=9000"),
+            ("tap0,mac=02:00:00:00:00", "02:00:00:00:00"),
+            ("tap0,mac=01:00:00:00:00:01", "multicast"),
+            ("tap/0", "tap/0"),
+        ] {
+            let err = error(arg);
+            assert!(err.contains(named), "{arg}: {err}");
+        }
+        assert!(Cli::try_parse_from(["hull-vmm", "--config", "/c", "--net", "tap0"]).is_err());
     }
 }

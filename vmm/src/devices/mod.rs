@@ -9,13 +9,46 @@ pub mod virtio;
 
 use std::fmt;
 use std::io;
+use std::os::fd::RawFd;
 
+use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 /// An interrupt line a device can raise.
 pub trait Interrupt: Send + Sync {
     /// Raises the interrupt.
     fn trigger(&self) -> io::Result<()>;
+}
+
+/// How the event loop waits on a device's host fd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// Reported for as long as the fd is readable.
+    Level,
+    /// Reported when the fd becomes readable again: the device either drains it or knows
+    /// what will make it try again (a net device out of guest buffers waits for the driver's
+    /// notification rather than be woken again and again by frames it cannot take).
+    Edge,
+}
+
+impl Trigger {
+    /// The epoll events to register for.
+    pub fn event_set(self) -> EventSet {
+        match self {
+            Trigger::Level => EventSet::IN,
+            Trigger::Edge => EventSet::IN | EventSet::EDGE_TRIGGERED,
+        }
+    }
+}
+
+/// A device whose work also arrives from the host (sockets, a tap): the VMM's event loop
+/// waits on [`Self::host_events_fd`] and calls [`Self::process_host_events`] when it is ready.
+pub trait HostEvents: Send {
+    fn host_events_fd(&self) -> RawFd;
+
+    fn host_events_trigger(&self) -> Trigger;
+
+    fn process_host_events(&mut self);
 }
 
 /// An interrupt raised by signalling an `EventFd`; the VMM registers the same fd with KVM as

@@ -4,8 +4,10 @@
  * handed on the serial port (E820, command line, initrd, MP table and its
  * local APIC), finds the virtio-mmio vsock device on the command line,
  * drives it by polling (no interrupts), answers one hybrid-vsock
- * connection from the host and echoes one message back, then connects to
- * host port 5200 itself and reports what it is told there.
+ * connection from the host and echoes one message back. If a virtio-net
+ * device follows on the command line, it then asks who has 10.77.0.1 with
+ * ARP and reports the answer. Last, it connects to host port 5200 itself
+ * and reports what it is told there.
  * It stays small: under PVM every instruction it runs is emulated.
  */
 typedef unsigned char u8;
@@ -150,6 +152,87 @@ static u64 parse_hex(const char *s) {
     }
 }
 
+/* virtio-net: its own rings and buffers, apart from the vsock device's,
+ * which stays active. */
+#define NET_MEM (MEM + 0x40000)
+#define NET_BUF (MEM + 0x50000)
+#define VNET_HDR 12
+static struct queue netrx, nettx;
+
+static void net_post_rx(u16 slot) {
+    netrx.d[slot].addr = NET_BUF + slot * 0x800; netrx.d[slot].len = 0x800; netrx.d[slot].flags = 2; /* WRITE */
+    netrx.a->ring[netrx.a->idx % QSIZE] = slot;
+    __asm__ volatile("mfence" ::: "memory");
+    netrx.a->idx++;
+    wr32(mmio + QNOTIFY, 0);
+}
+
+static void net_send(const u8 *frame, u32 len) {
+    u8 *buf = (u8 *)(NET_BUF + QSIZE * 0x800);
+    zero(buf, VNET_HDR);
+    copy(buf + VNET_HDR, frame, len);
+    u16 slot = nettx.a->idx % QSIZE;
+    nettx.d[slot].addr = (u64)buf; nettx.d[slot].len = VNET_HDR + len; nettx.d[slot].flags = 0;
+    nettx.a->ring[slot] = slot;
+    __asm__ volatile("mfence" ::: "memory");
+    nettx.a->idx++;
+    wr32(mmio + QNOTIFY, 1);
+    while (*(volatile u16 *)&nettx.u->idx != nettx.a->idx) __asm__ volatile("pause");
+}
+
+static void puthex8(u8 v) { outb(COM1, "0123456789abcdef"[v >> 4]); outb(COM1, "0123456789abcdef"[v & 15]); }
+static void putmac(const u8 *m) { for (int i = 0; i < 6; i++) { if (i) outb(COM1, ':'); puthex8(m[i]); } }
+
+static __attribute__((noreturn)) void net_test(u64 dev) {
+    mmio = dev;
+    if (rd32(mmio + DEVICE_ID) != 1) stop("hull-payload: second device is not virtio-net");
+    wr32(mmio + STATUS, 0);
+    wr32(mmio + STATUS, 1);
+    wr32(mmio + STATUS, 1 | 2);
+    wr32(mmio + DEV_FEAT_SEL, 0);
+    if (!(rd32(mmio + DEV_FEAT) & (1 << 5))) stop("hull-payload: no VIRTIO_NET_F_MAC");
+    wr32(mmio + DRV_FEAT_SEL, 0); wr32(mmio + DRV_FEAT, 1 << 5);
+    wr32(mmio + DRV_FEAT_SEL, 1); wr32(mmio + DRV_FEAT, 1);
+    wr32(mmio + STATUS, 1 | 2 | 8);
+    if (!(rd32(mmio + STATUS) & 8)) stop("hull-payload: net FEATURES_OK refused");
+    setup_queue(0, &netrx, NET_MEM);
+    setup_queue(1, &nettx, NET_MEM + 0x1000);
+    wr32(mmio + STATUS, 1 | 2 | 8 | 4);
+    u8 mac[6];
+    for (int i = 0; i < 6; i++) mac[i] = *(volatile u8 *)(mmio + 0x100 + i);
+    puts_("hull-payload: net ready mac="); putmac(mac); puts_("\n");
+
+    /* Who has 10.77.0.1? Tell 10.77.0.2. */
+    u8 arp[42] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0x08, 0x06,
+                   0, 1, 8, 0, 6, 4, 0, 1, 0, 0, 0, 0, 0, 0, 10, 77, 0, 2,
+                   0, 0, 0, 0, 0, 0, 10, 77, 0, 1 };
+    copy(arp + 6, mac, 6);
+    copy(arp + 22, mac, 6);
+    /* Buffers after the request: until then the reply waits on the tap. */
+    net_send(arp, sizeof arp);
+    for (u16 i = 0; i < QSIZE; i++) net_post_rx(i);
+    for (u32 tries = 0; tries < 200; tries++) {
+        for (u32 spin = 0; spin < 100000; spin++) {
+            if (*(volatile u16 *)&netrx.u->idx == netrx.last_used) { __asm__ volatile("pause"); continue; }
+            struct used_elem e = netrx.u->ring[netrx.last_used % QSIZE];
+            netrx.last_used++;
+            const u8 *f = (const u8 *)(NET_BUF + e.id * 0x800) + VNET_HDR;
+            /* An ARP reply from 10.77.0.1 to us. */
+            int reply = e.len >= VNET_HDR + 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 &&
+                        f[28] == 10 && f[29] == 77 && f[30] == 0 && f[31] == 1;
+            for (int i = 0; i < 6; i++) reply &= f[i] == mac[i];
+            if (reply) {
+                puts_("hull-payload: 10.77.0.1 is at "); putmac(f + 22); puts_("\n");
+                stop("hull-payload: done");
+            }
+            net_post_rx((u16)e.id);
+        }
+        /* The host may have brought the tap up late: ask again. */
+        net_send(arp, sizeof arp);
+    }
+    stop("hull-payload: no ARP reply");
+}
+
 void main64(u8 *bp) {
     puts_("hull-payload: 64-bit entry\n");
     if (*(u16 *)(bp + 0x1fe) != 0xaa55) stop("hull-payload: bad boot_params boot_flag");
@@ -211,6 +294,8 @@ void main64(u8 *bp) {
     reply.op = OP_SHUTDOWN; reply.flags = 3;
     send(&reply, 0, 0);
     puts_("hull-payload: answered\n");
+    const char *net = find(dev, "virtio_mmio.device=4K@0x");
+    if (net) net_test(parse_hex(net));
 
     /* Then a connection of its own, which the VMM opens to <uds>_5200. */
     struct hdr out = { .src_cid = GUEST_CID, .dst_cid = 2, .src_port = LISTEN_PORT + 1, .dst_port = HOST_PORT };

@@ -4,8 +4,12 @@
 //! - `mmio`: the virtio-mmio transport and the [`mmio::VirtioDevice`] trait devices implement
 //!   for it.
 //! - `block`: virtio-blk on a raw image file.
+//! - `net`: virtio-net on a tap.
 //! - `vsock`: virtio-vsock with hybrid vsock.
 
 pub mod block;
 pub mod mmio;
+pub mod net;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod vsock;

@@ -205,42 +205,22 @@ impl std::fmt::Debug for BlockDevice {
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileExt;
-    use std::sync::{Arc, Mutex};
 
-    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::devices::virtio::block::SECTOR_SIZE;
-    use crate::devices::virtio::mmio::MmioTransport;
-    use crate::devices::CountingInterrupt;
+    use crate::devices::virtio::test_support::{
+        Desc, DriverQueue, MmioDriver, DEVICE_ID, DRIVER, DRIVER_OK, FEATURES_OK,
+    };
 
     const MEM_SIZE: usize = 1 << 20;
     const QUEUE_SIZE: u16 = 16;
     const CAPACITY: u64 = 64;
-    const DESC: u64 = 0x1000;
-    const AVAIL: u64 = 0x2000;
-    const USED: u64 = 0x3000;
+    const QUEUE: u64 = 0x1000;
     const HDR: u64 = 0x4000;
     const STATUS_ADDR: u64 = 0x5000;
     const DATA: u64 = 0x1_0000;
-
-    // virtio-mmio registers, as a driver knows them from the spec.
-    const DEVICE_ID: u64 = 0x008;
-    const DEVICE_FEATURES: u64 = 0x010;
-    const DEVICE_FEATURES_SEL: u64 = 0x014;
-    const DRIVER_FEATURES: u64 = 0x020;
-    const DRIVER_FEATURES_SEL: u64 = 0x024;
-    const QUEUE_NUM: u64 = 0x038;
-    const QUEUE_READY: u64 = 0x044;
-    const QUEUE_NOTIFY: u64 = 0x050;
-    const INTERRUPT_STATUS: u64 = 0x060;
-    const INTERRUPT_ACK: u64 = 0x064;
-    const STATUS: u64 = 0x070;
-    const QUEUE_DESC_LOW: u64 = 0x080;
-    const QUEUE_DRIVER_LOW: u64 = 0x090;
-    const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    const CONFIG: u64 = 0x100;
 
     const T_IN: u32 = 0;
     const T_OUT: u32 = 1;
@@ -250,18 +230,12 @@ mod tests {
     const S_IOERR: u8 = 1;
     const S_UNSUPP: u8 = 2;
 
-    /// A descriptor: address, length, device-writable.
-    type Desc = (u64, u32, bool);
-
-    /// A guest driver with one split virtqueue, talking through the virtio-mmio registers.
+    /// A guest driver with the device's one request queue.
     struct Guest {
         _dir: tempfile::TempDir,
         image: std::path::PathBuf,
-        mem: GuestMemoryMmap,
-        transport: MmioTransport<BlockDevice>,
-        line: Arc<CountingInterrupt>,
-        avail_idx: u16,
-        used_seen: u16,
+        driver: MmioDriver<BlockDevice>,
+        queue: DriverQueue,
     }
 
     impl Guest {
@@ -272,117 +246,58 @@ mod tests {
             // A trailing partial sector is not part of the capacity.
             file.set_len(CAPACITY * SECTOR_SIZE + 100).unwrap();
             let device = BlockDevice::open(&image, read_only).unwrap();
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-            let line = Arc::new(CountingInterrupt::default());
-            let transport = MmioTransport::new(
-                GuestMemoryAtomic::new(mem.clone()),
-                Arc::new(Mutex::new(device)),
-                line.clone(),
-            );
             let mut guest = Guest {
                 _dir: dir,
                 image,
-                mem,
-                transport,
-                line,
-                avail_idx: 0,
-                used_seen: 0,
+                driver: MmioDriver::new(device, MEM_SIZE),
+                queue: DriverQueue::new(QUEUE, QUEUE_SIZE),
             };
             guest.probe();
             guest
         }
 
-        fn read(&mut self, offset: u64) -> u32 {
-            let mut data = [0u8; 4];
-            self.transport.read(offset, &mut data);
-            u32::from_le_bytes(data)
-        }
-
-        fn write(&mut self, offset: u64, value: u32) {
-            self.transport.write(offset, &value.to_le_bytes());
-        }
-
-        fn features(&mut self) -> u64 {
-            self.write(DEVICE_FEATURES_SEL, 0);
-            let low = self.read(DEVICE_FEATURES);
-            self.write(DEVICE_FEATURES_SEL, 1);
-            let high = self.read(DEVICE_FEATURES);
-            u64::from(low) | (u64::from(high) << 32)
+        fn mem(&self) -> &GuestMemoryMmap {
+            &self.driver.mem
         }
 
         fn probe(&mut self) {
-            assert_eq!(self.read(DEVICE_ID), 2);
-            self.write(STATUS, 1);
-            self.write(STATUS, 1 | 2);
+            let driver = &mut self.driver;
+            assert_eq!(driver.read(DEVICE_ID), 2);
             // Everything offered but EVENT_IDX, so every used buffer interrupts.
-            let features = self.features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
-            self.write(DRIVER_FEATURES_SEL, 0);
-            self.write(DRIVER_FEATURES, features as u32);
-            self.write(DRIVER_FEATURES_SEL, 1);
-            self.write(DRIVER_FEATURES, (features >> 32) as u32);
-            self.write(STATUS, 1 | 2 | 8);
-            assert_eq!(self.read(STATUS), 1 | 2 | 8);
-            self.write(QUEUE_NUM, u32::from(QUEUE_SIZE));
-            self.write(QUEUE_DESC_LOW, DESC as u32);
-            self.write(QUEUE_DRIVER_LOW, AVAIL as u32);
-            self.write(QUEUE_DEVICE_LOW, USED as u32);
-            self.write(QUEUE_READY, 1);
-            self.write(STATUS, 1 | 2 | 8 | 4);
-            assert_eq!(self.read(STATUS), 1 | 2 | 8 | 4);
+            let features = driver.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
+            assert_eq!(driver.negotiate(features), 1 | DRIVER | FEATURES_OK);
+            driver.setup_queue(0, &self.queue);
+            assert_eq!(driver.driver_ok(), 1 | DRIVER | FEATURES_OK | DRIVER_OK);
         }
 
         /// Posts one chain, notifies, and returns the used length (the chain must come back,
         /// with an interrupt).
         fn submit(&mut self, descs: &[Desc]) -> u32 {
-            for (i, &(addr, len, writable)) in descs.iter().enumerate() {
-                let desc = DESC + 16 * i as u64;
-                let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 } as u16;
-                if i + 1 < descs.len() {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                self.mem.write_obj(addr, GuestAddress(desc)).unwrap();
-                self.mem.write_obj(len, GuestAddress(desc + 8)).unwrap();
-                self.mem.write_obj(flags, GuestAddress(desc + 12)).unwrap();
-                self.mem
-                    .write_obj(i as u16 + 1, GuestAddress(desc + 14))
-                    .unwrap();
-            }
-            let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % QUEUE_SIZE);
-            self.mem.write_obj(0u16, GuestAddress(slot)).unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            self.mem
-                .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-                .unwrap();
-            let interrupts = self.line.count();
-            self.write(QUEUE_NOTIFY, 0);
-            let used_idx: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap();
-            assert_eq!(
-                used_idx,
-                self.used_seen.wrapping_add(1),
-                "chain not returned"
-            );
-            let entry = USED + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
-            self.used_seen = used_idx;
-            let id: u32 = self.mem.read_obj(GuestAddress(entry)).unwrap();
-            assert_eq!(id, 0);
-            assert!(self.line.count() > interrupts, "no interrupt");
-            assert_eq!(self.read(INTERRUPT_STATUS) & 1, 1);
-            self.write(INTERRUPT_ACK, 1);
-            self.mem.read_obj(GuestAddress(entry + 4)).unwrap()
+            let head = self.queue.add_chain(&self.driver.mem, descs);
+            let interrupts = self.driver.line.count();
+            self.driver.notify(0);
+            let (id, len) = self
+                .queue
+                .pop_used(&self.driver.mem)
+                .expect("chain not returned");
+            assert_eq!(id, head);
+            assert!(self.driver.line.count() > interrupts, "no interrupt");
+            assert!(self.driver.take_used_interrupt());
+            len
         }
 
         fn header(&self, kind: u32, sector: u64) {
             let mut hdr = [0u8; 16];
             hdr[..4].copy_from_slice(&kind.to_le_bytes());
             hdr[8..].copy_from_slice(&sector.to_le_bytes());
-            self.mem.write_slice(&hdr, GuestAddress(HDR)).unwrap();
-            self.mem
+            self.mem().write_slice(&hdr, GuestAddress(HDR)).unwrap();
+            self.mem()
                 .write_obj(0xffu8, GuestAddress(STATUS_ADDR))
                 .unwrap();
         }
 
         fn status(&self) -> u8 {
-            self.mem.read_obj(GuestAddress(STATUS_ADDR)).unwrap()
+            self.mem().read_obj(GuestAddress(STATUS_ADDR)).unwrap()
         }
 
         /// A request with the header in one descriptor, then `data`, then the status.
@@ -412,22 +327,22 @@ mod tests {
     #[test]
     fn identity_features_and_capacity_through_the_transport() {
         let mut guest = Guest::new("disk.img", false);
-        assert_eq!(guest.read(CONFIG), CAPACITY as u32);
-        assert_eq!(guest.read(CONFIG + 4), 0);
-        assert_eq!(guest.read(CONFIG + 12), 254, "seg_max");
-        let features = guest.features();
+        let config = guest.driver.read_config(0, 16);
+        assert_eq!(&config[..8], &CAPACITY.to_le_bytes());
+        assert_eq!(&config[12..], &254u32.to_le_bytes(), "seg_max");
+        let features = guest.driver.device_features();
         assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
         assert_ne!(features & (1 << VIRTIO_BLK_F_FLUSH), 0);
         assert_eq!(features & (1 << VIRTIO_BLK_F_RO), 0);
         let mut ro = Guest::new("disk.img", true);
-        assert_ne!(ro.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(ro.driver.device_features() & (1 << VIRTIO_BLK_F_RO), 0);
     }
 
     #[test]
     fn written_sectors_read_back_across_scattered_descriptors() {
         let mut guest = Guest::new("disk.img", false);
         let data = pattern(1024, 0x5a);
-        guest.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+        guest.mem().write_slice(&data, GuestAddress(DATA)).unwrap();
         // Two sectors at sector 3, from three descriptors of uneven sizes.
         let out = [
             (DATA, 100, false),
@@ -443,11 +358,11 @@ mod tests {
         assert_eq!(guest.request(T_IN, 3, &inn), (S_OK, 1536 + 1));
         let mut back = vec![0u8; 1536];
         guest
-            .mem
+            .mem()
             .read_slice(&mut back[..1000], GuestAddress(0x2_0000))
             .unwrap();
         guest
-            .mem
+            .mem()
             .read_slice(&mut back[1000..], GuestAddress(0x3_0000))
             .unwrap();
         assert_eq!(&back[..1024], &data[..]);
@@ -463,7 +378,7 @@ mod tests {
             (S_OK, 20 + 1)
         );
         let mut id = [0u8; 20];
-        guest.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        guest.mem().read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"a-very-long-image-fi");
         // Without a buffer for the id.
         assert_eq!(guest.request(T_GET_ID, 0, &[]), (S_IOERR, 1));
@@ -473,7 +388,7 @@ mod tests {
     fn read_only_devices_refuse_writes_but_read_and_flush() {
         let mut guest = Guest::new("ro.img", true);
         guest
-            .mem
+            .mem()
             .write_slice(&[0xaa; 512], GuestAddress(DATA))
             .unwrap();
         assert_eq!(guest.request(T_OUT, 0, &[(DATA, 512, false)]), (S_IOERR, 1));
@@ -549,7 +464,10 @@ mod tests {
         let len = guest.submit(&[(HDR, 10, false), (HDR + 10, 6, false), (DATA, 513, true)]);
         assert_eq!(len, 513);
         let mut back = vec![0u8; 513];
-        guest.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        guest
+            .mem()
+            .read_slice(&mut back, GuestAddress(DATA))
+            .unwrap();
         assert_eq!(&back[..512], &pattern(512, 3)[..]);
         assert_eq!(back[512], S_OK);
     }

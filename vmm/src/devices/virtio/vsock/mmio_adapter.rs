@@ -2,8 +2,8 @@
 //!
 //! [`VsockMmioDevice`] implements [`VirtioDevice`] around the transport-independent
 //! [`VsockDevice`]. Work arrives from two places: queue notifications (through the
-//! transport, on a vCPU thread) and host sockets (the VMM's event loop watches
-//! [`VsockMmioDevice::host_events_fd`] and calls [`VsockMmioDevice::process_host_events`]).
+//! transport, on a vCPU thread) and host sockets (the VMM's event loop drives it as a
+//! [`HostEvents`] device).
 
 use std::os::unix::io::RawFd;
 
@@ -17,6 +17,7 @@ use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use super::device::{DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::VsockConfig;
 use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::{HostEvents, Trigger};
 
 /// Largest virtqueue the device offers.
 const QUEUE_MAX_SIZE: u16 = 256;
@@ -56,21 +57,6 @@ impl VsockMmioDevice {
     /// The device core.
     pub fn device(&self) -> &VsockDevice {
         &self.device
-    }
-
-    /// Becomes readable when host sockets need [`Self::process_host_events`].
-    pub fn host_events_fd(&self) -> RawFd {
-        self.device.host_events_fd()
-    }
-
-    /// Handles ready host sockets and passes what they produced to the guest. Host clients
-    /// may connect before the driver is up: their requests wait until activation.
-    pub fn process_host_events(&mut self) {
-        self.device.process_host_events();
-        if let Some(active) = &mut self.active {
-            let notify = run_rx(&mut self.device, active);
-            notify_driver(active, notify);
-        }
     }
 
     /// Whether the driver activated the device.
@@ -210,6 +196,28 @@ impl VirtioDevice for VsockMmioDevice {
     }
 }
 
+impl HostEvents for VsockMmioDevice {
+    /// Becomes readable when host sockets need [`Self::process_host_events`].
+    fn host_events_fd(&self) -> RawFd {
+        self.device.host_events_fd()
+    }
+
+    /// The fd is the muxer's own epoll set, readable while any host socket is ready.
+    fn host_events_trigger(&self) -> Trigger {
+        Trigger::Level
+    }
+
+    /// Handles ready host sockets and passes what they produced to the guest. Host clients
+    /// may connect before the driver is up: their requests wait until activation.
+    fn process_host_events(&mut self) {
+        self.device.process_host_events();
+        if let Some(active) = &mut self.active {
+            let notify = run_rx(&mut self.device, active);
+            notify_driver(active, notify);
+        }
+    }
+}
+
 impl std::fmt::Debug for VsockMmioDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VsockMmioDevice")
@@ -224,45 +232,29 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
     use std::path::PathBuf;
-    use std::sync::{Arc, Mutex};
     use std::time::{Duration, Instant};
 
     use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::devices::virtio::mmio::{MmioTransport, MMIO_MAGIC_VALUE};
+    use crate::devices::virtio::mmio::MMIO_MAGIC_VALUE;
+    use crate::devices::virtio::test_support::{
+        MmioDriver, CONFIG, DEVICE_FEATURES, DEVICE_FEATURES_SEL, DEVICE_ID, DRIVER_FEATURES,
+        DRIVER_FEATURES_SEL, INTERRUPT_ACK, INTERRUPT_STATUS, MAGIC_VALUE, QUEUE_DESC_LOW,
+        QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_NUM_MAX, QUEUE_READY,
+        QUEUE_SEL, STATUS, VERSION,
+    };
     use crate::devices::virtio::vsock::packet::{
         PacketHeader, HEADER_SIZE, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM,
     };
     use crate::devices::virtio::vsock::HOST_CID;
-    use crate::devices::CountingInterrupt;
 
     const GUEST_CID: u64 = 3;
     const GUEST_PORT: u32 = 1234;
     const QUEUE_SIZE: u16 = 16;
     const MEM_SIZE: usize = 1 << 20;
     const BUF_SIZE: u32 = 0x1000;
-
-    // virtio-mmio registers, as a driver knows them from the spec.
-    const DEVICE_ID: u64 = 0x008;
-    const VERSION: u64 = 0x004;
-    const DEVICE_FEATURES: u64 = 0x010;
-    const DEVICE_FEATURES_SEL: u64 = 0x014;
-    const DRIVER_FEATURES: u64 = 0x020;
-    const DRIVER_FEATURES_SEL: u64 = 0x024;
-    const QUEUE_SEL: u64 = 0x030;
-    const QUEUE_NUM_MAX: u64 = 0x034;
-    const QUEUE_NUM: u64 = 0x038;
-    const QUEUE_READY: u64 = 0x044;
-    const QUEUE_NOTIFY: u64 = 0x050;
-    const INTERRUPT_STATUS: u64 = 0x060;
-    const INTERRUPT_ACK: u64 = 0x064;
-    const STATUS: u64 = 0x070;
-    const QUEUE_DESC_LOW: u64 = 0x080;
-    const QUEUE_DRIVER_LOW: u64 = 0x090;
-    const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-    const CONFIG: u64 = 0x100;
 
     /// A Unix socket path removed when the test ends.
     struct SocketPath(PathBuf);
@@ -345,10 +337,7 @@ mod tests {
 
     /// A guest driver talking to the vsock device through its virtio-mmio registers.
     struct Guest {
-        mem: GuestMemoryMmap,
-        transport: MmioTransport<VsockMmioDevice>,
-        device: Arc<Mutex<VsockMmioDevice>>,
-        line: Arc<CountingInterrupt>,
+        driver: MmioDriver<VsockMmioDevice>,
         rings: Vec<Ring>,
         uds: SocketPath,
     }
@@ -360,40 +349,24 @@ mod tests {
                 guest_cid: GUEST_CID,
                 uds_path: uds.0.clone(),
             };
-            let device = Arc::new(Mutex::new(VsockMmioDevice::new(&config).unwrap()));
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-            let line = Arc::new(CountingInterrupt::default());
-            let transport = MmioTransport::new(
-                GuestMemoryAtomic::new(mem.clone()),
-                device.clone(),
-                line.clone(),
-            );
+            let driver = MmioDriver::new(VsockMmioDevice::new(&config).unwrap(), MEM_SIZE);
             let rings = (0..NUM_QUEUES as u64)
                 .map(|i| Ring::new(0x1000 * (i + 1), 0x1_0000 * (i + 1)))
                 .collect();
-            Guest {
-                mem,
-                transport,
-                device,
-                line,
-                rings,
-                uds,
-            }
+            Guest { driver, rings, uds }
         }
 
         fn read(&mut self, offset: u64) -> u32 {
-            let mut data = [0u8; 4];
-            self.transport.read(offset, &mut data);
-            u32::from_le_bytes(data)
+            self.driver.read(offset)
         }
 
         fn write(&mut self, offset: u64, value: u32) {
-            self.transport.write(offset, &value.to_le_bytes());
+            self.driver.write(offset, value)
         }
 
         /// The virtio 1.x initialisation sequence, enabling the queues in `enable`.
         fn probe(&mut self, enable: &[usize]) -> u32 {
-            assert_eq!(self.read(0), MMIO_MAGIC_VALUE);
+            assert_eq!(self.read(MAGIC_VALUE), MMIO_MAGIC_VALUE);
             assert_eq!(self.read(VERSION), 2);
             assert_eq!(self.read(DEVICE_ID), 19);
             self.write(STATUS, 1);
@@ -426,13 +399,13 @@ mod tests {
         fn send(&mut self, hdr: PacketHeader, data: &[u8]) {
             let mut raw = hdr.to_bytes().to_vec();
             raw.extend_from_slice(data);
-            self.rings[TX_QUEUE].post(&self.mem, Some(&raw));
-            let interrupts = self.line.count();
+            self.rings[TX_QUEUE].post(&self.driver.mem, Some(&raw));
+            let interrupts = self.driver.line.count();
             self.write(QUEUE_NOTIFY, TX_QUEUE as u32);
-            let used = self.rings[TX_QUEUE].pop_used(&self.mem);
+            let used = self.rings[TX_QUEUE].pop_used(&self.driver.mem);
             assert!(used.is_some(), "TX buffer not returned");
             assert!(
-                self.line.count() > interrupts,
+                self.driver.line.count() > interrupts,
                 "no interrupt for the used TX buffer"
             );
             assert_ne!(self.read(INTERRUPT_STATUS) & 1, 0);
@@ -443,19 +416,22 @@ mod tests {
         fn recv(&mut self) -> (PacketHeader, Vec<u8>) {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                if let Some((addr, len)) = self.rings[RX_QUEUE].pop_used(&self.mem) {
+                if let Some((addr, len)) = self.rings[RX_QUEUE].pop_used(&self.driver.mem) {
                     assert_ne!(self.read(INTERRUPT_STATUS) & 1, 0);
                     self.write(INTERRUPT_ACK, 1);
                     let mut raw = vec![0u8; len as usize];
-                    self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
-                    self.rings[RX_QUEUE].post(&self.mem, None);
+                    self.driver
+                        .mem
+                        .read_slice(&mut raw, GuestAddress(addr))
+                        .unwrap();
+                    self.rings[RX_QUEUE].post(&self.driver.mem, None);
                     self.write(QUEUE_NOTIFY, RX_QUEUE as u32);
                     let hdr = PacketHeader::from_bytes(raw[..HEADER_SIZE].try_into().unwrap());
                     return (hdr, raw.split_off(HEADER_SIZE));
                 }
                 assert!(Instant::now() < deadline, "no packet for the guest");
                 std::thread::sleep(Duration::from_millis(1));
-                self.device.lock().unwrap().process_host_events();
+                self.driver.device().process_host_events();
             }
         }
 
@@ -499,7 +475,7 @@ mod tests {
         assert_eq!(guest.read(CONFIG), GUEST_CID as u32);
         assert_eq!(guest.read(CONFIG + 4), 0);
         let mut byte = [0xffu8; 1];
-        guest.transport.read(CONFIG + 8, &mut byte);
+        guest.driver.transport.read(CONFIG + 8, &mut byte);
         assert_eq!(byte, [0], "past the config space");
         guest.write(STATUS, 1);
         guest.write(STATUS, 3);
@@ -512,10 +488,10 @@ mod tests {
         let mut guest = Guest::new("partial");
         let status = guest.probe(&[RX_QUEUE, EVENT_QUEUE]);
         assert_ne!(status & 0x40, 0, "DEVICE_NEEDS_RESET expected");
-        assert!(!guest.device.lock().unwrap().is_active());
+        assert!(!guest.driver.device().is_active());
         guest.write(STATUS, 0);
         assert_eq!(guest.probe(&[RX_QUEUE, TX_QUEUE, EVENT_QUEUE]), 0xf);
-        assert!(guest.device.lock().unwrap().is_active());
+        assert!(guest.driver.device().is_active());
     }
 
     #[test]
@@ -525,11 +501,11 @@ mod tests {
         let mut host = UnixStream::connect(&guest.uds.0).unwrap();
         host.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())
             .unwrap();
-        guest.device.lock().unwrap().process_host_events();
+        guest.driver.device().process_host_events();
 
         assert_eq!(guest.probe(&[RX_QUEUE, TX_QUEUE, EVENT_QUEUE]), 0xf);
         for _ in 0..4 {
-            guest.rings[RX_QUEUE].post(&guest.mem, None);
+            guest.rings[RX_QUEUE].post(&guest.driver.mem, None);
         }
         guest.write(QUEUE_NOTIFY, RX_QUEUE as u32);
 
@@ -552,6 +528,6 @@ mod tests {
         assert_eq!(rw.op, OP_RW);
         assert_eq!((rw.src_port, rw.dst_port), (host_port, GUEST_PORT));
         assert_eq!(data, b"pong");
-        assert_eq!(guest.device.lock().unwrap().device().connection_count(), 1);
+        assert_eq!(guest.driver.device().device().connection_count(), 1);
     }
 }
