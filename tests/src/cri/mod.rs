@@ -3,11 +3,14 @@
 //! [`CriContainerd`] is a private containerd started with `--cri` (its own
 //! CNI bridge and subnet, the local pause image as `sandbox_image`) with a
 //! [`CriClient`] on its socket. [`pod`] runs pods and containers and checks
-//! what a removed pod leaves behind.
+//! what a removed pod leaves behind; [`scenarios`] are the pod scenarios,
+//! each taking the runtime handler (`runc`, `hull`) so that the same
+//! function gives the answers a test compares between handlers.
 
 pub mod client;
 pub mod exec_stream;
 pub mod pod;
+pub mod scenarios;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
