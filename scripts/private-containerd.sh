@@ -155,6 +155,14 @@ pick_network() {
 setup_network() {
     local bridge subnet gateway
     pick_network
+    # cri.env first: it is what stop removes the bridge by.
+    cat > "$cri_env" <<EOF
+CRI_BRIDGE=$bridge
+CRI_SUBNET=$subnet
+CRI_GATEWAY=$gateway
+CRI_IPAM_DIR=$dir/cni/ipam/hull-test
+CRI_CGROUP_ROOT=hull-cri-${bridge#hull}
+EOF
     ip link add "$bridge" type bridge
     ip addr add "$gateway/24" dev "$bridge"
     ip link set "$bridge" up
@@ -178,13 +186,6 @@ setup_network() {
     }
   ]
 }
-EOF
-    cat > "$cri_env" <<EOF
-CRI_BRIDGE=$bridge
-CRI_SUBNET=$subnet
-CRI_GATEWAY=$gateway
-CRI_IPAM_DIR=$dir/cni/ipam/hull-test
-CRI_CGROUP_ROOT=hull-cri-${bridge#hull}
 EOF
 }
 
