@@ -321,7 +321,7 @@ impl CriClient {
         .and_then(|r| {
             r.stats.ok_or_else(|| CriError {
                 rpc: "ContainerStats",
-                code: tonic::Code::Ok,
+                code: tonic::Code::Internal,
                 message: format!("the answer for {id} has no stats"),
             })
         })

@@ -21,6 +21,9 @@ use super::client::CriClient;
 /// The WebSocket subprotocol: binary frames, JSON status on channel 3.
 pub const PROTOCOL: &str = "v4.channel.k8s.io";
 
+/// How long the WebSocket handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 const STDIN: u8 = 0;
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
@@ -91,8 +94,12 @@ impl<'a> ExecSession<'a> {
         request
             .headers_mut()
             .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
-        let (socket, response) =
-            client.block_on(async { tokio_tungstenite::connect_async(request).await })?;
+        let (socket, response) = client
+            .block_on(async {
+                tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
+                    .await
+            })
+            .map_err(|_| StreamError::Timeout(CONNECT_TIMEOUT))??;
         let chosen = response
             .headers()
             .get("Sec-WebSocket-Protocol")

@@ -397,11 +397,13 @@ pub fn exec(cri: &CriContainerd, handler: &str) -> Exec {
         .resize(100, 40)
         .unwrap_or_else(|e| panic!("exec resize: {e}"));
     // The resize travels its own channel to the runtime while stdin goes
-    // to the shell: print the size once the shell has seen it, at most
-    // 10 s later (the marker makes the echo of the typed line not count).
+    // to the shell, so the shell waits (at most 10 s) until it sees the new
+    // size. The markers are split in the typed line, so that its echo does
+    // not count.
     session
         .send_stdin(
-            b"i=0; until [ \"$(stty size)\" = '40 100' ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done; echo SIZE=$(stty size)=; [ -t 0 ] && echo TTY=yes=; exit 5\n",
+            b"i=0; until [ \"$(stty size)\" = '40 100' ] || [ $i -ge 100 ]; do sleep 0.1; i=$((i+1)); done; \
+              echo \"SI\"\"ZE:$(stty size):\"; [ -t 0 ] && echo \"T\"\"TY:yes:\"; exit 5\n",
         )
         .unwrap_or_else(|e| panic!("exec stdin: {e}"));
     let outcome = session
@@ -409,15 +411,8 @@ pub fn exec(cri: &CriContainerd, handler: &str) -> Exec {
         .unwrap_or_else(|e| panic!("streaming exec with a terminal: {e}"));
     let output = String::from_utf8_lossy(&outcome.stdout).replace('\r', "");
     let marked = |key: &str| {
-        output
-            .lines()
-            .filter(|l| !l.contains("stty size)"))
-            .find_map(|l| {
-                l.split_once(&format!("{key}="))?
-                    .1
-                    .split_once('=')
-                    .map(|v| v.0.to_string())
-            })
+        let (_, rest) = output.split_once(&format!("{key}:"))?;
+        rest.split_once(':').map(|(value, _)| value.to_string())
     };
     let terminal_size = marked("SIZE")
         .unwrap_or_else(|| panic!("the terminal exec printed no size\noutput: {output:?}"));
