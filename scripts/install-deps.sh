@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what Hull needs on Debian 12, skipping what is already there:
 # Debian packages (QEMU, containerd, runc, the kernel source and build tools,
-# busybox-static for the test image) and virtiofsd via cargo install.
+# busybox-static for the test image, CNI plugins and a static libc for the
+# CRI tests) and virtiofsd via cargo install.
 set -euo pipefail
 
 packages=(
     qemu-system-x86 containerd runc containernetworking-plugins
     linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio kmod
     busybox-static libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler
-    file iproute2 util-linux time gcc
+    file iproute2 util-linux time gcc libc6-dev
 )
 missing=()
 for p in "${packages[@]}"; do

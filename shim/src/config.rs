@@ -10,6 +10,8 @@ use serde::Deserialize;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
 /// Install prefix of the guest assets.
 pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
+/// The most vCPUs a Hull VM gets.
+pub const MAX_VCPUS: u32 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,8 +53,14 @@ pub struct Config {
     /// Uncompressed guest kernel (vmlinux, PVH entry).
     pub kernel: PathBuf,
     pub initrd: PathBuf,
+    /// Size of a VM whose pod (or container) states no limits.
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Added to a pod's memory limit (sum of its containers') for the guest
+    /// kernel, the agent and the page cache.
+    pub pod_memory_overhead_mib: u32,
+    /// Added to a pod's CPU limit, rounded up to whole vCPUs.
+    pub pod_vcpus_overhead: u32,
     /// Appended to Hull's own kernel command line.
     pub kernel_params: String,
     /// How long to wait for the guest agent to answer after the VM starts.
@@ -73,6 +81,8 @@ impl Default for Config {
             initrd: Path::new(DEFAULT_ASSET_DIR).join("hull-initrd.img"),
             vcpus: 1,
             memory_mib: 256,
+            pod_memory_overhead_mib: 128,
+            pod_vcpus_overhead: 0,
             kernel_params: String::new(),
             agent_timeout_secs: 30,
             qemu: PathBuf::from("qemu-system-x86_64"),
@@ -98,8 +108,17 @@ impl Config {
             path: path.to_owned(),
             message,
         };
-        if self.vcpus == 0 || self.vcpus > 64 {
-            return Err(invalid(format!("vcpus = {} is outside 1..=64", self.vcpus)));
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(invalid(format!(
+                "vcpus = {} is outside 1..={MAX_VCPUS}",
+                self.vcpus
+            )));
+        }
+        if self.pod_vcpus_overhead > MAX_VCPUS {
+            return Err(invalid(format!(
+                "pod_vcpus_overhead = {} is above {MAX_VCPUS}",
+                self.pod_vcpus_overhead
+            )));
         }
         if self.memory_mib < 64 {
             return Err(invalid(format!(

@@ -11,6 +11,8 @@ pub mod bench;
 pub mod config;
 pub mod host;
 pub mod hypervisor;
+pub mod network;
+pub mod pod;
 pub mod rootfs;
 pub mod run;
 pub mod sandbox;

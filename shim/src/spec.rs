@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use crate::pod::{check_supported, is_process_namespace, PodError, Role};
 
 /// What `hull run` lets a user choose about the container's process.
 #[derive(Debug, Clone, Default)]
@@ -62,70 +64,368 @@ pub enum SpecError {
     #[error("The spec has no process")]
     NoProcess,
     #[error(
-        "Mount {destination}: bind mounts from the host are not supported yet (only mounts the guest provides: proc, sysfs, tmpfs, devpts, mqueue, cgroup)"
+        "Mount {destination}: a bind mount needs an absolute source path, not {source_path:?}"
     )]
-    HostBind { destination: String },
+    RelativeBind {
+        destination: String,
+        source_path: String,
+    },
+    #[error(transparent)]
+    Pod(#[from] PodError),
 }
 
-/// Rewrites a container's spec (from its bundle) for the guest: the rootfs
-/// is where the guest sees the shared copy, and hooks, which would run host
-/// binaries, are dropped.
-pub fn guest_spec(mut spec: Spec, guest_rootfs: &Path) -> Result<Spec, SpecError> {
+/// Where a container's files live in the guest: `<share>/<id>/rootfs` and
+/// `<share>/<id>/mounts/<n>`, with the host side under the sandbox's shared
+/// directory at the same relative paths.
+pub fn rootfs_in_share(container_id: &str) -> PathBuf {
+    Path::new(container_id).join("rootfs")
+}
+
+/// A host file or directory that a bind mount of the container needs in
+/// the guest: the shim binds `source` at `share_path` (relative to the
+/// sandbox's shared directory) before the container is created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostShare {
+    pub source: PathBuf,
+    pub share_path: PathBuf,
+    pub read_only: bool,
+    pub recursive: bool,
+}
+
+/// What the guest knows of the container's pod.
+#[derive(Debug, Clone, Default)]
+pub struct PodContext {
+    /// The pause container's pid in the guest, once it exists.
+    pub sandbox_pid: Option<u32>,
+    /// The host directory CRI bind-mounts as every container's /dev/shm.
+    pub sandbox_shm: Option<PathBuf>,
+}
+
+/// A container's spec as the guest runs it, and the host shares it needs.
+#[derive(Debug)]
+pub struct GuestSpec {
+    pub spec: Spec,
+    pub shares: Vec<HostShare>,
+}
+
+const SHM: &str = "/dev/shm";
+
+/// Rewrites a container's spec (from its bundle) for the guest:
+/// - the rootfs is where the guest sees the shared copy;
+/// - hooks, which would run host binaries, are dropped;
+/// - host bind mounts (volumes, /etc/hosts, /etc/resolv.conf, ...) come
+///   from the sandbox's share, one [`HostShare`] each;
+/// - in a pod, /dev/shm is a tmpfs of the pause container that the pod's
+///   containers share, and the pod's network is the guest's own (the VM
+///   is the pod), so the pause container gets no network namespace of its
+///   own and the others join it by its guest pid, as CRI asks.
+pub fn guest_spec(
+    mut spec: Spec,
+    container_id: &str,
+    guest_share: &Path,
+    pod: &PodContext,
+) -> Result<GuestSpec, SpecError> {
     if spec.process().is_none() {
         return Err(SpecError::NoProcess);
     }
+    let role = Role::of(&spec);
+    check_supported(&spec, role)?;
     let mut root = spec.root().clone().unwrap_or_default();
-    root.set_path(guest_rootfs.to_owned());
+    root.set_path(guest_share.join(rootfs_in_share(container_id)));
     spec.set_root(Some(root));
     if spec.hooks().is_some() {
         tracing::warn!("dropping OCI hooks: they would run host binaries inside the guest");
         spec.set_hooks(None);
     }
-    for mount in spec.mounts().iter().flatten() {
+    // The host's AppArmor and SELinux labels mean nothing to the guest
+    // kernel, which has neither; the VM is the boundary.
+    if let Some(mut process) = spec.process().clone() {
+        process.set_apparmor_profile(None);
+        process.set_selinux_label(None);
+        spec.set_process(Some(process));
+    }
+    if let Some(mut linux) = spec.linux().clone() {
+        linux.set_mount_label(None);
+        spec.set_linux(Some(linux));
+    }
+
+    let mut shares = Vec::new();
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    for mount in &mut mounts {
+        let options = mount.options().clone().unwrap_or_default();
         let bind = mount.typ().as_deref() == Some("bind")
-            || mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
-        if bind {
-            return Err(SpecError::HostBind {
-                destination: mount.destination().display().to_string(),
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        if !bind {
+            continue;
+        }
+        let destination = mount.destination().clone();
+        if role.is_pod() && destination == Path::new(SHM) {
+            let from_sandbox = pod.sandbox_shm.as_deref() == mount.source().as_deref();
+            match (role, pod.sandbox_pid) {
+                (Role::PodContainer, Some(pid)) if from_sandbox => {
+                    mount.set_source(Some(PathBuf::from(format!("/proc/{pid}/root{SHM}"))));
+                }
+                _ => *mount = shm_tmpfs(&options),
+            }
+            continue;
+        }
+        let source = mount.source().clone().unwrap_or_default();
+        if !source.is_absolute() {
+            return Err(SpecError::RelativeBind {
+                destination: destination.display().to_string(),
+                source_path: source.display().to_string(),
             });
         }
+        let share_path = Path::new(container_id)
+            .join("mounts")
+            .join(shares.len().to_string());
+        mount.set_source(Some(guest_share.join(&share_path)));
+        shares.push(HostShare {
+            source,
+            share_path,
+            read_only: options.iter().any(|o| o == "ro"),
+            recursive: options.iter().any(|o| o == "rbind"),
+        });
     }
-    Ok(spec)
+    spec.set_mounts(Some(mounts));
+
+    if role.is_pod() {
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+        namespaces.retain_mut(|ns| {
+            let Some(path) = ns.path() else { return true };
+            if is_process_namespace(path) {
+                return true;
+            }
+            // A host path (CNI's netns): the guest's network is the pod's.
+            match (ns.typ(), role, pod.sandbox_pid) {
+                (LinuxNamespaceType::Network, Role::PodContainer, Some(pid)) => {
+                    ns.set_path(Some(PathBuf::from(format!("/proc/{pid}/ns/net"))));
+                    true
+                }
+                (LinuxNamespaceType::Network, _, _) => false,
+                _ => {
+                    ns.set_path(None);
+                    true
+                }
+            }
+        });
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+    }
+    Ok(GuestSpec { spec, shares })
+}
+
+/// A pod's /dev/shm in the guest: a tmpfs, read-only if the bind was.
+fn shm_tmpfs(bind_options: &[String]) -> Mount {
+    let mut options: Vec<String> = ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]
+        .map(String::from)
+        .to_vec();
+    if bind_options.iter().any(|o| o == "ro") {
+        options.push("ro".into());
+    }
+    let mut mount = Mount::default();
+    mount.set_destination(PathBuf::from(SHM));
+    mount.set_typ(Some("tmpfs".into()));
+    mount.set_source(Some(PathBuf::from("shm")));
+    mount.set_options(Some(options));
+    mount
+}
+
+/// The host directory CRI shares as a pod's /dev/shm, from the pause
+/// container's spec.
+pub fn shm_source(spec: &Spec) -> Option<PathBuf> {
+    spec.mounts()
+        .iter()
+        .flatten()
+        .find(|m| m.destination() == Path::new(SHM) && m.typ().as_deref() == Some("bind"))
+        .and_then(|m| m.source().clone())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn guest_spec_moves_the_rootfs_and_drops_hooks() {
+    const SHARE: &str = "/run/hull/shared";
+
+    fn with_mounts(annotations: serde_json::Value, mounts: serde_json::Value) -> Spec {
         let mut spec = container_spec(Path::new("rootfs"), &ProcessOptions::default());
-        spec.set_hooks(Some(Default::default()));
-        let guest = guest_spec(spec, Path::new("/run/hull/shared/c1/rootfs")).unwrap();
-        assert_eq!(
-            guest.root().as_ref().unwrap().path(),
-            Path::new("/run/hull/shared/c1/rootfs")
-        );
-        assert!(guest.hooks().is_none());
+        let added = serde_json::from_value::<Vec<Mount>>(mounts).unwrap();
+        let mut all = spec.mounts().clone().unwrap();
+        all.retain(|m| added.iter().all(|a| a.destination() != m.destination()));
+        all.extend(added);
+        spec.set_mounts(Some(all));
+        spec.set_annotations(Some(serde_json::from_value(annotations).unwrap()));
+        spec
+    }
+
+    fn mount<'a>(spec: &'a Spec, destination: &str) -> &'a Mount {
+        spec.mounts()
+            .iter()
+            .flatten()
+            .find(|m| m.destination() == Path::new(destination))
+            .unwrap_or_else(|| panic!("no mount at {destination}"))
     }
 
     #[test]
-    fn host_bind_mounts_are_refused_by_name() {
+    fn guest_spec_moves_the_rootfs_and_drops_hooks_and_host_labels() {
         let mut spec = container_spec(Path::new("rootfs"), &ProcessOptions::default());
-        let mut mounts = spec.mounts().clone().unwrap();
-        mounts.push(
-            serde_json::from_value(serde_json::json!({
-                "destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind"]
-            }))
-            .unwrap(),
+        spec.set_hooks(Some(Default::default()));
+        let mut process = spec.process().clone().unwrap();
+        process.set_apparmor_profile(Some("cri-containerd.apparmor.d".into()));
+        spec.set_process(Some(process));
+        let guest = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default()).unwrap();
+        assert_eq!(
+            guest.spec.root().as_ref().unwrap().path(),
+            Path::new("/run/hull/shared/c1/rootfs")
         );
-        spec.set_mounts(Some(mounts));
-        let err = guest_spec(spec, Path::new("/r")).unwrap_err().to_string();
-        assert!(err.contains("/data"), "{err}");
+        assert!(guest.spec.hooks().is_none());
+        assert!(
+            guest.shares.is_empty(),
+            "runc's default mounts need no share"
+        );
+    }
+
+    #[test]
+    fn host_binds_come_from_the_share_with_their_modes() {
+        let spec = with_mounts(
+            serde_json::json!({}),
+            serde_json::json!([
+                {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "rw"]},
+                {"destination": "/etc/config", "type": "bind", "source": "/srv/cfg", "options": ["bind", "ro"]},
+            ]),
+        );
+        let guest = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default()).unwrap();
+        assert_eq!(
+            guest.shares,
+            vec![
+                HostShare {
+                    source: "/srv/data".into(),
+                    share_path: "c1/mounts/0".into(),
+                    read_only: false,
+                    recursive: true,
+                },
+                HostShare {
+                    source: "/srv/cfg".into(),
+                    share_path: "c1/mounts/1".into(),
+                    read_only: true,
+                    recursive: false,
+                },
+            ]
+        );
+        let data = mount(&guest.spec, "/data");
+        assert_eq!(
+            data.source().as_deref(),
+            Some(Path::new("/run/hull/shared/c1/mounts/0"))
+        );
+        let config = mount(&guest.spec, "/etc/config");
+        assert!(config.options().as_ref().unwrap().contains(&"ro".into()));
+    }
+
+    #[test]
+    fn relative_bind_sources_are_refused_by_name() {
+        let spec = with_mounts(
+            serde_json::json!({}),
+            serde_json::json!([{"destination": "/data", "type": "bind", "source": "srv", "options": ["rbind"]}]),
+        );
+        let err = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/data") && err.contains("srv"), "{err}");
+    }
+
+    fn pod_namespaces(spec: &mut Spec, network: &str) {
+        let mut linux = spec.linux().clone().unwrap();
+        let namespaces = serde_json::json!([
+            {"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"},
+            {"type": "network", "path": network},
+        ]);
+        linux.set_namespaces(Some(serde_json::from_value(namespaces).unwrap()));
+        spec.set_linux(Some(linux));
+    }
+
+    fn network_path(spec: &Spec) -> Option<Option<PathBuf>> {
+        spec.linux()
+            .as_ref()?
+            .namespaces()
+            .as_ref()?
+            .iter()
+            .find(|ns| ns.typ() == LinuxNamespaceType::Network)
+            .map(|ns| ns.path().clone())
+    }
+
+    #[test]
+    fn the_pause_container_uses_the_guest_network_and_a_shm_tmpfs() {
+        let shm = serde_json::json!([{"destination": "/dev/shm", "type": "bind",
+            "source": "/run/containerd/sandboxes/p1/shm", "options": ["rbind", "ro"]}]);
+        let mut spec = with_mounts(
+            serde_json::json!({crate::pod::CONTAINER_TYPE_ANNOTATION: "sandbox"}),
+            shm,
+        );
+        pod_namespaces(&mut spec, "/var/run/netns/cni-1");
+        assert_eq!(
+            shm_source(&spec),
+            Some(PathBuf::from("/run/containerd/sandboxes/p1/shm"))
+        );
+        let guest = guest_spec(spec, "p1", Path::new(SHARE), &PodContext::default()).unwrap();
+        assert_eq!(
+            network_path(&guest.spec),
+            None,
+            "no network namespace entry"
+        );
+        let shm = mount(&guest.spec, "/dev/shm");
+        assert_eq!(shm.typ().as_deref(), Some("tmpfs"));
+        assert!(shm.options().as_ref().unwrap().contains(&"ro".into()));
+        assert!(guest.shares.is_empty());
+    }
+
+    #[test]
+    fn pod_containers_join_the_pause_container_in_the_guest() {
+        let shm = serde_json::json!([{"destination": "/dev/shm", "type": "bind",
+            "source": "/run/containerd/sandboxes/p1/shm", "options": ["rbind", "rw"]}]);
+        let mut spec = with_mounts(
+            serde_json::json!({crate::pod::CONTAINER_TYPE_ANNOTATION: "container"}),
+            shm,
+        );
+        pod_namespaces(&mut spec, "/proc/42/ns/net");
+        let pod = PodContext {
+            sandbox_pid: Some(42),
+            sandbox_shm: Some("/run/containerd/sandboxes/p1/shm".into()),
+        };
+        let guest = guest_spec(spec.clone(), "c1", Path::new(SHARE), &pod).unwrap();
+        assert_eq!(
+            network_path(&guest.spec),
+            Some(Some(PathBuf::from("/proc/42/ns/net")))
+        );
+        assert_eq!(
+            mount(&guest.spec, "/dev/shm").source().as_deref(),
+            Some(Path::new("/proc/42/root/dev/shm"))
+        );
+
+        // A host netns path is replaced by the pause container's.
+        pod_namespaces(&mut spec, "/var/run/netns/cni-1");
+        let guest = guest_spec(spec, "c1", Path::new(SHARE), &pod).unwrap();
+        assert_eq!(
+            network_path(&guest.spec),
+            Some(Some(PathBuf::from("/proc/42/ns/net")))
+        );
+    }
+
+    #[test]
+    fn a_host_network_pod_is_refused() {
+        let mut spec = with_mounts(
+            serde_json::json!({crate::pod::CONTAINER_TYPE_ANNOTATION: "sandbox"}),
+            serde_json::json!([]),
+        );
+        let mut linux = spec.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+        let err = guest_spec(spec, "p1", Path::new(SHARE), &PodContext::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("hostNetwork"), "{err}");
     }
 
     #[test]

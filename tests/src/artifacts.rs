@@ -1,5 +1,5 @@
-//! Things the tests build once per test process: the busybox OCI images and
-//! an initramfs whose guest never answers.
+//! Things the tests build once per test process: the busybox and pause OCI
+//! images and an initramfs whose guest never answers.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,21 +35,19 @@ fn cache_dir() -> PathBuf {
     dir
 }
 
-/// Builds with `images/busybox-image.sh` into the cache. The build is
-/// deterministic, so concurrent test processes writing the same file (each
-/// through its own temporary name, then a rename) agree on its content.
-fn build_image(file: &str, custom: bool) -> PathBuf {
+/// Builds an image archive with `images/SCRIPT FLAGS... OUT` into the
+/// cache. The builds are deterministic, so concurrent test processes writing
+/// the same file (each through its own temporary name, then a rename) agree
+/// on its content.
+fn build_image(file: &str, script: &str, flags: &[&str]) -> PathBuf {
     let out = cache_dir().join(file);
     let tmp = cache_dir().join(format!("{file}.{}", std::process::id()));
-    let mut cmd = Command::new(workspace_root().join("images/busybox-image.sh"));
-    if custom {
-        cmd.arg("--custom");
-    }
-    cmd.arg(&tmp);
+    let mut cmd = Command::new(workspace_root().join("images").join(script));
+    cmd.args(flags).arg(&tmp);
     let output = run(cmd, None, Duration::from_secs(120));
     assert!(
         output.status.success(),
-        "images/busybox-image.sh failed\n{}",
+        "images/{script} failed\n{}",
         describe(&output)
     );
     std::fs::rename(&tmp, &out).expect("rename image archive");
@@ -59,14 +57,21 @@ fn build_image(file: &str, custom: bool) -> PathBuf {
 /// The busybox image archive (`docker.io/local/busybox:latest`).
 pub fn busybox_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_image("busybox.tar", false))
+    IMAGE.get_or_init(|| build_image("busybox.tar", "busybox-image.sh", &[]))
 }
 
 /// The busybox image whose config sets Env FOO=bar, WorkingDir /tmp and
 /// User 65534:65534 (`docker.io/local/busybox-custom:latest`).
 pub fn busybox_custom_image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
-    IMAGE.get_or_init(|| build_image("busybox-custom.tar", true))
+    IMAGE.get_or_init(|| build_image("busybox-custom.tar", "busybox-image.sh", &["--custom"]))
+}
+
+/// The pod sandbox image CRI's `sandbox_image` names
+/// (`docker.io/local/pause:hull`), from `images/pause-image.sh`.
+pub fn pause_image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| build_image("pause.tar", "pause-image.sh", &[]))
 }
 
 /// An initramfs whose `/init` is a shell script that only sleeps: a guest

@@ -6,8 +6,13 @@
 //! scenario can run under `io.containerd.runc.v2` and `io.containerd.hull.v2`
 //! and the answers can be compared. Dropping the [`Containerd`] stops it and
 //! removes everything it started, also when the test panicked.
+//!
+//! [`cri`] does the same through containerd's CRI plugin, the way the
+//! kubelet drives a runtime: pods with networking, volumes, exec, logs and
+//! stats, under a runtime handler (`runc`, `hull`).
 
 pub mod artifacts;
+pub mod cri;
 pub mod process;
 pub mod scenarios;
 
@@ -106,6 +111,17 @@ impl Containerd {
 
     /// Starts containerd whose Hull shim reads `config`.
     pub fn start_with(config: HullConfig) -> Self {
+        Self::launch(config, false)
+    }
+
+    /// Starts containerd with its CRI plugin (`private-containerd.sh start
+    /// DIR --cri`) and a CNI network of its own; see [`cri::CriContainerd`],
+    /// which also imports the pause image.
+    pub fn start_cri_with(config: HullConfig) -> Self {
+        Self::launch(config, true)
+    }
+
+    fn launch(config: HullConfig, cri: bool) -> Self {
         // Short: containerd's and Hull's Unix sockets live under it.
         let dir = nix::unistd::mkdtemp("/tmp/hc-XXXXXX").expect("mkdtemp under /tmp");
         let tag = dir
@@ -131,6 +147,9 @@ impl Containerd {
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
         let mut cmd = containerd.script("start");
+        if cri {
+            cmd.arg("--cri");
+        }
         cmd.env("PATH", path)
             .env("HULL_CONFIG", containerd.hull_config());
         let output = process::run(cmd, None, Duration::from_secs(30));
@@ -140,6 +159,18 @@ impl Containerd {
             describe(&output)
         );
         containerd
+    }
+
+    /// Stops containerd now (`private-containerd.sh stop`), without the
+    /// clean-up a CRI client would do first; Drop stops it again (the
+    /// script is idempotent) and removes the directory.
+    pub fn stop(&self) {
+        let output = process::run(self.script("stop"), None, Duration::from_secs(120));
+        assert!(
+            output.status.success(),
+            "private-containerd.sh stop failed\n{}",
+            describe(&output)
+        );
     }
 
     fn script(&self, action: &str) -> Command {
@@ -191,21 +222,35 @@ impl Containerd {
     }
 
     fn import(&self, archive: &Path) {
+        self.import_into(NAMESPACE, archive);
+    }
+
+    /// Imports an image archive into a containerd namespace (`k8s.io` for
+    /// what CRI runs).
+    pub fn import_into(&self, namespace: &str, archive: &Path) {
         let archive = archive.to_str().expect("utf-8 path");
-        let output = self.ctr(&["images", "import", archive]);
+        let output = process::run(
+            self.ctr_command_in(namespace, &["images", "import", archive]),
+            None,
+            CTR_TIMEOUT,
+        );
         assert!(
             output.status.success(),
-            "ctr images import {archive} failed\n{}",
+            "ctr -n {namespace} images import {archive} failed\n{}",
             describe(&output)
         );
     }
 
     fn ctr_command(&self, args: &[&str]) -> Command {
+        self.ctr_command_in(NAMESPACE, args)
+    }
+
+    fn ctr_command_in(&self, namespace: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("-a")
             .arg(self.socket())
             .arg("-n")
-            .arg(NAMESPACE)
+            .arg(namespace)
             .args(args);
         cmd
     }
@@ -477,7 +522,7 @@ impl Drop for Containerd {
 }
 
 /// Process names the harness cleans up after and checks for leftovers.
-const LEFTOVER_KINDS: &[&str] = &[
+pub(crate) const LEFTOVER_KINDS: &[&str] = &[
     SHIM_BINARY,
     "containerd-shim-runc-v2",
     "qemu-system-x86_64",

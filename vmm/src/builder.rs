@@ -1,8 +1,10 @@
 //! Assembles a VM in a fixed, readable order and runs it until the guest
 //! halts, resets or is stopped: host check → memory (a shared memfd) → KVM
 //! VM → legacy devices → virtio-mmio devices (vsock, block, fs, which
-//! connects to its virtiofsd here) → kernel, initrd, command line → vCPUs →
-//! event loop.
+//! connects to its virtiofsd here, net, which opens its tap here) → kernel,
+//! initrd, command line, MP table → vCPUs (`build`, which opens every host
+//! resource and starts no thread), then the event loop and the vCPU threads
+//! (`BuiltVm::start`). The jail (`crate::jail`) goes in between.
 
 use std::fs::File;
 use std::sync::{Arc, Mutex};
@@ -11,12 +13,14 @@ use kvm_bindings::Msrs;
 use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::arch::x86_64::{cpuid, layout, msr};
 use crate::config::VmConfig;
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::fs::{FsDevice, FsError};
+use crate::devices::virtio::net::NetDevice;
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
 use crate::devices::{EventFdInterrupt, Interrupt};
 use crate::event_loop::{EventLoop, EventLoopHandle};
@@ -48,6 +52,8 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Loader(#[from] loader::LoaderError),
+    #[error(transparent)]
+    MpTable(#[from] MpTableError),
     #[error("Setting up devices: {0}")]
     Devices(String),
     #[error(transparent)]
@@ -102,6 +108,17 @@ impl ExitHandler for Buses {
     }
 }
 
+/// A VM whose host resources are all open and whose vCPUs are configured,
+/// with no thread started yet.
+pub struct BuiltVm {
+    vcpus: Vec<Vcpu>,
+    buses: Arc<Buses>,
+    /// The devices' host fds, gathered; the thread starts in `start`.
+    event_loop: EventLoop,
+    vm: Vm,
+    memory: GuestMemoryMmap,
+}
+
 /// A running VM.
 pub struct RunningVm {
     vcpus: Vec<VcpuHandle>,
@@ -111,10 +128,9 @@ pub struct RunningVm {
     _memory: GuestMemoryMmap,
 }
 
-/// Builds the VM `config` describes and starts its vCPUs. With `filters`,
-/// the event loop and every vCPU confine themselves (`crate::seccomp`)
-/// before doing anything else.
-pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<RunningVm, BuildError> {
+/// Builds the VM `config` describes, up to the point where its threads
+/// would start.
+pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     check_host(config, Virtualization::detect())?;
 
     let mib = config.machine.memory_mib;
@@ -186,6 +202,15 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
             .map_err(|e| BuildError::Devices(format!("fs {}: {e}", fs.tag)))?;
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
+    for (index, net) in config.net.iter().enumerate() {
+        // The tap is opened (or created) now, while the VMM still has its capabilities.
+        let device = NetDevice::open(&net.tap, net.guest_mac(index))
+            .map_err(|e| BuildError::Devices(format!("net: {e}")))?;
+        let device = Arc::new(Mutex::new(device));
+        mmio.register_virtio_device(device.clone(), irq)
+            .map_err(|e| BuildError::Devices(format!("net {}: {e}", net.tap)))?;
+        event_loop.add(device).map_err(BuildError::EventLoop)?;
+    }
 
     let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
         what: "kernel",
@@ -208,6 +233,7 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         .collect();
     let cmdline = loader::build_cmdline(&config.boot.cmdline, &devices)?;
     let boot_state = loader::configure_boot(&memory, &boot, &cmdline)?;
+    mptable::write_mptable(&memory, config.machine.vcpus)?;
 
     let supported = vm.supported_cpuid()?;
     let count = config.machine.vcpus;
@@ -237,21 +263,36 @@ pub fn start(config: &VmConfig, filters: Option<&ThreadFilters>) -> Result<Runni
         })?;
         vcpus.push(vcpu);
     }
-
-    let event_loop = event_loop
-        .spawn(filters.map(|f| f.get(ThreadKind::EventLoop)))
-        .map_err(BuildError::EventLoop)?;
-    let vcpu_filter = filters.map(|f| f.get(ThreadKind::Vcpu));
-    let handles = vcpus
-        .into_iter()
-        .map(|vcpu| vcpu.start(buses.clone(), vcpu_filter.clone()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(RunningVm {
-        vcpus: handles,
+    Ok(BuiltVm {
+        vcpus,
+        buses,
         event_loop,
-        _vm: vm,
-        _memory: memory,
+        vm,
+        memory,
     })
+}
+
+impl BuiltVm {
+    /// Starts the event loop and the vCPUs. With `filters`, each of them
+    /// confines itself (`crate::seccomp`) before doing anything else.
+    pub fn start(self, filters: Option<&ThreadFilters>) -> Result<RunningVm, BuildError> {
+        let event_loop = self
+            .event_loop
+            .spawn(filters.map(|f| f.get(ThreadKind::EventLoop)))
+            .map_err(BuildError::EventLoop)?;
+        let vcpu_filter = filters.map(|f| f.get(ThreadKind::Vcpu));
+        let handles = self
+            .vcpus
+            .into_iter()
+            .map(|vcpu| vcpu.start(self.buses.clone(), vcpu_filter.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RunningVm {
+            vcpus: handles,
+            event_loop,
+            _vm: self.vm,
+            _memory: self.memory,
+        })
+    }
 }
 
 /// On PVM, only a guest declared PVM-capable may run: anything else would
@@ -337,6 +378,8 @@ mod tests {
             vsock: None,
             block: Vec::new(),
             fs: Vec::new(),
+            jail: None,
+            net: Vec::new(),
         }
     }
 

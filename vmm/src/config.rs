@@ -2,11 +2,13 @@
 //! Every key has a default where one makes sense; an unknown key is an error
 //! that names it.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use crate::devices::virtio::fs;
+use crate::devices::virtio::net::{check_tap_name, MacAddress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -38,6 +40,12 @@ pub struct VmConfig {
     /// virtio-fs devices, in order (`[[fs]]`), after the block devices.
     #[serde(default)]
     pub fs: Vec<FsDeviceConfig>,
+    /// virtio-net devices, in order (`[[net]]`), after the fs devices.
+    #[serde(default)]
+    pub net: Vec<NetDeviceConfig>,
+    /// Where hull-vmm confines itself once the VM is built (`crate::jail`).
+    #[serde(default)]
+    pub jail: Option<JailConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -134,6 +142,48 @@ impl FsDeviceConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetDeviceConfig {
+    /// The host tap the device sends and receives on; created if it does not exist.
+    pub tap: String,
+    /// The guest's MAC address; see [`NetDeviceConfig::guest_mac`] for the default.
+    #[serde(default, deserialize_with = "deserialize_mac")]
+    pub mac: Option<MacAddress>,
+}
+
+impl NetDeviceConfig {
+    /// The MAC address of the `index`-th net device (counting from 0): the configured one, or
+    /// 02:00:00:00:00:01 for the first, ...:02 for the second, and so on.
+    pub fn guest_mac(&self, index: usize) -> MacAddress {
+        self.mac
+            .unwrap_or_else(|| MacAddress::for_device_index(index))
+    }
+}
+
+fn deserialize_mac<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<MacAddress>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
+}
+
+/// The jail hull-vmm enters once it holds every host resource it needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JailConfig {
+    /// The directory that becomes the VMM's root (the sandbox's directory).
+    /// The sockets hull-vmm keeps using (vsock, API) must be inside it.
+    pub root: PathBuf,
+    /// The non-root user and group the VMM runs as from then on.
+    pub uid: u32,
+    pub gid: u32,
+    /// A cgroup v2 directory the VMM moves itself into. The caller creates
+    /// it (with its limits) and removes it.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
+}
+
 impl VmConfig {
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let config: VmConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
@@ -173,6 +223,27 @@ impl VmConfig {
                 )));
             }
         }
+        let mut taps = HashSet::new();
+        let mut macs = HashSet::new();
+        for (index, net) in self.net.iter().enumerate() {
+            check_tap_name(&net.tap).map_err(|e| ConfigError::Invalid(format!("net: {e}")))?;
+            if !taps.insert(net.tap.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "net tap = {:?} is given twice: each net device needs a tap of its own",
+                    net.tap
+                )));
+            }
+            let mac = net.guest_mac(index);
+            if !macs.insert(mac) {
+                return Err(ConfigError::Invalid(format!(
+                    "net tap = {:?}: MAC address {mac} is already another net device's",
+                    net.tap
+                )));
+            }
+        }
+        if let Some(jail) = &self.jail {
+            jail.validate()?;
+        }
         self.validate_fs()
     }
 
@@ -197,6 +268,32 @@ impl VmConfig {
                     )));
                 }
             }
+        }
+        Ok(())
+    }
+}
+
+impl JailConfig {
+    /// What can be checked without looking at the host; `crate::jail`
+    /// checks the directories themselves.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.root.is_absolute() {
+            return Err(ConfigError::Invalid(format!(
+                "jail root = {} is not an absolute path",
+                self.root.display()
+            )));
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(ConfigError::Invalid(format!(
+                "jail uid = {}, gid = {}: the jail drops root, give a non-root uid and gid",
+                self.uid, self.gid
+            )));
+        }
+        if let Some(cgroup) = self.cgroup.as_ref().filter(|c| !c.is_absolute()) {
+            return Err(ConfigError::Invalid(format!(
+                "jail cgroup = {} is not an absolute path",
+                cgroup.display()
+            )));
         }
         Ok(())
     }
@@ -246,6 +343,16 @@ mod tests {
             socket = "/run/hull/s1/data.sock"
             tag = "data"
             queue_size = 1024
+            [jail]
+            root = "/run/hull/s1"
+            uid = 1000
+            gid = 1001
+            cgroup = "/sys/fs/cgroup/hull/s1"
+            [[net]]
+            tap = "tap0"
+            mac = "02:aa:bb:cc:dd:ee"
+            [[net]]
+            tap = "tap1"
             "#,
             Path::new("vm.toml"),
         )
@@ -283,6 +390,48 @@ mod tests {
             ]
         );
         assert_eq!(DEFAULT_FS_QUEUE_SIZE, 512);
+        let macs: Vec<String> = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .collect();
+        assert_eq!(macs, ["tap0 02:aa:bb:cc:dd:ee", "tap1 02:00:00:00:00:02"]);
+        assert_eq!(
+            config.jail,
+            Some(JailConfig {
+                root: "/run/hull/s1".into(),
+                uid: 1000,
+                gid: 1001,
+                cgroup: Some("/sys/fs/cgroup/hull/s1".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn jail_needs_an_absolute_root_and_a_non_root_user() {
+        let parse = |jail: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n[jail]\n{jail}"),
+                Path::new("vm.toml"),
+            )
+        };
+        let config = parse("root = \"/j\"\nuid = 1\ngid = 2\n").unwrap();
+        assert_eq!(config.jail.unwrap().cgroup, None);
+        for (jail, named) in [
+            ("root = \"j\"\nuid = 1\ngid = 2\n", "root = j"),
+            ("root = \"/j\"\nuid = 0\ngid = 2\n", "uid = 0"),
+            ("root = \"/j\"\nuid = 1\ngid = 0\n", "gid = 0"),
+            (
+                "root = \"/j\"\nuid = 1\ngid = 2\ncgroup = \"c\"\n",
+                "cgroup = c",
+            ),
+            ("root = \"/j\"\ngid = 2\n", "uid"),
+            ("root = \"/j\"\nuid = 1\ngid = 2\nuser = 3\n", "user"),
+        ] {
+            let err = parse(jail).unwrap_err().to_string();
+            assert!(err.contains(named), "{jail}: {err}");
+        }
     }
 
     #[test]
@@ -293,6 +442,8 @@ mod tests {
         assert!(config.serial.log.is_none());
         assert!(config.block.is_empty());
         assert!(config.fs.is_empty());
+        assert!(config.jail.is_none());
+        assert!(config.net.is_empty());
     }
 
     #[test]
@@ -342,6 +493,46 @@ mod tests {
         let twice = format!("{}{}", entry("/a.sock", "one"), entry("/a.sock", "two"));
         let err = parse(&twice).unwrap_err().to_string();
         assert!(err.contains("/a.sock") && err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn net_entries_are_checked_and_errors_name_the_bad_value() {
+        let parse = |net: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n{net}"),
+                Path::new("vm.toml"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let err = parse("[[net]]\nmac = \"02:00:00:00:00:01\"\n").unwrap_err();
+        assert!(err.contains("tap"), "{err}");
+        let err = parse("[[net]]\ntap = \"t0\"\nmac = \"02:00:00:00:00\"\n").unwrap_err();
+        assert!(
+            err.contains("\"02:00:00:00:00\"") && err.contains("MAC"),
+            "{err}"
+        );
+        let err = parse("[[net]]\ntap = \"t0\"\nmac = \"03:00:00:00:00:01\"\n").unwrap_err();
+        assert!(
+            err.contains("03:00:00:00:00:01") && err.contains("multicast"),
+            "{err}"
+        );
+        let err = parse("[[net]]\ntap = \"t0\"\nmtu = 9000\n").unwrap_err();
+        assert!(err.contains("mtu"), "{err}");
+        let err = parse("[[net]]\ntap = \"a/b\"\n").unwrap_err();
+        assert!(err.contains("\"a/b\""), "{err}");
+        let err = parse("[[net]]\ntap = \"sixteen-chars-xx\"\n").unwrap_err();
+        assert!(err.contains("sixteen-chars-xx"), "{err}");
+        let err = parse("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t0\"\n").unwrap_err();
+        assert!(err.contains("\"t0\" is given twice"), "{err}");
+        // The second device's default MAC is the one the first was given.
+        let err =
+            parse("[[net]]\ntap = \"t0\"\nmac = \"02:00:00:00:00:02\"\n[[net]]\ntap = \"t1\"\n")
+                .unwrap_err();
+        assert!(
+            err.contains("\"t1\"") && err.contains("02:00:00:00:00:02"),
+            "{err}"
+        );
+        assert!(parse("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t1\"\n").is_ok());
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! The VMM's event loop: one thread that waits on the host-side file descriptors of the
-//! devices ([`HostEvents`]: vsock's host sockets, virtio-fs's call eventfds and vhost-user
-//! socket) and hands each ready one back to its device.
+//! devices ([`HostEvents`]: vsock's host sockets, net's taps, virtio-fs's call eventfds and
+//! vhost-user socket) and hands each ready one back to its device.
+//!
+//! Devices join it while the VM is built ([`EventLoop::add`]); the thread starts only with
+//! [`EventLoop::spawn`], after the jail (`crate::jail`), which a thread started earlier
+//! would stay outside of.
 //!
 //! Queue notifications from the guest do not come through here: they arrive on the vCPU
 //! thread that wrote the register.
@@ -223,5 +227,51 @@ mod tests {
             3,
             "stopped loops handle nothing"
         );
+    }
+
+    /// An eventfd watched edge-triggered, as a tap is, and never drained.
+    struct EdgeEvent {
+        fd: EventFd,
+        seen: Arc<AtomicUsize>,
+    }
+
+    impl HostEvents for EdgeEvent {
+        fn host_event_fds(&self) -> Vec<(RawFd, EventSet)> {
+            vec![(self.fd.as_raw_fd(), EventSet::IN | EventSet::EDGE_TRIGGERED)]
+        }
+
+        fn handle_host_event(&mut self, _index: usize, events: EventSet) -> Watch {
+            assert!(events.contains(EventSet::IN));
+            self.seen.fetch_add(1, Ordering::SeqCst);
+            Watch::Keep
+        }
+    }
+
+    #[test]
+    fn edge_triggered_fds_are_reported_once_per_change_not_while_ready() {
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        let signal = fd.try_clone().unwrap();
+        let seen = Arc::new(AtomicUsize::new(0));
+        let mut event_loop = EventLoop::new().unwrap();
+        event_loop
+            .add(Arc::new(Mutex::new(EdgeEvent {
+                fd,
+                seen: seen.clone(),
+            })))
+            .unwrap();
+        let mut handle = event_loop.spawn(None).unwrap();
+
+        signal.write(1).unwrap();
+        wait_for("the first event", || seen.load(Ordering::SeqCst) == 1);
+        // Still readable, but level-triggered it would have come back at once.
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            1,
+            "reported again while unchanged"
+        );
+        signal.write(1).unwrap();
+        wait_for("the next change", || seen.load(Ordering::SeqCst) == 2);
+        handle.stop();
     }
 }

@@ -26,7 +26,8 @@ pub enum ThreadKind {
     Main,
     /// A vCPU: KVM_RUN and the devices on the port and MMIO buses.
     Vcpu,
-    /// The event loop for the devices' host sockets (vsock).
+    /// The event loop for the devices' host fds (vsock sockets, taps, virtio-fs call
+    /// eventfds and vhost-user sockets).
     EventLoop,
     /// The API socket.
     Api,
@@ -236,10 +237,11 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
 /// guest notifies a queue: reads, writes and epoll re-arming on its host
 /// sockets, and connections the guest opens to `<uds>_<port>`; the
 /// virtio-blk devices, which read, write and flush their image files when
-/// the guest notifies their queue; and the virtio-fs devices, which speak
+/// the guest notifies their queue; the virtio-fs devices, which speak
 /// vhost-user to virtiofsd (`sendmsg`/`recvmsg`, with fds attached) when
 /// the guest activates or resets them, and write a kick eventfd when it
-/// notifies a queue.
+/// notifies a queue; and the virtio-net devices, which send frames to their
+/// taps (`writev`) and take frames from them (`read`).
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
     rules.insert(
         libc::SYS_ioctl,
@@ -276,7 +278,8 @@ fn vcpu(rules: &mut Rules) -> RuleResult<()> {
 /// Host clients of the vsock device: accepting them (and making them
 /// non-blocking with FIONBIO), reading and writing them, and the epoll set;
 /// virtio-fs's call eventfds (`read`, then `write` to the irqfd) and the
-/// `shutdown` of a vhost-user socket whose virtiofsd hung up.
+/// `shutdown` of a vhost-user socket whose virtiofsd hung up; frames
+/// arriving on the net devices' taps (`read`).
 fn event_loop(rules: &mut Rules) -> RuleResult<()> {
     for nr in [
         libc::SYS_epoll_wait,
@@ -351,16 +354,7 @@ const KVM_RUN: u64 = 0xae80;
 /// effective, permitted and inheritable sets. Capabilities belong to a
 /// thread, which is why every thread does this itself.
 pub fn drop_capabilities() -> std::io::Result<()> {
-    // The bounding set can only shrink while CAP_SETPCAP is still held;
-    // without it (an unprivileged VMM) there is nothing to drop there.
-    if has_effective_capability(CAP_SETPCAP)? {
-        for cap in 0..=last_capability() {
-            // SAFETY: prctl with integer arguments only.
-            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-    }
+    drop_bounding_set()?;
     // SAFETY: prctl with integer arguments only. EINVAL means a kernel
     // without ambient capabilities, where there is nothing to clear.
     let rc = unsafe {
@@ -388,6 +382,21 @@ pub fn drop_capabilities() -> std::io::Result<()> {
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Empties the calling thread's bounding set. It can only shrink while
+/// CAP_SETPCAP is held; without it (an unprivileged or jailed VMM, whose
+/// jail emptied the set before giving up root) there is nothing to drop.
+pub fn drop_bounding_set() -> std::io::Result<()> {
+    if has_effective_capability(CAP_SETPCAP)? {
+        for cap in 0..=last_capability() {
+            // SAFETY: prctl with integer arguments only.
+            if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
     }
     Ok(())
 }

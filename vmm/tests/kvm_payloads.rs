@@ -1,12 +1,12 @@
 //! hull-vmm under /dev/kvm with small test guests built here from
-//! tests/payload/: one entered through the 64-bit Linux boot protocol (it
-//! checks boot_params, E820, command line and initrd, then drives the
-//! virtio-mmio vsock device and answers a host connection made through the
-//! hybrid-vsock socket), one that drives a virtio-fs device served by a real
-//! virtiofsd (FUSE_INIT and FUSE_LOOKUP), one through PVH. hull-vmm runs
-//! with its seccomp filters, as it does by default. On these hosts KVM is PVM, which
-//! emulates every guest kernel instruction, so the guests are tiny and say
-//! they are PVM-capable.
+//! tests/payload/: one entered through the 64-bit Linux boot protocol with
+//! two vCPUs (it checks boot_params, E820, command line, initrd and the MP
+//! table, then drives the virtio-mmio vsock device and answers a host
+//! connection made through the hybrid-vsock socket), one that drives a
+//! virtio-fs device served by a real virtiofsd (FUSE_INIT and FUSE_LOOKUP),
+//! one through PVH. hull-vmm runs with its seccomp filters, as it does by
+//! default. On these hosts KVM is PVM, which emulates every guest kernel
+//! instruction, so the guests are tiny and say they are PVM-capable.
 //!
 //! Needs root (for /dev/kvm) and gcc.
 
@@ -84,6 +84,8 @@ fn linux64_guest_sees_its_boot_data_and_talks_vsock() {
         "console=ttyS0 hull-test=1",
         "--memory-mib",
         "64",
+        "--vcpus",
+        "2",
         "--serial-log",
         serial.to_str().unwrap(),
         "--vsock-cid",
@@ -104,8 +106,14 @@ fn linux64_guest_sees_its_boot_data_and_talks_vsock() {
         "e820 entries=3 ",
         "cmdline=console=ttyS0 hull-test=1 virtio_mmio.device=4K@0xd0000000:5",
         "initrd size=20 starts=HULLINIT",
+        // The MP table lists both vCPUs, the first as the BSP, and the 24
+        // IOAPIC pins; the BSP's LINT0 is ExtINT, LINT1 NMI (still masked).
+        "mptable cpus=2 bsp=1 irqs=24 lint0=0x700 lint1=0x10400",
         "hull-payload: vsock ready",
         "hull-payload: connected",
+        "hull-payload: answered",
+        // Nothing listens on <uds>_5200: the guest's own connection is reset.
+        "hull-payload: host port 5200 refused",
         "hull-payload: done",
     ] {
         assert!(log.contains(expected), "{expected:?} not in:\n{log}");

@@ -3,7 +3,8 @@
 //! capabilities, a forbidden system call kills the VMM with SIGSYS, and the
 //! filters let through, or stop, the calls a guest can make the VMM issue.
 //!
-//! Needs root (for /dev/kvm) and gcc.
+//! Needs root (for /dev/kvm and taps), gcc, and for the tap test unshare
+//! (util-linux) and ip (iproute2).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
@@ -11,11 +12,12 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use hull_vmm::devices::virtio::net::Tap;
 use hull_vmm::seccomp::{self, ThreadKind};
 
 mod common;
 
-use common::{build, connect_retrying, require_kvm, vsock_ping_pong, VMM};
+use common::{build, connect_retrying, require_kvm, serve_port_5200, vsock_ping_pong, VMM};
 
 struct Vmm {
     child: Child,
@@ -159,6 +161,8 @@ fn filtered_linux64_guest_talks_vsock() {
     let kernel = build("payload64.c", dir.path());
     let serial = dir.path().join("serial.log");
     let uds = dir.path().join("v.sock");
+    // The guest's own connection: socket and connect on a vCPU thread.
+    let service = serve_port_5200(&uds);
     let vmm = Vmm::spawn(
         &[
             "--kernel",
@@ -179,9 +183,68 @@ fn filtered_linux64_guest_talks_vsock() {
 
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    assert_eq!(service.received(), b"hello");
     let log = std::fs::read_to_string(&serial).unwrap();
+    assert!(log.contains("port 5200 says hi from the host"), "{log}");
     assert!(log.contains("hull-payload: done"), "{log}");
     assert!(!uds.exists(), "the vsock socket is removed");
+}
+
+/// The tap the guest's net device uses, made by iproute2 in hull-vmm's own
+/// network namespace before hull-vmm starts: 10.77.0.1/24 with a known
+/// MAC, up, IPv6 off so the guest sees only ARP. The namespace, and the tap
+/// with it, go away with the VMM.
+const TAP_SETUP: &str = "set -e
+if [ -e /proc/sys/net/ipv6 ]; then echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; fi
+ip tuntap add dev hulltap0 mode tap
+ip link set hulltap0 address 02:00:00:00:77:01
+ip addr add 10.77.0.1/24 dev hulltap0
+ip link set hulltap0 up
+exec \"$@\"";
+
+#[test]
+fn filtered_linux64_guest_gets_an_arp_reply_through_a_tap() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("payload64.c", dir.path());
+    let serial = dir.path().join("serial.log");
+    let uds = dir.path().join("v.sock");
+    let child = Command::new("unshare")
+        .args(["--net", "--", "sh", "-c", TAP_SETUP, "sh", VMM])
+        .args([
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory-mib",
+            "64",
+            "--serial-log",
+            serial.to_str().unwrap(),
+            "--vsock-cid",
+            "3",
+            "--vsock-uds",
+            uds.to_str().unwrap(),
+            "--net",
+            "hulltap0",
+            "--pvm-capable",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running hull-vmm under unshare (util-linux) and ip (iproute2)");
+    let vmm = Vmm { child };
+    // The guest answers vsock first, then turns to the net device.
+    vsock_ping_pong(&uds);
+
+    let (status, stderr) = vmm.wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}\n{log}");
+    for expected in [
+        "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6",
+        "hull-payload: net ready mac=02:00:00:00:00:01",
+        "hull-payload: 10.77.0.1 is at 02:00:00:00:77:01",
+        "hull-payload: done",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
 }
 
 #[test]
@@ -272,6 +335,12 @@ fn filters_allow_what_a_guest_may_cause_and_kill_the_rest() {
         // itself, so SIGSYS shows the filter stopped it first.
         ("main-kick", None),
         ("main-other-signal", Some(libc::SIGSYS)),
+        // virtio-net: frames go out on a vCPU (TX notification) and come in
+        // on a vCPU (RX notification) or the event loop (the tap readable);
+        // taps are opened before the threads are confined, never after.
+        ("vcpu-tap-io", None),
+        ("event-loop-tap-io", None),
+        ("vcpu-tap-open", Some(libc::SIGSYS)),
     ] {
         let status = run_probe(probe, dir.path());
         match expected {
@@ -314,6 +383,15 @@ fn probe_child(probe: &str) {
     // A connected pair, as with virtiofsd, and an fd to pass over it.
     let (frontend, backend) = std::os::unix::net::UnixStream::pair().unwrap();
     let eventfd = std::fs::File::open("/dev/null").unwrap();
+    // A tap of this probe's own, in a network namespace of its own, made
+    // before confinement as the VMM makes its taps.
+    let mut tap = None;
+    if probe.contains("-tap-") {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        if probe.ends_with("-io") {
+            tap = Some(Tap::open("hullprobe0").unwrap());
+        }
+    }
     let filter = seccomp::compile(kind).unwrap();
     seccomp::try_confine_current_thread(kind, Some(&filter)).unwrap();
     // SAFETY: plain system calls on values owned here; the process exits
@@ -355,6 +433,16 @@ fn probe_child(probe: &str) {
                 );
                 map != libc::MAP_FAILED
             }
+            "vcpu-tap-io" | "event-loop-tap-io" => {
+                // The tap is down: the kernel refuses the frame and has none
+                // to give, but both calls ran.
+                let tap = tap.as_ref().unwrap();
+                let sent = tap.write_frame(&[0; 12], &[0; 60]);
+                let received = tap.read_frame(&mut [0; 2048]);
+                sent.is_err_and(|e| e.raw_os_error() == Some(libc::EIO))
+                    && received.is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            "vcpu-tap-open" => Tap::open("hullprobe1").is_ok(),
             "main-kick" => libc::pthread_kill(target, kick) == 0,
             "main-other-signal" => libc::pthread_kill(target, libc::SIGUSR1) == 0,
             other => panic!("unknown probe {other}"),

@@ -1,8 +1,10 @@
 //! The `Hypervisor` trait: what the sandbox needs from a VMM, and nothing of
 //! how it talks to KVM. QEMU is the only backend so far.
 
+pub mod process;
 pub mod qemu;
 
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,6 +31,16 @@ pub struct VmConfig {
     pub fs_tag: String,
     /// The guest's serial console (kernel and agent log).
     pub console_log: PathBuf,
+    /// The pod's NIC, if it has a network.
+    pub net: Option<NetDevice>,
+}
+
+/// A virtio-net device backed by an open tap.
+#[derive(Debug, Clone)]
+pub struct NetDevice {
+    /// Stays open in the caller for as long as the VM runs.
+    pub tap_fd: RawFd,
+    pub mac: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

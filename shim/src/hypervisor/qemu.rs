@@ -2,30 +2,28 @@
 //! guest RAM in a shared memfd (vhost-user devices map it), vsock and
 //! virtio-fs as vhost-user devices, the serial console to a log file.
 
-use std::process::Stdio;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::process::Command;
 use tokio::sync::watch;
 
+use super::process::VmmProcess;
 use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit};
 
+/// The descriptor number QEMU finds the pod's tap at.
+const TAP_FD: i32 = 3;
+
 pub struct Qemu {
-    binary: std::path::PathBuf,
-    pid: Option<u32>,
-    exit_tx: watch::Sender<Option<VmExit>>,
-    /// Set when we kill QEMU, so its exit reads as `Killed`.
-    killed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    binary: PathBuf,
+    process: VmmProcess,
 }
 
 impl Qemu {
-    pub fn new(binary: impl Into<std::path::PathBuf>) -> Self {
+    pub fn new(binary: impl Into<PathBuf>) -> Self {
         Qemu {
             binary: binary.into(),
-            pid: None,
-            exit_tx: watch::channel(None).0,
-            killed: Default::default(),
+            process: VmmProcess::default(),
         }
     }
 
@@ -40,7 +38,7 @@ impl Qemu {
             ResolvedAccelerator::Tcg => "max",
         };
         let memory = format!("{}M", config.memory_mib);
-        vec![
+        let mut args: Vec<String> = vec![
             "-M".into(),
             "microvm,rtc=on,memory-backend=mem".into(),
             "-object".into(),
@@ -74,78 +72,37 @@ impl Qemu {
             format!("socket,id=fs,path={}", config.fs_socket.display()),
             "-device".into(),
             format!("vhost-user-fs-device,chardev=fs,tag={}", config.fs_tag),
-        ]
+        ];
+        if let Some(net) = &config.net {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=net0,fd={TAP_FD},vhost=off"),
+                "-device".into(),
+                format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+            ]);
+        }
+        args
     }
 }
 
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn start(&mut self, config: &VmConfig) -> Result<(), Error> {
-        let mut command = Command::new(&self.binary);
-        command
-            .args(Self::args(config))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&config.console_log)
-                    .map_err(|source| Error::Spawn {
-                        program: "qemu (console log)".into(),
-                        source,
-                    })?,
-            ))
-            .kill_on_drop(true);
-        crate::sandbox::die_with_parent(&mut command);
-        let mut child = command.spawn().map_err(|source| Error::Spawn {
-            program: self.binary.display().to_string(),
-            source,
-        })?;
-        self.pid = child.id();
-        let exit_tx = self.exit_tx.clone();
-        let killed = self.killed.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let exit = if killed.load(std::sync::atomic::Ordering::SeqCst) {
-                VmExit::Killed
-            } else {
-                VmExit::Exited(status.ok().and_then(|s| s.code()))
-            };
-            let _ = exit_tx.send(Some(exit));
-        });
-        Ok(())
+        let fds: Vec<_> = config.net.iter().map(|net| (net.tap_fd, TAP_FD)).collect();
+        self.process
+            .spawn(&self.binary, &Self::args(config), &config.console_log, &fds)
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
-        let Some(pid) = self.pid else {
-            return Ok(VmExit::Exited(None));
-        };
-        let mut exit = self.exit_tx.subscribe();
-        let wait = |mut exit: watch::Receiver<Option<VmExit>>| async move {
-            exit.wait_for(Option::is_some)
-                .await
-                .map(|e| e.expect("checked"))
-                .unwrap_or(VmExit::Killed)
-        };
-        if let Ok(done) = tokio::time::timeout(grace, wait(exit.clone())).await {
-            return Ok(done);
-        }
-        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        exit.mark_changed();
-        Ok(wait(exit).await)
+        Ok(self.process.stop(grace).await)
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
-        self.exit_tx.subscribe()
+        self.process.exit_watch()
     }
 
     fn pid(&self) -> Option<u32> {
-        self.pid
+        self.process.pid()
     }
 }
 
@@ -167,6 +124,7 @@ mod tests {
             fs_socket: "/run/hull/s/virtiofsd.sock".into(),
             fs_tag: "hull".into(),
             console_log: "/run/hull/s/console.log".into(),
+            net: None,
         };
         let args = Qemu::args(&config).join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
@@ -176,5 +134,36 @@ mod tests {
         assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=hull"));
         assert!(args.contains("-serial file:/run/hull/s/console.log"));
         assert!(args.contains("-append console=ttyS0"));
+        assert!(!args.contains("-netdev"));
+    }
+
+    #[test]
+    fn a_pod_network_is_a_virtio_net_device_on_the_passed_tap() {
+        let config = VmConfig {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: String::new(),
+            vcpus: 1,
+            memory_mib: 256,
+            accelerator: ResolvedAccelerator::Tcg,
+            vsock_socket: "/v".into(),
+            guest_cid: 3,
+            fs_socket: "/f".into(),
+            fs_tag: "hull".into(),
+            console_log: "/c".into(),
+            net: Some(super::super::NetDevice {
+                tap_fd: 17,
+                mac: "02:42:ac:11:00:0a".into(),
+            }),
+        };
+        let args = Qemu::args(&config).join(" ");
+        assert!(
+            args.contains("-netdev tap,id=net0,fd=3,vhost=off"),
+            "{args}"
+        );
+        assert!(
+            args.contains("-device virtio-net-device,netdev=net0,mac=02:42:ac:11:00:0a"),
+            "{args}"
+        );
     }
 }

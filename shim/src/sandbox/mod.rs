@@ -4,10 +4,14 @@
 
 mod virtiofsd;
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, SharedFilesystem};
+use hull_protocols::agent::{
+    CreateSandboxRequest, DestroySandboxRequest, Interface, IpAddress, Route, SharedFilesystem,
+    UpdateInterfaceRequest, UpdateRoutesRequest,
+};
 use hull_vmm::devices::virtio::vsock::{serve_vhost_user, VsockBackendHandle, VsockConfig};
 
 pub use self::virtiofsd::find_program;
@@ -16,7 +20,9 @@ use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
 use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::{self, Hypervisor, ResolvedAccelerator, VmConfig};
+use crate::hypervisor::{self, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig};
+use crate::network::{self, format_mac, PodNetwork, GUEST_INTERFACE};
+use crate::pod::VmSize;
 use crate::rootfs::{self, RootfsMount};
 
 /// virtio-fs tag of the sandbox share, and where the guest mounts it.
@@ -79,6 +85,8 @@ pub enum Error {
     Agent { message: String, log: PathBuf },
     #[error(transparent)]
     Rootfs(#[from] rootfs::Error),
+    #[error(transparent)]
+    Network(#[from] network::Error),
 }
 
 /// Per-sandbox paths under `<state_dir>/<id>/`. Socket paths stay short:
@@ -162,9 +170,31 @@ impl Progress {
     }
 }
 
+/// What a sandbox's VM gets beyond the configuration: its size and, for a
+/// pod, the network namespace CNI prepared.
+#[derive(Debug, Clone)]
+pub struct SandboxOptions {
+    pub size: VmSize,
+    pub netns: Option<PathBuf>,
+}
+
+impl SandboxOptions {
+    /// A VM of the configured size without network.
+    pub fn from_config(config: &Config) -> Self {
+        SandboxOptions {
+            size: VmSize {
+                vcpus: config.vcpus,
+                memory_mib: config.memory_mib,
+            },
+            netns: None,
+        }
+    }
+}
+
 pub struct SandboxVm {
     pub id: String,
     pub paths: SandboxPaths,
+    network: Option<PodNetwork>,
     hypervisor: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
     vsock: Option<VsockBackendHandle>,
@@ -176,6 +206,15 @@ impl SandboxVm {
     /// Boots a sandbox VM and connects to its agent. On failure everything
     /// started so far is stopped again; the console log is kept.
     pub async fn start(config: &Config, id: &str, progress: &Progress) -> Result<Self, Error> {
+        Self::start_with(config, id, &SandboxOptions::from_config(config), progress).await
+    }
+
+    pub async fn start_with(
+        config: &Config,
+        id: &str,
+        options: &SandboxOptions,
+        progress: &Progress,
+    ) -> Result<Self, Error> {
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
         std::fs::create_dir_all(&paths.shared).map_err(|source| Error::Io {
@@ -185,13 +224,14 @@ impl SandboxVm {
         let mut vm = SandboxVm {
             id: id.to_owned(),
             paths,
+            network: None,
             hypervisor: None,
             virtiofsd: None,
             vsock: None,
             mounts: Vec::new(),
             agent: None,
         };
-        match vm.boot(config, progress).await {
+        match vm.boot(config, options, progress).await {
             Ok(()) => Ok(vm),
             Err(err) => {
                 vm.teardown(true).await;
@@ -200,7 +240,12 @@ impl SandboxVm {
         }
     }
 
-    async fn boot(&mut self, config: &Config, progress: &Progress) -> Result<(), Error> {
+    async fn boot(
+        &mut self,
+        config: &Config,
+        options: &SandboxOptions,
+        progress: &Progress,
+    ) -> Result<(), Error> {
         let qemu =
             find_program(&config.qemu).ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?;
         let virtiofsd_bin = find_program(&config.virtiofsd)
@@ -231,6 +276,11 @@ impl SandboxVm {
         );
         progress.step("virtiofsd ready");
 
+        if let Some(netns) = &options.netns {
+            self.network = PodNetwork::setup(netns).await?;
+            progress.step("pod network wired to the tap");
+        }
+
         let mut cmdline = BASE_CMDLINE.to_owned();
         if accelerator == ResolvedAccelerator::Tcg {
             if let Some(khz) = crate::host::tsc_khz() {
@@ -245,14 +295,18 @@ impl SandboxVm {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
             cmdline,
-            vcpus: config.vcpus,
-            memory_mib: config.memory_mib,
+            vcpus: options.size.vcpus,
+            memory_mib: options.size.memory_mib,
             accelerator,
             vsock_socket: self.paths.vhost_vsock.clone(),
             guest_cid: GUEST_CID,
             fs_socket: self.paths.virtiofsd.clone(),
             fs_tag: SHARE_TAG.into(),
             console_log: self.paths.console_log.clone(),
+            net: self.network.as_ref().map(|network| NetDevice {
+                tap_fd: network.tap().as_raw_fd(),
+                mac: format_mac(&network.interface.mac),
+            }),
         };
         let mut qemu = Box::new(Qemu::new(qemu));
         qemu.start(&vm_config).await?;
@@ -306,6 +360,15 @@ impl SandboxVm {
                 message: rpc_message(&e),
                 log: self.paths.console_log.clone(),
             })?;
+        if let Some(network) = &self.network {
+            configure_guest_network(&agent, network)
+                .await
+                .map_err(|e| Error::Agent {
+                    message: format!("configuring the pod network: {}", rpc_message(&e)),
+                    log: self.paths.console_log.clone(),
+                })?;
+            progress.step("guest network configured");
+        }
         progress.step("sandbox ready");
         self.agent = Some(agent);
         Ok(())
@@ -374,6 +437,9 @@ impl SandboxVm {
                 Err(err) => tracing::warn!(sandbox = %self.id, %err, "stopping the VM"),
             }
         }
+        if let Some(network) = self.network.take() {
+            network.teardown().await;
+        }
         if let Some(virtiofsd) = self.virtiofsd.take() {
             virtiofsd.stop(Duration::from_secs(2)).await;
         }
@@ -389,6 +455,57 @@ impl SandboxVm {
         }
         remove_state(&self.paths, keep_logs);
     }
+}
+
+/// Gives the guest NIC the pod interface's MAC, MTU, addresses and routes.
+async fn configure_guest_network(
+    agent: &AgentClient,
+    network: &PodNetwork,
+) -> Result<(), ttrpc::Error> {
+    let interface = &network.interface;
+    let request = UpdateInterfaceRequest {
+        interface: Some(Interface {
+            name: GUEST_INTERFACE.into(),
+            mac_address: format_mac(&interface.mac),
+            mtu: interface.mtu,
+            addresses: interface
+                .addresses
+                .iter()
+                .map(|(address, prefix)| IpAddress {
+                    address: address.to_string(),
+                    prefix_length: u32::from(*prefix),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
+    };
+    agent
+        .api()
+        .update_interface(context(Duration::from_secs(10)), &request)
+        .await?;
+    let request = UpdateRoutesRequest {
+        routes: network
+            .routes
+            .iter()
+            .map(|route| Route {
+                destination: route
+                    .destination
+                    .map_or_else(|| "default".into(), |(ip, len)| format!("{ip}/{len}")),
+                gateway: route.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                device: GUEST_INTERFACE.into(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    agent
+        .api()
+        .update_routes(context(Duration::from_secs(10)), &request)
+        .await?;
+    Ok(())
 }
 
 /// Removes the state directory; with `keep_logs`, leaves the console and

@@ -26,8 +26,10 @@ use super::process::{wait_exit, Exit, Process, Status, UNKNOWN_EXIT};
 use crate::agent_client::{context, rpc_message, AgentClient};
 use crate::config::Config;
 use crate::hypervisor::VmExit;
-use crate::sandbox::{Progress, SandboxVm, GUEST_SHARE_DIR};
-use crate::spec::{guest_spec, sandbox_id};
+use crate::pod::{network_namespace, vm_size, Role};
+use crate::rootfs::bind_share;
+use crate::sandbox::{Progress, SandboxOptions, SandboxVm, GUEST_SHARE_DIR};
+use crate::spec::{guest_spec, rootfs_in_share, sandbox_id, shm_source, PodContext};
 
 /// How long a process's output may take to drain after it exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +61,8 @@ struct Sandbox {
 
 struct Container {
     bundle: String,
-    rootfs: PathBuf,
+    /// `<shared>/<id>`: the rootfs and the container's host shares.
+    share: PathBuf,
     init: Process,
     execs: HashMap<String, Process>,
 }
@@ -87,6 +90,8 @@ impl Container {
 #[derive(Default)]
 struct State {
     sandbox: Option<Sandbox>,
+    /// The pod's pause container, once created.
+    pod: PodContext,
     containers: HashMap<String, Container>,
 }
 
@@ -141,8 +146,13 @@ impl TaskService {
     }
 
     /// Boots the sandbox VM for the first container of the sandbox.
-    async fn boot(&self, sandbox_id: &str, config: &Config) -> TtrpcResult<Sandbox> {
-        let vm = SandboxVm::start(config, sandbox_id, &Progress::new(false))
+    async fn boot(
+        &self,
+        sandbox_id: &str,
+        config: &Config,
+        options: &SandboxOptions,
+    ) -> TtrpcResult<Sandbox> {
+        let vm = SandboxVm::start_with(config, sandbox_id, options, &Progress::new(false))
             .await
             .map_err(|err| status(Code::FAILED_PRECONDITION, format!("Hull: {err}")))?;
         let agent = vm.agent().clone();
@@ -339,12 +349,12 @@ async fn mount_rootfs(
     Ok(())
 }
 
-fn unmount_rootfs(target: &Path) {
-    crate::sandbox::unmount_under(target);
-    if let Some(container_dir) = target.parent() {
-        let _ = std::fs::remove_dir(target);
-        let _ = std::fs::remove_dir(container_dir);
-    }
+/// Unmounts a container's rootfs and shares, then removes the mount points
+/// Hull made: empty directories and the empty files single-file binds
+/// were mounted on. Nothing is removed through a mount.
+fn unmount_container_share(share: &Path) {
+    crate::sandbox::unmount_under(share);
+    crate::rootfs::remove_mount_points(share);
 }
 
 #[async_trait]
@@ -372,6 +382,13 @@ impl Task for TaskService {
         })?;
         let sandbox_id = sandbox_id(&spec, &req.id);
         let config = load_config(&req.options)?;
+        let role = Role::of(&spec);
+        let spec_root = spec
+            .root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_else(|| PathBuf::from("rootfs"));
+        let sandbox_shm = (role == Role::Sandbox).then(|| shm_source(&spec)).flatten();
 
         let mut state = self.state.lock().await;
         if state.containers.contains_key(&req.id) {
@@ -380,8 +397,18 @@ impl Task for TaskService {
                 format!("container {} already exists", req.id),
             ));
         }
+        let options = SandboxOptions {
+            size: vm_size(&spec, &config)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?,
+            netns: (role == Role::Sandbox)
+                .then(|| network_namespace(&spec))
+                .flatten(),
+        };
+        // Everything the guest cannot do is refused before a VM starts.
+        let guest = guest_spec(spec, &req.id, Path::new(GUEST_SHARE_DIR), &state.pod)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("Hull: {e}")))?;
         if state.sandbox.is_none() {
-            state.sandbox = Some(self.boot(&sandbox_id, &config).await?);
+            state.sandbox = Some(self.boot(&sandbox_id, &config, &options).await?);
         }
         let sandbox = state.sandbox.as_ref().expect("booted");
         if sandbox.id != sandbox_id {
@@ -393,26 +420,24 @@ impl Task for TaskService {
                 ),
             ));
         }
-        let target = sandbox.vm.paths.shared.join(&req.id).join("rootfs");
-        let guest_rootfs = Path::new(GUEST_SHARE_DIR).join(&req.id).join("rootfs");
+        let container_share = sandbox.vm.paths.shared.join(&req.id);
+        let target = sandbox.vm.paths.shared.join(rootfs_in_share(&req.id));
         let agent = sandbox.agent.clone();
 
         let created = async {
-            let spec_root = spec
-                .root()
-                .as_ref()
-                .map(|r| r.path().clone())
-                .unwrap_or_else(|| PathBuf::from("rootfs"));
-            let guest = guest_spec(spec, &guest_rootfs)
-                .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
             mount_rootfs(&req, &spec_root, &target).await?;
+            for share in &guest.shares {
+                let at = sandbox.vm.paths.shared.join(&share.share_path);
+                bind_share(share, &at)
+                    .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+            }
             let response = agent
                 .api()
                 .create_container(
                     context(AGENT_CALL),
                     &agent_api::CreateContainerRequest {
                         container_id: req.id.clone(),
-                        oci_spec: serde_json::to_vec(&guest).expect("spec serializes"),
+                        oci_spec: serde_json::to_vec(&guest.spec).expect("spec serializes"),
                         stdio: Some(stdio.request()).into(),
                         ..Default::default()
                     },
@@ -428,7 +453,7 @@ impl Task for TaskService {
         let (pid, io) = match created {
             Ok(created) => created,
             Err(err) => {
-                unmount_rootfs(&target);
+                unmount_container_share(&container_share);
                 if state.containers.is_empty() {
                     Self::shutdown_sandbox(&mut state).await;
                 }
@@ -438,11 +463,17 @@ impl Task for TaskService {
         let mut init = Process::new(stdio);
         init.pid = pid;
         init.io = Some(io);
+        if role == Role::Sandbox {
+            state.pod = PodContext {
+                sandbox_pid: Some(pid),
+                sandbox_shm,
+            };
+        }
         state.containers.insert(
             req.id.clone(),
             Container {
                 bundle: req.bundle.clone(),
-                rootfs: target,
+                share: container_share,
                 init,
                 execs: HashMap::new(),
             },
@@ -624,7 +655,7 @@ impl Task for TaskService {
             }
         }
         let container = state.containers.remove(&req.id).expect("checked above");
-        unmount_rootfs(&container.rootfs);
+        unmount_container_share(&container.share);
         let exit = container.init.exit().unwrap_or(Exit::now(UNKNOWN_EXIT));
         let own_sandbox = state.sandbox.as_ref().is_some_and(|s| s.id == req.id);
         if own_sandbox || state.containers.is_empty() {

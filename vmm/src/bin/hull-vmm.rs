@@ -4,12 +4,14 @@
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
 //!          [--serial-log PATH] [--vsock-cid N --vsock-uds PATH] [--pvm-capable]
 //!          [--block PATH[,ro]]... [--fs SOCKET,tag=TAG[,queue_size=N]]...
-//!          [--api-sock PATH] [--no-seccomp]
+//!          [--net TAP[,mac=MAC]]... [--api-sock PATH] [--no-seccomp]
+//!          [--jail DIR --uid N --gid N [--cgroup PATH]]
 //! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
 //! ```
 //!
-//! Every thread drops its capabilities and installs its own seccomp filter
-//! once the VM is built (`hull_vmm::seccomp`).
+//! Once the VM is built and before any thread starts, hull-vmm enters its
+//! jail if it has one (`hull_vmm::jail`); then every thread drops its
+//! capabilities and installs its own seccomp filter (`hull_vmm::seccomp`).
 //!
 //! Exit status: 0 when the guest halted or asked to power off/reset, 1 when
 //! the VM failed, 2 for bad configuration or a host that cannot run it,
@@ -17,23 +19,45 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
 use clap::Parser;
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
-    default_cmdline, BlockDeviceConfig, BootConfig, FsDeviceConfig, MachineConfig, SerialConfig,
-    VmConfig, VsockDeviceConfig, DEFAULT_FS_QUEUE_SIZE,
+    default_cmdline, BlockDeviceConfig, BootConfig, FsDeviceConfig, JailConfig, MachineConfig,
+    NetDeviceConfig, SerialConfig, VmConfig, VsockDeviceConfig, DEFAULT_FS_QUEUE_SIZE,
 };
+use hull_vmm::jail::{Jail, JailError};
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use seccompiler::BpfProgram;
+
+/// The flags that describe the VM, which `--config` replaces (clap's argument ids).
+const QUICK_FLAGS: [&str; 16] = [
+    "kernel",
+    "initrd",
+    "cmdline",
+    "vcpus",
+    "memory_mib",
+    "serial_log",
+    "vsock_cid",
+    "vsock_uds",
+    "pvm_capable",
+    "block",
+    "fs",
+    "net",
+    "jail",
+    "uid",
+    "gid",
+    "cgroup",
+];
 
 #[derive(Parser)]
 #[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
 struct Cli {
-    /// A TOML file describing the whole VM (see docs/vmm.md).
-    #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "vcpus", "memory_mib", "block", "fs"])]
+    /// A TOML file describing the whole VM (see docs/vmm.md), in place of the flags that
+    /// describe it (all but --api-sock and --no-seccomp).
+    #[arg(long, conflicts_with_all = QUICK_FLAGS)]
     config: Option<PathBuf>,
     /// ELF vmlinux (PVH entry if it has the note) or bzImage.
     #[arg(long, required_unless_present = "config")]
@@ -61,6 +85,10 @@ struct Cli {
     /// by TAG (1 to 36 bytes). Repeatable.
     #[arg(long = "fs", value_name = "SOCKET,tag=TAG[,queue_size=N]", value_parser = parse_fs)]
     fs: Vec<FsDeviceConfig>,
+    /// A host tap for a virtio-net device (created if missing), with the guest's MAC address
+    /// (default 02:00:00:00:00:N for the N-th device). Repeatable.
+    #[arg(long = "net", value_name = "TAP[,mac=MAC]", value_parser = parse_net)]
+    net: Vec<NetDeviceConfig>,
     /// The guest runs under PVM (a PVM-aware kernel or a test payload).
     #[arg(long)]
     pvm_capable: bool,
@@ -70,6 +98,19 @@ struct Cli {
     /// Run without seccomp filters (for debugging; capabilities are still dropped).
     #[arg(long)]
     no_seccomp: bool,
+    /// Once the VM is built, make DIR the root and run as --uid/--gid (see
+    /// docs/vmm.md, "Jail"). The vsock and API sockets must be inside DIR.
+    #[arg(long, value_name = "DIR", requires_all = ["uid", "gid"])]
+    jail: Option<PathBuf>,
+    /// The non-root user the jailed VMM runs as.
+    #[arg(long, value_name = "N", requires = "jail")]
+    uid: Option<u32>,
+    /// The non-root group the jailed VMM runs as.
+    #[arg(long, value_name = "N", requires = "jail")]
+    gid: Option<u32>,
+    /// A cgroup v2 directory the jailed VMM moves into; the caller creates and removes it.
+    #[arg(long, value_name = "PATH", requires = "jail")]
+    cgroup: Option<PathBuf>,
 }
 
 fn main() {
@@ -81,25 +122,47 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let config = match vm_config(&cli) {
+    let mut config = match vm_config(&cli) {
         Ok(config) => config,
         Err(err) => exit(2, err),
     };
+    // The path the VMM uses for the API socket: relative to the jail
+    // directory when it has one.
+    let mut api_sock = cli.api_sock.clone();
+    let jail = config.jail.clone().map(|jail| {
+        prepare_jail(&jail, &mut config, &mut api_sock).unwrap_or_else(|err| exit(2, err))
+    });
     let filters = match cli.no_seccomp {
         true => None,
         false => Some(ThreadFilters::new().unwrap_or_else(|err| exit(2, err))),
     };
     let main_filter = filters.as_ref().map(|f| f.get(ThreadKind::Main));
-    let vm = match builder::start(&config, filters.as_ref()) {
+    let vm = match builder::build(&config) {
+        Ok(vm) => vm,
+        Err(err) => exit(2, err),
+    };
+    let api_listener = api_sock.as_ref().map(|path| {
+        bind_api(path).unwrap_or_else(|err| {
+            let shown = cli.api_sock.as_ref().unwrap_or(path);
+            exit(2, format!("API socket {}: {err}", shown.display()))
+        })
+    });
+    // Every host resource is open and no thread has started yet.
+    if let Some(jail) = &jail {
+        if let Err(err) = jail.enter() {
+            exit(2, err);
+        }
+    }
+    let vm = match vm.start(filters.as_ref()) {
         Ok(vm) => vm,
         Err(err) => exit(2, err),
     };
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let (done_tx, done_rx) = mpsc::channel::<VmOutcome>();
-    if let Some(path) = &cli.api_sock {
+    if let Some(listener) = api_listener {
         let filter = filters.as_ref().map(|f| f.get(ThreadKind::Api));
-        if let Err(err) = serve_api(path, stop_tx, filter) {
-            exit(2, format!("API socket {}: {err}", path.display()));
+        if let Err(err) = serve_api(listener, stop_tx, filter) {
+            exit(2, format!("API thread: {err}"));
         }
     }
     // The VM runs until the guest ends it or the API stops it.
@@ -115,7 +178,7 @@ fn main() {
         .recv()
         .unwrap_or(VmOutcome::Failed("VM thread ended".into()));
     let _ = runner.join();
-    if let Some(path) = &cli.api_sock {
+    if let Some(path) = &api_sock {
         let _ = std::fs::remove_file(path);
     }
     match outcome {
@@ -155,9 +218,35 @@ fn vm_config(cli: &Cli) -> Result<VmConfig, String> {
             }),
         block: cli.block.clone(),
         fs: cli.fs.clone(),
+        net: cli.net.clone(),
+        jail: cli.jail.clone().map(|root| JailConfig {
+            root,
+            uid: cli.uid.expect("clap requires --uid with --jail"),
+            gid: cli.gid.expect("clap requires --gid with --jail"),
+            cgroup: cli.cgroup.clone(),
+        }),
     };
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
+}
+
+/// Checks the jail against the host, points the sockets the VMM keeps
+/// using into it, moves the VMM into the jail's cgroup (before the VM is
+/// built, so its memory is charged there) and makes the jail directory the
+/// working directory.
+fn prepare_jail(
+    jail: &JailConfig,
+    config: &mut VmConfig,
+    api_sock: &mut Option<PathBuf>,
+) -> Result<Jail, JailError> {
+    let jail = Jail::new(jail)?;
+    jail.relocate(config)?;
+    if let Some(path) = api_sock {
+        *path = jail.inside("API socket", path)?;
+    }
+    jail.join_cgroup()?;
+    jail.work_from_root()?;
+    Ok(jail)
 }
 
 /// `PATH` or `PATH,ro`.
@@ -205,14 +294,37 @@ fn parse_fs(arg: &str) -> Result<FsDeviceConfig, String> {
     })
 }
 
+/// Binds the API socket, replacing a stale one.
+fn bind_api(path: &Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+}
+
+/// `TAP` or `TAP,mac=MAC`; the tap name is checked with the rest of the configuration.
+fn parse_net(arg: &str) -> Result<NetDeviceConfig, String> {
+    let usage = || format!("{arg:?}: expected TAP or TAP,mac=MAC");
+    let (tap, mac) = match arg.split_once(',') {
+        None => (arg, None),
+        Some((tap, option)) => {
+            let mac = option.strip_prefix("mac=").ok_or_else(usage)?;
+            (tap, Some(mac.parse().map_err(|e| format!("{e}"))?))
+        }
+    };
+    if tap.is_empty() {
+        return Err(usage());
+    }
+    Ok(NetDeviceConfig {
+        tap: tap.to_owned(),
+        mac,
+    })
+}
+
 /// `status` answers `running`; `stop` answers `stopping` and stops the VM.
 fn serve_api(
-    path: &PathBuf,
+    listener: UnixListener,
     stop: mpsc::Sender<()>,
     filter: Option<Arc<BpfProgram>>,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
     std::thread::Builder::new()
         .name("vmm-api".into())
         .spawn(move || {
@@ -323,5 +435,109 @@ mod tests {
             Cli::try_parse_from(["hull-vmm", "--config", "/vm.toml", "--fs", "/v.sock,tag=x"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn jail_flags_make_the_jail_section_and_come_together() {
+        let args = |extra: &[&str]| {
+            let base = ["hull-vmm", "--kernel", "/k"];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        let cli = args(&["--jail", "/j", "--uid", "5", "--gid", "6", "--cgroup", "/c"]).unwrap();
+        assert_eq!(
+            vm_config(&cli).unwrap().jail,
+            Some(JailConfig {
+                root: "/j".into(),
+                uid: 5,
+                gid: 6,
+                cgroup: Some("/c".into()),
+            })
+        );
+        assert_eq!(vm_config(&args(&[]).unwrap()).unwrap().jail, None);
+        for incomplete in [
+            &["--jail", "/j", "--uid", "5"][..],
+            &["--jail", "/j", "--gid", "6"],
+            &["--uid", "5", "--gid", "6"],
+            &["--cgroup", "/c"],
+        ] {
+            let err = args(incomplete).err().expect("refused").to_string();
+            assert!(err.contains("--"), "{incomplete:?}: {err}");
+        }
+        let with_file = Cli::try_parse_from([
+            "hull-vmm", "--config", "/vm.toml", "--jail", "/j", "--uid", "5", "--gid", "6",
+        ]);
+        assert!(with_file.is_err(), "[jail] belongs in the file");
+    }
+
+    #[test]
+    fn net_flags_repeat_and_take_a_mac() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "--kernel",
+            "/k",
+            "--net",
+            "tap0",
+            "--net",
+            "tap1,mac=02:ab:00:00:00:09",
+        ])
+        .unwrap();
+        let config = vm_config(&cli).unwrap();
+        let nets: Vec<String> = config
+            .net
+            .iter()
+            .enumerate()
+            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .collect();
+        assert_eq!(nets, ["tap0 02:00:00:00:00:01", "tap1 02:ab:00:00:00:09"]);
+
+        let error =
+            |arg: &str| match Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--net", arg]) {
+                Ok(cli) => vm_config(&cli).unwrap_err(),
+                Err(e) => e.to_string(),
+            };
+        for (arg, named) in [
+            ("", "\"\""),
+            (",mac=02:00:00:00:00:01", "mac=02"),
+            ("tap0,mtu=9000", "mtu=9000"),
+            ("tap0,mac=02:00:00:00:00", "02:00:00:00:00"),
+            ("tap0,mac=01:00:00:00:00:01", "multicast"),
+            ("tap/0", "tap/0"),
+        ] {
+            let err = error(arg);
+            assert!(err.contains(named), "{arg}: {err}");
+        }
+        assert!(Cli::try_parse_from(["hull-vmm", "--config", "/c", "--net", "tap0"]).is_err());
+    }
+
+    #[test]
+    fn config_file_conflicts_with_every_flag_that_describes_the_vm() {
+        let values = [
+            ("--kernel", "/k"),
+            ("--initrd", "/i"),
+            ("--cmdline", "console=ttyS0"),
+            ("--vcpus", "2"),
+            ("--memory-mib", "256"),
+            ("--serial-log", "/s.log"),
+            ("--vsock-cid", "3"),
+            ("--vsock-uds", "/v.sock"),
+            ("--block", "/d.raw"),
+            ("--fs", "/f.sock,tag=t"),
+            ("--net", "tap0"),
+            ("--jail", "/j"),
+            ("--uid", "5"),
+            ("--gid", "6"),
+            ("--cgroup", "/c"),
+        ];
+        assert_eq!(values.len() + 1, QUICK_FLAGS.len(), "a quick flag left out");
+        let with_file = |extra: &[&str]| {
+            let base = ["hull-vmm", "--config", "/vm.toml"];
+            Cli::try_parse_from(base.iter().chain(extra))
+        };
+        for (flag, value) in values {
+            let err = with_file(&[flag, value]).err().expect(flag).to_string();
+            assert!(err.contains("cannot be used with"), "{flag}: {err}");
+        }
+        assert!(with_file(&["--pvm-capable"]).is_err());
+        assert!(with_file(&["--api-sock", "/a.sock", "--no-seccomp"]).is_ok());
     }
 }

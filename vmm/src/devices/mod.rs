@@ -34,6 +34,11 @@ pub enum Watch {
 pub trait HostEvents: Send {
     /// The fds to watch and the events of each. Asked once, when the device joins the loop;
     /// [`HostEvents::handle_host_event`] gets the index of the ready fd in this list.
+    ///
+    /// Level-triggered (`EventSet::IN`) unless the device asks for
+    /// `EventSet::EDGE_TRIGGERED`: then it either drains the fd or knows what will make it
+    /// try again (a net device out of guest buffers waits for the driver's notification
+    /// rather than be woken again and again by frames it cannot take).
     fn host_event_fds(&self) -> Vec<(RawFd, EventSet)>;
 
     /// Fd `index` of [`HostEvents::host_event_fds`] is ready with `events`.

@@ -10,6 +10,7 @@ use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use seccompiler::BpfProgram;
 
+use crate::arch::x86_64::lapic;
 use crate::seccomp::{self, ThreadKind};
 
 /// What a vCPU's exits are handed to: the VMM's port and MMIO buses.
@@ -64,7 +65,8 @@ pub enum VcpuError {
 pub struct VcpuConfig {
     pub cpuid: CpuId,
     pub msrs: Msrs,
-    /// Register state for the boot vCPU; others wait for INIT/SIPI.
+    /// Register state for the boot vCPU; the others keep KVM's reset state and wait for
+    /// INIT/SIPI from it.
     pub boot: Option<(kvm_regs, kvm_sregs, kvm_fpu)>,
 }
 
@@ -100,6 +102,10 @@ impl Vcpu {
         if set != wanted {
             return Err(VcpuError::Msrs { id, set, wanted });
         }
+        // Every vCPU, BSP or not: LINT0 ExtINT, LINT1 NMI, as the MP table says.
+        let mut lapic = self.fd.get_lapic().map_err(err("reading the local APIC"))?;
+        lapic::set_lint_delivery_modes(&mut lapic);
+        self.fd.set_lapic(&lapic).map_err(err("local APIC"))?;
         if let Some((regs, sregs, fpu)) = &config.boot {
             self.fd.set_sregs(sregs).map_err(err("special registers"))?;
             self.fd.set_regs(regs).map_err(err("registers"))?;

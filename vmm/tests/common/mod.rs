@@ -81,3 +81,59 @@ pub fn vsock_ping_pong(uds: &Path) {
     stream.read_to_end(&mut reply).unwrap();
     assert_eq!(reply, b"pong:ping");
 }
+
+/// The host service the 64-bit test guest connects to after the ping/pong:
+/// hybrid vsock takes a guest connection to host port 5200 to `<uds>_5200`.
+/// It reads the guest's `hello` and answers `hi from the host`.
+pub struct HostService {
+    pub path: PathBuf,
+    thread: std::thread::JoinHandle<Result<Vec<u8>, String>>,
+}
+
+/// Listens on `<uds>_5200` for one connection from the guest.
+pub fn serve_port_5200(uds: &Path) -> HostService {
+    use std::io::{Read, Write};
+    let mut path = uds.as_os_str().to_owned();
+    path.push("_5200");
+    let path = PathBuf::from(path);
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        return Err("the guest did not connect in 30 s".into());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            }
+        };
+        let io = |e: std::io::Error| e.to_string();
+        stream.set_nonblocking(false).map_err(io)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io)?;
+        let mut hello = [0; 5];
+        stream.read_exact(&mut hello).map_err(io)?;
+        stream.write_all(b"hi from the host").map_err(io)?;
+        // Until the guest shuts the connection down.
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).map_err(io)?;
+        Ok(hello.to_vec())
+    });
+    HostService { path, thread }
+}
+
+impl HostService {
+    /// What the guest sent, once it closed the connection.
+    pub fn received(self) -> Vec<u8> {
+        match self.thread.join().expect("host service thread") {
+            Ok(bytes) => bytes,
+            Err(e) => panic!("host service on {}: {e}", self.path.display()),
+        }
+    }
+}

@@ -11,8 +11,9 @@
 //! 0x0000_6000  PVH hvm_start_info        0x0000_b000  PDE (512 x 2 MiB = 1 GiB)
 //! 0x0000_6040  PVH module list           0x0000_c000  PVH memory map
 //! 0x0000_7000  zero page (boot_params)   0x0002_0000  command line
-//! 0x0000_8ff0  boot stack (grows down)   0x0009_fc00  EBDA .. 1 MiB reserved
+//! 0x0000_8ff0  boot stack (grows down)   0x0009_fc00  EBDA .. 1 MiB reserved: MP table
 //! 0x0010_0000  kernel                    0xd000_0000  MMIO gap (virtio-mmio windows) .. 4 GiB
+//! 0xfec0_0000  IOAPIC                    0xfee0_0000  local APIC
 //! ```
 
 use vm_memory::GuestAddress;
@@ -63,6 +64,11 @@ pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Start of the Extended BIOS Data Area: RAM stops here and is reserved up to 1 MiB.
 pub const EBDA_START: u64 = 0x9fc00;
 
+/// The Intel MP table: its floating pointer at the start of the EBDA, where Linux scans
+/// for it (the last KiB of base memory), and the configuration table right after. The
+/// E820 map keeps it out of usable RAM, up to `HIGH_MEMORY_START`.
+pub const MPTABLE_START: u64 = EBDA_START;
+
 /// First address above the legacy low memory: where the kernel is loaded.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
@@ -72,6 +78,9 @@ pub const MMIO_GAP_START: u64 = 0xd000_0000;
 pub const MMIO_GAP_END: u64 = 1 << 32;
 /// Start of the IOAPIC page; virtio-mmio windows stay below it.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
+
+/// The local APIC of every vCPU, at its power-on address.
+pub const APIC_START: u64 = 0xfee0_0000;
 
 /// First virtio-mmio device window.
 pub const VIRTIO_MMIO_BASE: u64 = MMIO_GAP_START;

@@ -5,10 +5,14 @@
 //! - `regs`: GDT, IDT, page tables and the initial register values.
 //! - `msr`: boot MSR values.
 //! - `cpuid`: CPUID normalised for one vCPU of the VM.
+//! - `mptable`: the Intel MP table, where a guest without ACPI finds its processors.
+//! - `lapic`: the local interrupt pins of every vCPU's local APIC.
 
 pub mod boot;
 pub mod cpuid;
+pub mod lapic;
 pub mod layout;
+pub mod mptable;
 pub mod msr;
 pub mod regs;
 

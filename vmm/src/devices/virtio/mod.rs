@@ -5,11 +5,13 @@
 //!   for it.
 //! - `block`: virtio-blk on a raw image file.
 //! - `fs`: virtio-fs, a vhost-user frontend to virtiofsd.
+//! - `net`: virtio-net on a tap.
 //! - `vsock`: virtio-vsock with hybrid vsock.
 
 pub mod block;
 pub mod fs;
 pub mod mmio;
+pub mod net;
 #[cfg(test)]
 pub(crate) mod test_support;
 pub mod vsock;

@@ -211,13 +211,13 @@ mod tests {
     use super::*;
     use crate::devices::virtio::block::SECTOR_SIZE;
     use crate::devices::virtio::test_support::{
-        regs, status, Desc, MmioDriver, SplitRing, INT_VRING,
+        Desc, DriverQueue, MmioDriver, DEVICE_ID, DRIVER, DRIVER_OK, FEATURES_OK,
     };
 
     const MEM_SIZE: usize = 1 << 20;
     const QUEUE_SIZE: u16 = 16;
     const CAPACITY: u64 = 64;
-    const RING: u64 = 0x1000;
+    const QUEUE: u64 = 0x1000;
     const HDR: u64 = 0x4000;
     const STATUS_ADDR: u64 = 0x5000;
     const DATA: u64 = 0x1_0000;
@@ -230,13 +230,12 @@ mod tests {
     const S_IOERR: u8 = 1;
     const S_UNSUPP: u8 = 2;
 
-    /// A guest driver with one split virtqueue, talking through the virtio-mmio registers.
+    /// A guest driver with the device's one request queue.
     struct Guest {
         _dir: tempfile::TempDir,
         image: std::path::PathBuf,
-        mem: GuestMemoryMmap,
         driver: MmioDriver<BlockDevice>,
-        ring: SplitRing,
+        queue: DriverQueue,
     }
 
     impl Guest {
@@ -247,54 +246,44 @@ mod tests {
             // A trailing partial sector is not part of the capacity.
             file.set_len(CAPACITY * SECTOR_SIZE + 100).unwrap();
             let device = BlockDevice::open(&image, read_only).unwrap();
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
             let mut guest = Guest {
                 _dir: dir,
                 image,
-                mem: mem.clone(),
-                driver: MmioDriver::new(mem, device),
-                ring: SplitRing::new(QUEUE_SIZE, RING),
+                driver: MmioDriver::new(device, MEM_SIZE),
+                queue: DriverQueue::new(QUEUE, QUEUE_SIZE),
             };
-            assert!(guest.ring.end() <= HDR);
+            assert!(guest.queue.end() <= HDR);
             guest.probe();
             guest
         }
 
-        fn read(&mut self, offset: u64) -> u32 {
-            self.driver.read(offset)
-        }
-
-        fn features(&mut self) -> u64 {
-            self.driver.device_features()
+        fn mem(&self) -> &GuestMemoryMmap {
+            &self.driver.mem
         }
 
         fn probe(&mut self) {
-            use status::*;
-            assert_eq!(self.read(regs::DEVICE_ID), 2);
+            let driver = &mut self.driver;
+            assert_eq!(driver.read(DEVICE_ID), 2);
             // Everything offered but EVENT_IDX, so every used buffer interrupts.
-            let features = self.features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
-            assert_eq!(
-                self.driver.negotiate(features),
-                ACKNOWLEDGE | DRIVER | FEATURES_OK
-            );
-            self.driver.setup_queue(0, &self.ring);
-            assert_eq!(
-                self.driver.driver_ok(),
-                ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK
-            );
+            let features = driver.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
+            assert_eq!(driver.negotiate(features), 1 | DRIVER | FEATURES_OK);
+            driver.setup_queue(0, &self.queue);
+            assert_eq!(driver.driver_ok(), 1 | DRIVER | FEATURES_OK | DRIVER_OK);
         }
 
         /// Posts one chain, notifies, and returns the used length (the chain must come back,
         /// with an interrupt).
         fn submit(&mut self, descs: &[Desc]) -> u32 {
-            let head = self.ring.add_chain(&self.mem, descs);
+            let head = self.queue.add_chain(&self.driver.mem, descs);
             let interrupts = self.driver.line.count();
-            self.driver.write(regs::QUEUE_NOTIFY, 0);
-            let (id, len) = self.ring.pop_used(&self.mem).expect("chain not returned");
+            self.driver.notify(0);
+            let (id, len) = self
+                .queue
+                .pop_used(&self.driver.mem)
+                .expect("chain not returned");
             assert_eq!(id, head);
             assert!(self.driver.line.count() > interrupts, "no interrupt");
-            assert_eq!(self.read(regs::INTERRUPT_STATUS) & INT_VRING, INT_VRING);
-            self.driver.write(regs::INTERRUPT_ACK, INT_VRING);
+            assert!(self.driver.take_used_interrupt());
             len
         }
 
@@ -302,14 +291,14 @@ mod tests {
             let mut hdr = [0u8; 16];
             hdr[..4].copy_from_slice(&kind.to_le_bytes());
             hdr[8..].copy_from_slice(&sector.to_le_bytes());
-            self.mem.write_slice(&hdr, GuestAddress(HDR)).unwrap();
-            self.mem
+            self.mem().write_slice(&hdr, GuestAddress(HDR)).unwrap();
+            self.mem()
                 .write_obj(0xffu8, GuestAddress(STATUS_ADDR))
                 .unwrap();
         }
 
         fn status(&self) -> u8 {
-            self.mem.read_obj(GuestAddress(STATUS_ADDR)).unwrap()
+            self.mem().read_obj(GuestAddress(STATUS_ADDR)).unwrap()
         }
 
         /// A request with the header in one descriptor, then `data`, then the status.
@@ -339,22 +328,22 @@ mod tests {
     #[test]
     fn identity_features_and_capacity_through_the_transport() {
         let mut guest = Guest::new("disk.img", false);
-        assert_eq!(guest.read(regs::CONFIG), CAPACITY as u32);
-        assert_eq!(guest.read(regs::CONFIG + 4), 0);
-        assert_eq!(guest.read(regs::CONFIG + 12), 254, "seg_max");
-        let features = guest.features();
+        let config = guest.driver.read_config(0, 16);
+        assert_eq!(&config[..8], &CAPACITY.to_le_bytes());
+        assert_eq!(&config[12..], &254u32.to_le_bytes(), "seg_max");
+        let features = guest.driver.device_features();
         assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
         assert_ne!(features & (1 << VIRTIO_BLK_F_FLUSH), 0);
         assert_eq!(features & (1 << VIRTIO_BLK_F_RO), 0);
         let mut ro = Guest::new("disk.img", true);
-        assert_ne!(ro.features() & (1 << VIRTIO_BLK_F_RO), 0);
+        assert_ne!(ro.driver.device_features() & (1 << VIRTIO_BLK_F_RO), 0);
     }
 
     #[test]
     fn written_sectors_read_back_across_scattered_descriptors() {
         let mut guest = Guest::new("disk.img", false);
         let data = pattern(1024, 0x5a);
-        guest.mem.write_slice(&data, GuestAddress(DATA)).unwrap();
+        guest.mem().write_slice(&data, GuestAddress(DATA)).unwrap();
         // Two sectors at sector 3, from three descriptors of uneven sizes.
         let out = [
             (DATA, 100, false),
@@ -370,11 +359,11 @@ mod tests {
         assert_eq!(guest.request(T_IN, 3, &inn), (S_OK, 1536 + 1));
         let mut back = vec![0u8; 1536];
         guest
-            .mem
+            .mem()
             .read_slice(&mut back[..1000], GuestAddress(0x2_0000))
             .unwrap();
         guest
-            .mem
+            .mem()
             .read_slice(&mut back[1000..], GuestAddress(0x3_0000))
             .unwrap();
         assert_eq!(&back[..1024], &data[..]);
@@ -390,7 +379,7 @@ mod tests {
             (S_OK, 20 + 1)
         );
         let mut id = [0u8; 20];
-        guest.mem.read_slice(&mut id, GuestAddress(DATA)).unwrap();
+        guest.mem().read_slice(&mut id, GuestAddress(DATA)).unwrap();
         assert_eq!(&id, b"a-very-long-image-fi");
         // Without a buffer for the id.
         assert_eq!(guest.request(T_GET_ID, 0, &[]), (S_IOERR, 1));
@@ -400,7 +389,7 @@ mod tests {
     fn read_only_devices_refuse_writes_but_read_and_flush() {
         let mut guest = Guest::new("ro.img", true);
         guest
-            .mem
+            .mem()
             .write_slice(&[0xaa; 512], GuestAddress(DATA))
             .unwrap();
         assert_eq!(guest.request(T_OUT, 0, &[(DATA, 512, false)]), (S_IOERR, 1));
@@ -476,7 +465,10 @@ mod tests {
         let len = guest.submit(&[(HDR, 10, false), (HDR + 10, 6, false), (DATA, 513, true)]);
         assert_eq!(len, 513);
         let mut back = vec![0u8; 513];
-        guest.mem.read_slice(&mut back, GuestAddress(DATA)).unwrap();
+        guest
+            .mem()
+            .read_slice(&mut back, GuestAddress(DATA))
+            .unwrap();
         assert_eq!(&back[..512], &pattern(512, 3)[..]);
         assert_eq!(back[512], S_OK);
     }

@@ -12,7 +12,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
 use crate::devices::virtio::test_support::{
-    regs, status, Desc, MmioDriver, SplitRing, INT_CONFIG, INT_VRING,
+    Desc, DriverQueue, MmioDriver, ACKNOWLEDGE, CONFIG, CONFIG_GENERATION, DEVICE_ID, DRIVER,
+    FEATURES_OK, INT_CONFIG, INT_VRING, NEEDS_RESET, QUEUE_NUM_MAX, QUEUE_SEL, STATUS,
 };
 use crate::event_loop::{EventLoop, EventLoopHandle};
 use crate::vstate::memory::create_guest_memory;
@@ -148,10 +149,9 @@ const _: () = {
 
 /// A guest driver for the device, with the VMM's event loop running for it.
 struct FsGuest {
-    mem: GuestMemoryMmap,
     driver: MmioDriver<FsDevice>,
-    hiprio: SplitRing,
-    request: SplitRing,
+    hiprio: DriverQueue,
+    request: DriverQueue,
     _event_loop: EventLoopHandle,
     next_unique: u64,
 }
@@ -165,14 +165,13 @@ impl FsGuest {
             queue_size: QUEUE_SIZE,
         };
         let device = FsDevice::connect(&config, &mem).unwrap();
-        let driver = MmioDriver::new(mem.clone(), device);
+        let driver = MmioDriver::with_memory(mem, device);
         let mut event_loop = EventLoop::new().unwrap();
         event_loop.add(driver.device.clone()).unwrap();
         FsGuest {
-            mem,
             driver,
-            hiprio: SplitRing::new(QUEUE_SIZE, 0x1000),
-            request: SplitRing::new(QUEUE_SIZE, 0x4000),
+            hiprio: DriverQueue::new(0x1000, QUEUE_SIZE),
+            request: DriverQueue::new(0x4000, QUEUE_SIZE),
             _event_loop: event_loop.spawn(None).unwrap(),
             next_unique: 1,
         }
@@ -181,7 +180,6 @@ impl FsGuest {
     /// Negotiates every feature offered but EVENT_IDX (so every used buffer interrupts, as
     /// the test's rings do not publish `used_event`), sets up both queues and DRIVER_OK.
     fn probe(&mut self) -> u32 {
-        use status::*;
         let features = self.driver.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
         assert_eq!(
             self.driver.negotiate(features),
@@ -204,11 +202,11 @@ impl FsGuest {
             nodeid,
             ..Default::default()
         };
-        self.mem.write_obj(header, GuestAddress(IN_BUF)).unwrap();
-        self.mem
+        self.mem().write_obj(header, GuestAddress(IN_BUF)).unwrap();
+        self.mem()
             .write_slice(body, GuestAddress(IN_BUF + 40))
             .unwrap();
-        self.mem
+        self.mem()
             .write_slice(&[0xee; OUT_LEN as usize], GuestAddress(OUT_BUF))
             .unwrap();
         // Device-readable header and body, then the reply split over two writable buffers.
@@ -218,16 +216,16 @@ impl FsGuest {
             (OUT_BUF, 16, true),
             (OUT_BUF + 16, OUT_LEN - 16, true),
         ];
-        let head = self.request.add_chain(&self.mem, &chain);
-        self.driver.write(regs::QUEUE_NOTIFY, REQUEST);
-        let (id, written) = self.request.wait_used(&self.mem, TIMEOUT);
+        let head = self.request.add_chain(&self.driver.mem, &chain);
+        self.driver.notify(REQUEST);
+        let (id, written) = self.request.wait_used(&self.driver.mem, TIMEOUT);
         assert_eq!(id, head);
         self.driver.wait_and_ack_interrupt(INT_VRING, TIMEOUT);
-        let out: FuseOutHeader = self.mem.read_obj(GuestAddress(OUT_BUF)).unwrap();
+        let out: FuseOutHeader = self.mem().read_obj(GuestAddress(OUT_BUF)).unwrap();
         assert_eq!(out.unique, unique);
         assert_eq!(out.len, written, "the used length is the reply's");
         let mut rest = vec![0u8; written as usize - 16];
-        self.mem
+        self.mem()
             .read_slice(&mut rest, GuestAddress(OUT_BUF + 16))
             .unwrap();
         (out, rest)
@@ -256,8 +254,12 @@ impl FsGuest {
         Ok(*FuseEntryOut::from_slice(&reply[..128]).expect("a whole fuse_entry_out"))
     }
 
+    fn mem(&self) -> &GuestMemoryMmap {
+        &self.driver.mem
+    }
+
     fn status(&mut self) -> u32 {
-        self.driver.read(regs::STATUS)
+        self.driver.read(STATUS)
     }
 }
 
@@ -267,19 +269,15 @@ fn fuse_init_and_lookup_through_virtiofsd() {
     std::fs::write(virtiofsd.share().join("hello.txt"), vec![b'h'; 1234]).unwrap();
     let mut guest = FsGuest::connect(&virtiofsd.socket());
 
-    assert_eq!(guest.driver.read(regs::DEVICE_ID), 26);
+    assert_eq!(guest.driver.read(DEVICE_ID), 26);
     let mut tag = TAG.as_bytes().to_vec();
     tag.resize(36, 0);
-    assert_eq!(guest.driver.config_bytes(0, 36), tag);
-    assert_eq!(
-        guest.driver.read(regs::CONFIG + 36),
-        1,
-        "num_request_queues"
-    );
+    assert_eq!(guest.driver.read_config(0, 36), tag);
+    assert_eq!(guest.driver.read(CONFIG + 36), 1, "num_request_queues");
     for (index, ring) in [(HIPRIO, "hiprio"), (REQUEST, "request")] {
-        guest.driver.write(regs::QUEUE_SEL, index);
+        guest.driver.write(QUEUE_SEL, index);
         assert_eq!(
-            guest.driver.read(regs::QUEUE_NUM_MAX),
+            guest.driver.read(QUEUE_NUM_MAX),
             u32::from(QUEUE_SIZE),
             "{ring}"
         );
@@ -308,10 +306,10 @@ fn fuse_init_and_lookup_through_virtiofsd() {
 
     // The driver resets the device (rings stopped in virtiofsd) and sets it up again on
     // fresh rings; the FUSE session lives on in virtiofsd.
-    guest.driver.write(regs::STATUS, 0);
+    guest.driver.write(STATUS, 0);
     assert!(!guest.driver.device().is_active());
-    guest.hiprio = SplitRing::new(QUEUE_SIZE, 0x1_0000);
-    guest.request = SplitRing::new(QUEUE_SIZE, 0x1_4000);
+    guest.hiprio = DriverQueue::new(0x1_0000, QUEUE_SIZE);
+    guest.request = DriverQueue::new(0x1_4000, QUEUE_SIZE);
     assert_eq!(guest.probe(), 0xf);
     std::fs::write(virtiofsd.share().join("later.txt"), b"1234567").unwrap();
     assert_eq!(guest.lookup("later.txt").unwrap().attr.size, 7);
@@ -331,27 +329,28 @@ fn virtiofsd_dying_sets_needs_reset_without_hanging() {
 
     virtiofsd.kill();
     let deadline = Instant::now() + TIMEOUT;
-    while guest.status() & status::NEEDS_RESET == 0 {
+    while guest.status() & NEEDS_RESET == 0 {
         assert!(Instant::now() < deadline, "no DEVICE_NEEDS_RESET");
         std::thread::sleep(Duration::from_millis(1));
     }
     guest.driver.wait_and_ack_interrupt(INT_CONFIG, TIMEOUT);
-    assert_eq!(guest.driver.read(regs::CONFIG_GENERATION), 1);
+    assert_eq!(guest.driver.read(CONFIG_GENERATION), 1);
     assert!(guest.driver.device().backend_gone());
 
     // A request now goes nowhere, but notifying and resetting return at once.
     let started = Instant::now();
-    guest
-        .request
-        .add_chain(&guest.mem, &[(IN_BUF, 40, false), (OUT_BUF, 16, true)]);
-    guest.driver.write(regs::QUEUE_NOTIFY, REQUEST);
-    guest.driver.write(regs::STATUS, 0);
+    guest.request.add_chain(
+        &guest.driver.mem,
+        &[(IN_BUF, 40, false), (OUT_BUF, 16, true)],
+    );
+    guest.driver.notify(REQUEST);
+    guest.driver.write(STATUS, 0);
     assert_eq!(guest.status(), 0);
     // The driver tries again: activation fails, and says so.
-    guest.hiprio = SplitRing::new(QUEUE_SIZE, 0x1_0000);
-    guest.request = SplitRing::new(QUEUE_SIZE, 0x1_4000);
+    guest.hiprio = DriverQueue::new(0x1_0000, QUEUE_SIZE);
+    guest.request = DriverQueue::new(0x1_4000, QUEUE_SIZE);
     let status = guest.probe();
-    assert_ne!(status & status::NEEDS_RESET, 0, "{status:#x}");
+    assert_ne!(status & NEEDS_RESET, 0, "{status:#x}");
     assert!(!guest.driver.device().is_active());
     assert!(
         started.elapsed() < Duration::from_secs(2),
@@ -366,7 +365,7 @@ fn virtiofsd_dying_before_the_driver_comes_fails_activation() {
     let mut guest = FsGuest::connect(&virtiofsd.socket());
     virtiofsd.kill();
     let status = guest.probe();
-    assert_ne!(status & status::NEEDS_RESET, 0, "{status:#x}");
+    assert_ne!(status & NEEDS_RESET, 0, "{status:#x}");
     assert!(!guest.driver.device().is_active());
     assert!(guest.driver.device().backend_gone());
 }

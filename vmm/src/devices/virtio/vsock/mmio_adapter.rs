@@ -2,9 +2,8 @@
 //!
 //! [`VsockMmioDevice`] implements [`VirtioDevice`] around the transport-independent
 //! [`VsockDevice`]. Work arrives from two places: queue notifications (through the
-//! transport, on a vCPU thread) and host sockets (the VMM's event loop watches
-//! [`VsockMmioDevice::host_events_fd`] through [`HostEvents`] and calls
-//! [`VsockMmioDevice::process_host_events`]).
+//! transport, on a vCPU thread) and host sockets (the VMM's event loop drives it as a
+//! [`HostEvents`] device).
 
 use std::os::unix::io::RawFd;
 
@@ -59,21 +58,6 @@ impl VsockMmioDevice {
     /// The device core.
     pub fn device(&self) -> &VsockDevice {
         &self.device
-    }
-
-    /// Becomes readable when host sockets need [`Self::process_host_events`].
-    pub fn host_events_fd(&self) -> RawFd {
-        self.device.host_events_fd()
-    }
-
-    /// Handles ready host sockets and passes what they produced to the guest. Host clients
-    /// may connect before the driver is up: their requests wait until activation.
-    pub fn process_host_events(&mut self) {
-        self.device.process_host_events();
-        if let Some(active) = &mut self.active {
-            let notify = run_rx(&mut self.device, active);
-            notify_driver(active, notify);
-        }
     }
 
     /// Whether the driver activated the device.
@@ -214,12 +198,19 @@ impl VirtioDevice for VsockMmioDevice {
 }
 
 impl HostEvents for VsockMmioDevice {
+    /// The muxer's own epoll set, readable (level-triggered) while any host socket is ready.
     fn host_event_fds(&self) -> Vec<(RawFd, EventSet)> {
-        vec![(self.host_events_fd(), EventSet::IN)]
+        vec![(self.device.host_events_fd(), EventSet::IN)]
     }
 
+    /// Handles ready host sockets and passes what they produced to the guest. Host clients
+    /// may connect before the driver is up: their requests wait until activation.
     fn handle_host_event(&mut self, _index: usize, _events: EventSet) -> Watch {
-        self.process_host_events();
+        self.device.process_host_events();
+        if let Some(active) = &mut self.active {
+            let notify = run_rx(&mut self.device, active);
+            notify_driver(active, notify);
+        }
         Watch::Keep
     }
 }
@@ -245,8 +236,12 @@ mod tests {
 
     use super::*;
     use crate::devices::virtio::mmio::MMIO_MAGIC_VALUE;
-    use crate::devices::virtio::test_support::regs::*;
-    use crate::devices::virtio::test_support::MmioDriver;
+    use crate::devices::virtio::test_support::{
+        MmioDriver, CONFIG, DEVICE_FEATURES, DEVICE_FEATURES_SEL, DEVICE_ID, DRIVER_FEATURES,
+        DRIVER_FEATURES_SEL, INTERRUPT_ACK, INTERRUPT_STATUS, MAGIC_VALUE, QUEUE_DESC_LOW,
+        QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_NUM_MAX, QUEUE_READY,
+        QUEUE_SEL, STATUS, VERSION,
+    };
     use crate::devices::virtio::vsock::packet::{
         PacketHeader, HEADER_SIZE, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM,
     };
@@ -339,7 +334,6 @@ mod tests {
 
     /// A guest driver talking to the vsock device through its virtio-mmio registers.
     struct Guest {
-        mem: GuestMemoryMmap,
         driver: MmioDriver<VsockMmioDevice>,
         rings: Vec<Ring>,
         uds: SocketPath,
@@ -352,17 +346,11 @@ mod tests {
                 guest_cid: GUEST_CID,
                 uds_path: uds.0.clone(),
             };
-            let device = VsockMmioDevice::new(&config).unwrap();
-            let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+            let driver = MmioDriver::new(VsockMmioDevice::new(&config).unwrap(), MEM_SIZE);
             let rings = (0..NUM_QUEUES as u64)
                 .map(|i| Ring::new(0x1000 * (i + 1), 0x1_0000 * (i + 1)))
                 .collect();
-            Guest {
-                mem: mem.clone(),
-                driver: MmioDriver::new(mem, device),
-                rings,
-                uds,
-            }
+            Guest { driver, rings, uds }
         }
 
         fn read(&mut self, offset: u64) -> u32 {
@@ -408,10 +396,10 @@ mod tests {
         fn send(&mut self, hdr: PacketHeader, data: &[u8]) {
             let mut raw = hdr.to_bytes().to_vec();
             raw.extend_from_slice(data);
-            self.rings[TX_QUEUE].post(&self.mem, Some(&raw));
+            self.rings[TX_QUEUE].post(&self.driver.mem, Some(&raw));
             let interrupts = self.driver.line.count();
             self.write(QUEUE_NOTIFY, TX_QUEUE as u32);
-            let used = self.rings[TX_QUEUE].pop_used(&self.mem);
+            let used = self.rings[TX_QUEUE].pop_used(&self.driver.mem);
             assert!(used.is_some(), "TX buffer not returned");
             assert!(
                 self.driver.line.count() > interrupts,
@@ -425,20 +413,28 @@ mod tests {
         fn recv(&mut self) -> (PacketHeader, Vec<u8>) {
             let deadline = Instant::now() + Duration::from_secs(5);
             loop {
-                if let Some((addr, len)) = self.rings[RX_QUEUE].pop_used(&self.mem) {
+                if let Some((addr, len)) = self.rings[RX_QUEUE].pop_used(&self.driver.mem) {
                     assert_ne!(self.read(INTERRUPT_STATUS) & 1, 0);
                     self.write(INTERRUPT_ACK, 1);
                     let mut raw = vec![0u8; len as usize];
-                    self.mem.read_slice(&mut raw, GuestAddress(addr)).unwrap();
-                    self.rings[RX_QUEUE].post(&self.mem, None);
+                    self.driver
+                        .mem
+                        .read_slice(&mut raw, GuestAddress(addr))
+                        .unwrap();
+                    self.rings[RX_QUEUE].post(&self.driver.mem, None);
                     self.write(QUEUE_NOTIFY, RX_QUEUE as u32);
                     let hdr = PacketHeader::from_bytes(raw[..HEADER_SIZE].try_into().unwrap());
                     return (hdr, raw.split_off(HEADER_SIZE));
                 }
                 assert!(Instant::now() < deadline, "no packet for the guest");
                 std::thread::sleep(Duration::from_millis(1));
-                self.driver.device().process_host_events();
+                self.host_events();
             }
+        }
+
+        /// What the event loop does when the device's host fd is ready.
+        fn host_events(&mut self) {
+            self.driver.device().handle_host_event(0, EventSet::IN);
         }
 
         fn recv_skipping_credit(&mut self) -> (PacketHeader, Vec<u8>) {
@@ -507,11 +503,11 @@ mod tests {
         let mut host = UnixStream::connect(&guest.uds.0).unwrap();
         host.write_all(format!("CONNECT {GUEST_PORT}\n").as_bytes())
             .unwrap();
-        guest.driver.device().process_host_events();
+        guest.host_events();
 
         assert_eq!(guest.probe(&[RX_QUEUE, TX_QUEUE, EVENT_QUEUE]), 0xf);
         for _ in 0..4 {
-            guest.rings[RX_QUEUE].post(&guest.mem, None);
+            guest.rings[RX_QUEUE].post(&guest.driver.mem, None);
         }
         guest.write(QUEUE_NOTIFY, RX_QUEUE as u32);
 

@@ -1,0 +1,131 @@
+//! A VMM as a child process of the shim: started with its stderr in the
+//! console log, dying with the shim (PDEATHSIG), watched for its exit, and
+//! stopped with a grace period before SIGKILL. Both backends run this way.
+
+use std::os::fd::RawFd;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use super::{Error, VmExit};
+
+pub struct VmmProcess {
+    pid: Option<u32>,
+    exit_tx: watch::Sender<Option<VmExit>>,
+    /// Set when we kill the VMM, so its exit reads as `Killed`.
+    killed: Arc<AtomicBool>,
+}
+
+impl Default for VmmProcess {
+    fn default() -> Self {
+        VmmProcess {
+            pid: None,
+            exit_tx: watch::channel(None).0,
+            killed: Default::default(),
+        }
+    }
+}
+
+impl VmmProcess {
+    /// Starts `binary args`, its stderr appended to `log`, with each
+    /// `(fd, target)` of `fds` open in the child as descriptor `target`.
+    pub fn spawn(
+        &mut self,
+        binary: &Path,
+        args: &[String],
+        log: &Path,
+        fds: &[(RawFd, RawFd)],
+    ) -> Result<(), Error> {
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(|source| Error::Spawn {
+                program: format!("{} (log {})", binary.display(), log.display()),
+                source,
+            })?;
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true);
+        crate::sandbox::die_with_parent(&mut command);
+        for &(fd, target) in fds {
+            pass_fd(&mut command, fd, target);
+        }
+        let mut child = command.spawn().map_err(|source| Error::Spawn {
+            program: binary.display().to_string(),
+            source,
+        })?;
+        self.pid = child.id();
+        let exit_tx = self.exit_tx.clone();
+        let killed = self.killed.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit = if killed.load(Ordering::SeqCst) {
+                VmExit::Killed
+            } else {
+                VmExit::Exited(status.ok().and_then(|s| s.code()))
+            };
+            let _ = exit_tx.send(Some(exit));
+        });
+        Ok(())
+    }
+
+    /// Waits up to `grace` for the VMM to end by itself, then kills it.
+    pub async fn stop(&mut self, grace: Duration) -> VmExit {
+        let Some(pid) = self.pid else {
+            return VmExit::Exited(None);
+        };
+        let mut exit = self.exit_tx.subscribe();
+        let wait = |mut exit: watch::Receiver<Option<VmExit>>| async move {
+            exit.wait_for(Option::is_some)
+                .await
+                .map(|e| e.expect("checked"))
+                .unwrap_or(VmExit::Killed)
+        };
+        if let Ok(done) = tokio::time::timeout(grace, wait(exit.clone())).await {
+            return done;
+        }
+        self.killed.store(true, Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        exit.mark_changed();
+        wait(exit).await
+    }
+
+    pub fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
+        self.exit_tx.subscribe()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+}
+
+/// Makes `fd` the child's descriptor `target`, open across exec.
+fn pass_fd(command: &mut Command, fd: RawFd, target: RawFd) {
+    // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == target {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

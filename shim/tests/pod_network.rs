@@ -1,0 +1,224 @@
+//! The pod network wiring against real namespaces: a "pod" namespace with a
+//! veth like CNI's bridge plugin makes, its peer in a second namespace
+//! standing in for the node. Frames written to the tap (as the guest would
+//! send them) must reach the node, and the node's answers must come back
+//! out of the tap. Needs root, as the suite does.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hull_shim::network::{GuestRoute, PodNetwork, TAP_NAME};
+
+/// Two named network namespaces joined by a veth, removed on drop.
+struct Namespaces {
+    pod: String,
+    node: String,
+}
+
+fn ip(args: &[&str]) -> String {
+    let output = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        output.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+impl Namespaces {
+    fn new() -> Self {
+        let tag = std::process::id();
+        let namespaces = Namespaces {
+            pod: format!("hull-pod-{tag}"),
+            node: format!("hull-node-{tag}"),
+        };
+        ip(&["netns", "add", &namespaces.pod]);
+        ip(&["netns", "add", &namespaces.node]);
+        let pod = namespaces.pod.as_str();
+        let node = namespaces.node.as_str();
+        ip(&[
+            "-n",
+            node,
+            "link",
+            "add",
+            "veth-node",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            pod,
+        ]);
+        ip(&[
+            "-n",
+            node,
+            "addr",
+            "add",
+            "10.99.0.1/24",
+            "dev",
+            "veth-node",
+        ]);
+        ip(&["-n", node, "link", "set", "veth-node", "up"]);
+        ip(&["-n", pod, "link", "set", "eth0", "mtu", "1400"]);
+        ip(&["-n", pod, "addr", "add", "10.99.0.2/24", "dev", "eth0"]);
+        ip(&["-n", pod, "link", "set", "eth0", "up"]);
+        ip(&["-n", pod, "route", "add", "default", "via", "10.99.0.1"]);
+        namespaces
+    }
+
+    fn netns_path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.pod)
+    }
+
+    fn pod_mac(&self) -> [u8; 6] {
+        let json = ip(&["-j", "-n", &self.pod, "link", "show", "eth0"]);
+        let links: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let text = links[0]["address"].as_str().unwrap();
+        let bytes: Vec<u8> = text
+            .split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect();
+        bytes.try_into().unwrap()
+    }
+
+    fn in_pod(&self, command: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.pod])
+            .args(command)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for name in [&self.pod, &self.node] {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+/// An ARP "who has 10.99.0.1, tell 10.99.0.2" from `mac`.
+fn arp_request(mac: [u8; 6]) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend(mac);
+    frame.extend([0x08, 0x06]); // ARP
+    frame.extend([0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]); // Ethernet/IPv4, request
+    frame.extend(mac);
+    frame.extend([10, 99, 0, 2]);
+    frame.extend([0; 6]);
+    frame.extend([10, 99, 0, 1]);
+    frame.resize(60, 0);
+    frame
+}
+
+/// Reads frames from the tap until an ARP reply comes, or `deadline`.
+fn read_arp_reply(tap: &std::os::fd::OwnedFd, deadline: Instant) -> Option<Vec<u8>> {
+    let mut buffer = [0u8; 2048];
+    while Instant::now() < deadline {
+        let mut poll = libc::pollfd {
+            fd: tap.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, 100) } <= 0 {
+            continue;
+        }
+        // SAFETY: reading into a buffer we own, of its length.
+        let n = unsafe { libc::read(tap.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len()) };
+        if n >= 42 {
+            let frame = &buffer[..n as usize];
+            let is_arp_reply = frame[12..14] == [0x08, 0x06] && frame[20..22] == [0x00, 0x02];
+            if is_arp_reply {
+                return Some(frame.to_vec());
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn the_tap_carries_the_pod_interface_both_ways_and_is_undone() {
+    let namespaces = Namespaces::new();
+    let mac = namespaces.pod_mac();
+
+    let network = PodNetwork::setup(&namespaces.netns_path())
+        .await
+        .expect("setting up the pod network")
+        .expect("the pod has an interface");
+    assert_eq!(network.interface.mac, mac);
+    assert_eq!(network.interface.mtu, 1400);
+    assert_eq!(
+        network.interface.addresses,
+        vec![(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 2)), 24)]
+    );
+    assert!(
+        network.routes.contains(&GuestRoute {
+            destination: None,
+            gateway: Some(IpAddr::V4(Ipv4Addr::new(10, 99, 0, 1))),
+        }),
+        "{:?}",
+        network.routes
+    );
+    let filters = namespaces.in_pod(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(filters.contains("protocol all"), "{filters}");
+    assert!(
+        filters.contains("Egress Redirect to device hull0"),
+        "{filters}"
+    );
+    let tap = ip(&["-j", "-n", &namespaces.pod, "link", "show", TAP_NAME]);
+    assert!(tap.contains("\"mtu\":1400"), "{tap}");
+    assert!(tap.contains("UP"), "{tap}");
+
+    // The "guest" asks for the node's MAC through the tap; the node's
+    // answer must come back out of it.
+    let request = arp_request(mac);
+    // SAFETY: writing a buffer we own, of its length.
+    let written = unsafe {
+        libc::write(
+            network.tap().as_raw_fd(),
+            request.as_ptr().cast(),
+            request.len(),
+        )
+    };
+    assert_eq!(written, request.len() as isize);
+    let reply = read_arp_reply(network.tap(), Instant::now() + Duration::from_secs(5))
+        .expect("no ARP reply from the node came out of the tap");
+    assert_eq!(
+        &reply[0..6],
+        &mac,
+        "the reply is addressed to the pod's MAC"
+    );
+    assert_eq!(&reply[28..32], &[10, 99, 0, 1], "sender is the node");
+
+    network.teardown().await;
+    let qdiscs = namespaces.in_pod(&["tc", "qdisc", "show", "dev", "eth0"]);
+    assert!(!qdiscs.contains("ingress"), "{qdiscs}");
+    let links = ip(&["-n", &namespaces.pod, "link", "show"]);
+    assert!(!links.contains(TAP_NAME), "{links}");
+}
+
+#[tokio::test]
+async fn a_namespace_without_an_interface_has_no_network() {
+    let name = format!("hull-empty-{}", std::process::id());
+    ip(&["netns", "add", &name]);
+    let result = PodNetwork::setup(&PathBuf::from("/var/run/netns").join(&name)).await;
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    assert!(result.expect("setup").is_none());
+}
+
+#[tokio::test]
+async fn a_missing_namespace_is_named() {
+    let err = PodNetwork::setup(std::path::Path::new("/var/run/netns/hull-no-such"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("/var/run/netns/hull-no-such"), "{err}");
+}

@@ -1,0 +1,434 @@
+//! hull-vmm's jail (`hull_vmm::jail`), seen from outside through /proc: the
+//! 64-bit test guest runs with the VMM pivoted into a directory, as uid and
+//! gid 65534, in a cgroup the test creates, and still answers the host over
+//! the hybrid-vsock socket inside the jail and connects out to a host
+//! service there. The virtio-fs guest, jailed, speaks FUSE to a virtiofsd
+//! outside the jail over the session opened before it. Bad jail input is
+//! refused with an error that names it.
+//!
+//! Needs root (for /dev/kvm, mounts and cgroups), gcc, virtiofsd, and a
+//! writable cgroup v2 hierarchy at /sys/fs/cgroup (or
+//! /sys/fs/cgroup/unified, in systemd's hybrid layout).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::virtiofsd::VirtiofsdProcess;
+use common::{build, connect_retrying, require_kvm, serve_port_5200, vsock_ping_pong, VMM};
+
+const NOBODY: u32 = 65534;
+
+struct Vmm {
+    child: Child,
+}
+
+impl Vmm {
+    fn spawn(args: &[&str]) -> Vmm {
+        Self::spawn_in(Path::new("."), args)
+    }
+
+    /// Runs hull-vmm with `dir` as its working directory.
+    fn spawn_in(dir: &Path, args: &[&str]) -> Vmm {
+        let child = Command::new(VMM)
+            .current_dir(dir)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("running hull-vmm");
+        Vmm { child }
+    }
+
+    /// Waits for the exit, with a deadline; returns the status and stderr.
+    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                let mut pipe = self.child.stderr.take().unwrap();
+                pipe.read_to_string(&mut stderr).unwrap();
+                return (status.code(), stderr);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hull-vmm did not exit in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cgroup made for one test and removed when it ends, pass or fail.
+struct TestCgroup {
+    path: PathBuf,
+    /// Its path as /proc/<pid>/cgroup shows it (from the hierarchy's root).
+    name: String,
+}
+
+impl TestCgroup {
+    fn create() -> TestCgroup {
+        use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+        let candidates = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+        let hierarchy = candidates
+            .iter()
+            .find(|path| statfs(**path).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC))
+            .unwrap_or_else(|| {
+                panic!(
+                    "the jail test needs a cgroup v2 hierarchy at {} (or {}, systemd's hybrid \
+                     layout), and neither is cgroup2",
+                    candidates[0], candidates[1]
+                )
+            });
+        let name = format!("/hull-vmm-jail-test-{}", std::process::id());
+        let path = PathBuf::from(format!("{hierarchy}{name}"));
+        if let Err(e) = std::fs::create_dir(&path) {
+            panic!(
+                "cannot create the test cgroup {}: {e} (the jail test needs a writable cgroup v2 \
+                 hierarchy)",
+                path.display()
+            );
+        }
+        TestCgroup { path, name }
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        // The VMM has been killed and reaped by now (its guard is dropped
+        // first); the kernel may take a moment to let the cgroup go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Err(e) = std::fs::remove_dir(&self.path) {
+            if Instant::now() > deadline {
+                eprintln!("cannot remove the test cgroup {}: {e}", self.path.display());
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A field of /proc/<pid>/status.
+fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+}
+
+/// Mount point and root (the directory mounted there) of every mount
+/// `pid` sees.
+fn mounts(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            (fields[4].to_owned(), fields[3].to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
+    require_kvm();
+    // Declared first, so it is removed after the VMM is gone.
+    let cgroup = TestCgroup::create();
+    let dir = tempfile::tempdir().unwrap();
+    // The guest kernel and serial log stay outside the jail: opened before.
+    let kernel = build("payload64.c", dir.path());
+    let serial = dir.path().join("serial.log");
+    let jail = dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    // The jailed VMM removes its sockets at exit, so the directory is its.
+    std::os::unix::fs::chown(&jail, Some(NOBODY), Some(NOBODY)).unwrap();
+    let uds = jail.join("v.sock");
+    let api = jail.join("api.sock");
+    let service = serve_port_5200(&uds);
+    std::os::unix::fs::chown(&service.path, Some(NOBODY), Some(NOBODY)).unwrap();
+
+    let vmm = Vmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--serial-log",
+        serial.to_str().unwrap(),
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--api-sock",
+        api.to_str().unwrap(),
+        "--pvm-capable",
+        "--jail",
+        jail.to_str().unwrap(),
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--cgroup",
+        cgroup.path.to_str().unwrap(),
+    ]);
+    let pid = vmm.child.id();
+
+    // The main thread confines itself last, after the jail and every other
+    // thread; the guest waits for the host's connection meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut vmm = vmm;
+    while status_field(pid, "Seccomp:") != "2" {
+        if vmm.child.try_wait().unwrap().is_some() {
+            let (status, stderr) = vmm.wait(Duration::ZERO);
+            panic!("hull-vmm ended before confining itself ({status:?}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "hull-vmm never confined itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let ids = format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}");
+    assert_eq!(
+        status_field(pid, "Uid:"),
+        ids,
+        "real, effective, saved, fs uid"
+    );
+    assert_eq!(
+        status_field(pid, "Gid:"),
+        ids,
+        "real, effective, saved, fs gid"
+    );
+    assert_eq!(status_field(pid, "Groups:"), "", "supplementary groups");
+    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd:"), "0000000000000000");
+
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let unified = format!("0::{}", cgroup.name);
+    assert!(
+        cgroups.lines().any(|line| line == unified),
+        "{unified} not in:\n{cgroups}"
+    );
+    let procs = std::fs::read_to_string(cgroup.path.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string());
+
+    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    assert_ne!(namespace(&pid.to_string()), namespace("self"));
+    let mounts = mounts(pid);
+    let canonical_jail = jail.canonicalize().unwrap();
+    assert_eq!(mounts.len(), 1, "only the jail is mounted: {mounts:?}");
+    let (mount_point, root) = &mounts[0];
+    assert_eq!(mount_point, "/", "{mounts:?}");
+    assert!(
+        canonical_jail.ends_with(root.trim_start_matches('/')),
+        "the root mount shows {root}, not the jail {}",
+        canonical_jail.display()
+    );
+    for host in ["/proc", "/usr", "/sys", "/dev", "/tmp"] {
+        assert!(
+            !mounts.iter().any(|(point, _)| point == host),
+            "{host} visible"
+        );
+    }
+
+    // The API socket inside the jail still answers.
+    let mut stream = connect_retrying(&api);
+    stream.write_all(b"status\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).unwrap();
+    assert_eq!(line, "running\n");
+
+    vsock_ping_pong(&uds);
+    assert_eq!(service.received(), b"hello");
+    let (status, stderr) = vmm.wait(Duration::from_secs(30));
+    assert_eq!(status, Some(0), "{stderr}");
+    let log = std::fs::read_to_string(&serial).unwrap();
+    for expected in [
+        "hull-payload: answered",
+        "hull-payload: port 5200 says hi from the host",
+        "hull-payload: done",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
+    // Removed from inside the jail, by uid 65534, through their jail paths.
+    assert!(!uds.exists(), "the vsock socket is removed");
+    assert!(!api.exists(), "the API socket is removed");
+}
+
+/// virtio-fs connects to virtiofsd while the VM is built, before the jail:
+/// the socket may be outside the jail, and is named here relative to
+/// hull-vmm's working directory, which the jail changes. The rings start
+/// (vhost-user on a jailed vCPU) when the guest sets DRIVER_OK.
+#[test]
+fn jailed_vmm_keeps_the_virtio_fs_session_it_opened_before_the_jail() {
+    require_kvm();
+    let mut virtiofsd = VirtiofsdProcess::start();
+    std::fs::write(virtiofsd.share().join("hello.txt"), vec![b'j'; 777]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("fs.c", dir.path());
+    let serial = dir.path().join("serial.log");
+    let jail = dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let socket = virtiofsd.socket();
+    let (socket_dir, socket_name) = (socket.parent().unwrap(), socket.file_name().unwrap());
+    let fs = format!("{},tag=hullfs", socket_name.to_str().unwrap());
+
+    let vmm = Vmm::spawn_in(
+        socket_dir,
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--memory-mib",
+            "32",
+            "--serial-log",
+            serial.to_str().unwrap(),
+            "--fs",
+            &fs,
+            "--pvm-capable",
+            "--jail",
+            jail.to_str().unwrap(),
+            "--uid",
+            "65534",
+            "--gid",
+            "65534",
+        ],
+    );
+    let (status, stderr) = vmm.wait(Duration::from_secs(30));
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(status, Some(0), "{stderr}\n{log}\n{}", virtiofsd.log());
+    for expected in [
+        "hull-payload: virtio-fs ready",
+        "fuse init error=0 major=7",
+        "lookup hello.txt error=0 size=777",
+        "hull-payload: done",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
+    let status = virtiofsd.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}: {}", virtiofsd.log());
+}
+
+/// Runs hull-vmm with `args` and returns its exit status and stderr; it
+/// must refuse before building anything.
+fn refused(args: &[&str]) -> (Option<i32>, String) {
+    Vmm::spawn(args).wait(Duration::from_secs(10))
+}
+
+fn assert_refused_naming(args: &[&str], named: &[&str]) {
+    let (status, stderr) = refused(args);
+    assert_eq!(status, Some(2), "{args:?}: {stderr}");
+    for name in named {
+        assert!(stderr.contains(name), "{args:?}: {name:?} not in {stderr}");
+    }
+}
+
+#[test]
+fn bad_jail_input_is_refused_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let jail = dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let jail = jail.to_str().unwrap();
+    let inside = format!("{jail}/v.sock");
+    let outside = dir.path().join("v.sock");
+    let outside = outside.to_str().unwrap();
+    let missing = dir.path().join("missing");
+    let missing = missing.to_str().unwrap();
+    let base = ["--kernel", "/k", "--pvm-capable"];
+    let with = |extra: &[&str]| -> Vec<String> {
+        base.iter()
+            .chain(extra)
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            with(&["--jail", missing, "--uid", "1", "--gid", "1"]),
+            vec![missing],
+        ),
+        (with(&["--uid", "65534"]), vec!["--jail"]),
+        (with(&["--cgroup", "/sys/fs/cgroup/x"]), vec!["--jail"]),
+        (with(&["--jail", jail, "--gid", "1"]), vec!["--uid"]),
+        (
+            with(&["--jail", jail, "--uid", "0", "--gid", "1"]),
+            vec!["uid = 0"],
+        ),
+        (
+            with(&["--jail", "relative/jail", "--uid", "1", "--gid", "1"]),
+            vec!["relative/jail", "absolute"],
+        ),
+        (
+            with(&[
+                "--jail", jail, "--uid", "1", "--gid", "1", "--cgroup", missing,
+            ]),
+            vec![missing, "cgroup"],
+        ),
+        (
+            with(&["--jail", jail, "--uid", "1", "--gid", "1", "--cgroup", jail]),
+            vec![jail, "not a cgroup v2 directory"],
+        ),
+        (
+            with(&[
+                "--jail",
+                jail,
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+                "--vsock-cid",
+                "3",
+                "--vsock-uds",
+                outside,
+            ]),
+            vec!["vsock socket", outside, "not inside the jail"],
+        ),
+        (
+            with(&[
+                "--jail",
+                jail,
+                "--uid",
+                "1",
+                "--gid",
+                "1",
+                "--vsock-cid",
+                "3",
+                "--vsock-uds",
+                &inside,
+                "--api-sock",
+                outside,
+            ]),
+            vec!["API socket", outside, "not inside the jail"],
+        ),
+    ];
+    for (args, named) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused_naming(&args, &named);
+    }
+
+    // The same checks apply to a configuration file's [jail].
+    let config = dir.path().join("vm.toml");
+    std::fs::write(
+        &config,
+        format!("[boot]\nkernel = \"/k\"\n[jail]\nroot = \"{missing}\"\nuid = 1\ngid = 1\n"),
+    )
+    .unwrap();
+    assert_refused_naming(&["--config", config.to_str().unwrap()], &[missing]);
+    // Nothing was created by the refused runs.
+    let left: Vec<PathBuf> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        left.iter().filter(|p| !p.ends_with("vm.toml")).count(),
+        1,
+        "{left:?}"
+    );
+    assert!(Path::new(jail).read_dir().unwrap().next().is_none());
+}
