@@ -366,7 +366,7 @@ mod tests {
         push_u32(v, n_type);
         v.extend_from_slice(name);
         v.extend_from_slice(desc);
-        while v.len() % 4 != 0 {
+        while !v.len().is_multiple_of(4) {
             v.push(0);
         }
     }

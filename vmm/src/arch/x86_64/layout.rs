@@ -103,7 +103,7 @@ pub const PAGE_SIZE: u64 = 0x1000;
 const _: () = assert!(
     BOOT_STACK_POINTER < PML4_START
         && BOOT_STACK_POINTER >= ZERO_PAGE_START + PAGE_SIZE
-        && BOOT_STACK_POINTER % 16 == 0
+        && BOOT_STACK_POINTER.is_multiple_of(16)
 );
 
 /// Guest address of the `index`th virtio-mmio window, or `None` past the last one.

@@ -66,7 +66,7 @@ pub const fn table_size(vcpus: u8) -> usize {
 
 // The largest table stays inside the area the E820 map reserves.
 const _: () = assert!(MPTABLE_START + table_size(MAX_VCPUS) as u64 <= HIGH_MEMORY_START);
-const _: () = assert!(MPTABLE_START % 16 == 0);
+const _: () = assert!(MPTABLE_START.is_multiple_of(16));
 
 #[derive(Debug, thiserror::Error)]
 pub enum MpTableError {

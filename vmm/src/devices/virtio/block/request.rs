@@ -184,7 +184,7 @@ fn in_memory<M: GuestMemory>(mem: &M, segments: &[Segment], access: Permissions)
 
 /// The byte offset of `len` bytes at `sector`, if they are whole sectors within the disk.
 fn disk_offset(disk: &Disk, sector: u64, len: u64) -> Option<u64> {
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return None;
     }
     let end = sector.checked_add(len / SECTOR_SIZE)?;
