@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::mmio::{MmioTransport, VirtioDevice};
@@ -67,8 +68,8 @@ pub struct DriverQueue {
     free: Vec<u16>,
     avail_idx: u16,
     used_seen: u16,
-    /// Descriptors of each chain the device holds, by head.
-    chains: HashMap<u16, Vec<u16>>,
+    /// The descriptors (index and contents) of each chain the device holds, by head.
+    chains: HashMap<u16, Vec<(u16, Desc)>>,
 }
 
 impl DriverQueue {
@@ -132,12 +133,21 @@ impl DriverQueue {
         fence(Ordering::SeqCst);
         mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
-        self.chains.insert(head, indices);
+        self.chains.insert(
+            head,
+            indices.into_iter().zip(descs.iter().copied()).collect(),
+        );
         head
     }
 
     /// The next chain the device returned: its head and the length it wrote.
     pub fn pop_used(&mut self, mem: &GuestMemoryMmap) -> Option<(u16, u32)> {
+        self.pop_used_chain(mem).map(|(head, _, len)| (head, len))
+    }
+
+    /// Like [`DriverQueue::pop_used`], with the chain's descriptors as they were made
+    /// available, for a driver that reads what the device wrote across them.
+    pub fn pop_used_chain(&mut self, mem: &GuestMemoryMmap) -> Option<(u16, Vec<Desc>, u32)> {
         let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
         if used_idx == self.used_seen {
             return None;
@@ -150,8 +160,25 @@ impl DriverQueue {
         self.used_seen = self.used_seen.wrapping_add(1);
         let head = u16::try_from(id).expect("used id fits a descriptor index");
         let chain = self.chains.remove(&head).expect("used id is a chain head");
-        self.free.extend(chain);
-        Some((head, len))
+        self.free.extend(chain.iter().map(|&(index, _)| index));
+        Some((head, chain.into_iter().map(|(_, desc)| desc).collect(), len))
+    }
+
+    /// How many chains the device holds.
+    pub fn posted(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// The device's side of the same rings, ready, as activation would hand it to a device;
+    /// for device cores tested without a transport.
+    pub fn device_queue(&self) -> Queue {
+        let mut queue = Queue::new(self.size).unwrap();
+        queue.set_size(self.size);
+        queue.set_desc_table_address(Some(self.desc as u32), Some((self.desc >> 32) as u32));
+        queue.set_avail_ring_address(Some(self.avail as u32), Some((self.avail >> 32) as u32));
+        queue.set_used_ring_address(Some(self.used as u32), Some((self.used >> 32) as u32));
+        queue.set_ready(true);
+        queue
     }
 
     /// Like [`DriverQueue::pop_used`], waiting up to `timeout` for a device that works on

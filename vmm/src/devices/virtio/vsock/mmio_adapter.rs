@@ -231,16 +231,15 @@ mod tests {
     use std::path::PathBuf;
     use std::time::{Duration, Instant};
 
-    use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
     use crate::devices::virtio::mmio::MMIO_MAGIC_VALUE;
     use crate::devices::virtio::test_support::{
-        MmioDriver, CONFIG, DEVICE_FEATURES, DEVICE_FEATURES_SEL, DEVICE_ID, DRIVER_FEATURES,
-        DRIVER_FEATURES_SEL, INTERRUPT_ACK, INTERRUPT_STATUS, MAGIC_VALUE, QUEUE_DESC_LOW,
-        QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_NUM_MAX, QUEUE_READY,
-        QUEUE_SEL, STATUS, VERSION,
+        DriverQueue, MmioDriver, CONFIG, DEVICE_FEATURES, DEVICE_FEATURES_SEL, DEVICE_ID,
+        DRIVER_FEATURES, DRIVER_FEATURES_SEL, INTERRUPT_ACK, INTERRUPT_STATUS, MAGIC_VALUE,
+        QUEUE_DESC_LOW, QUEUE_DEVICE_LOW, QUEUE_DRIVER_LOW, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_NUM_MAX,
+        QUEUE_READY, QUEUE_SEL, STATUS, VERSION,
     };
     use crate::devices::virtio::vsock::packet::{
         PacketHeader, HEADER_SIZE, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RW, TYPE_STREAM,
@@ -271,64 +270,43 @@ mod tests {
         }
     }
 
-    /// The driver's side of one split virtqueue, with one-descriptor chains: descriptor `i`
-    /// always points at buffer `i`.
+    /// The driver's side of one queue, with one-descriptor chains, each in a buffer of its
+    /// own, taken in turn from `buffers`.
     struct Ring {
-        desc: u64,
-        avail: u64,
-        used: u64,
+        queue: DriverQueue,
         buffers: u64,
-        avail_idx: u16,
-        used_seen: u16,
+        posted: u64,
     }
 
     impl Ring {
         fn new(base: u64, buffers: u64) -> Self {
             Ring {
-                desc: base,
-                avail: base + 0x100,
-                used: base + 0x200,
+                queue: DriverQueue::new(base, QUEUE_SIZE),
                 buffers,
-                avail_idx: 0,
-                used_seen: 0,
+                posted: 0,
             }
         }
 
         /// Posts a buffer holding `bytes` (or empty and device-writable); returns its address.
         fn post(&mut self, mem: &GuestMemoryMmap, bytes: Option<&[u8]>) -> u64 {
-            let index = self.avail_idx % QUEUE_SIZE;
-            let addr = self.buffers + u64::from(index) * u64::from(BUF_SIZE);
-            let (len, flags) = match bytes {
+            let slot = self.posted % u64::from(QUEUE_SIZE);
+            self.posted += 1;
+            let addr = self.buffers + slot * u64::from(BUF_SIZE);
+            let desc = match bytes {
                 Some(bytes) => {
                     mem.write_slice(bytes, GuestAddress(addr)).unwrap();
-                    (bytes.len() as u32, 0u16)
+                    (addr, bytes.len() as u32, false)
                 }
-                None => (BUF_SIZE, VRING_DESC_F_WRITE as u16),
+                None => (addr, BUF_SIZE, true),
             };
-            let desc = self.desc + 16 * u64::from(index);
-            mem.write_obj(addr, GuestAddress(desc)).unwrap();
-            mem.write_obj(len, GuestAddress(desc + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(desc + 12)).unwrap();
-            mem.write_obj(0u16, GuestAddress(desc + 14)).unwrap();
-            mem.write_obj(index, GuestAddress(self.avail + 4 + 2 * u64::from(index)))
-                .unwrap();
-            self.avail_idx = self.avail_idx.wrapping_add(1);
-            mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-                .unwrap();
+            self.queue.add_chain(mem, &[desc]);
             addr
         }
 
         /// The next used buffer: its address and the length the device wrote.
         fn pop_used(&mut self, mem: &GuestMemoryMmap) -> Option<(u64, u32)> {
-            let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-            if used_idx == self.used_seen {
-                return None;
-            }
-            let slot = self.used + 4 + 8 * u64::from(self.used_seen % QUEUE_SIZE);
-            let id: u32 = mem.read_obj(GuestAddress(slot)).unwrap();
-            let len: u32 = mem.read_obj(GuestAddress(slot + 4)).unwrap();
-            self.used_seen = self.used_seen.wrapping_add(1);
-            Some((self.buffers + u64::from(id) * u64::from(BUF_SIZE), len))
+            let (_, descs, len) = self.queue.pop_used_chain(mem)?;
+            Some((descs[0].0, len))
         }
     }
 
@@ -382,7 +360,7 @@ mod tests {
                 assert_eq!(self.read(QUEUE_NUM_MAX), 256);
                 assert_eq!(self.read(QUEUE_READY), 0);
                 self.write(QUEUE_NUM, u32::from(QUEUE_SIZE));
-                let ring = &self.rings[index];
+                let ring = &self.rings[index].queue;
                 let (desc, avail, used) = (ring.desc, ring.avail, ring.used);
                 self.write(QUEUE_DESC_LOW, desc as u32);
                 self.write(QUEUE_DRIVER_LOW, avail as u32);

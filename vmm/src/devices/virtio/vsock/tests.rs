@@ -1,7 +1,6 @@
 //! Drives the device core as a guest driver would: descriptor chains in guest memory, the
 //! device's queues, and real host Unix sockets on the other side.
 
-use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -9,13 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::connection::CONN_BUF_ALLOC;
 use super::packet::*;
 use super::{VsockConfig, VsockDevice, HOST_CID};
+use crate::devices::virtio::test_support::{Desc, DriverQueue};
 
 const GUEST_CID: u64 = 3;
 const QUEUE_SIZE: u16 = 256;
@@ -47,109 +46,15 @@ impl Drop for TestDir {
     }
 }
 
-/// One buffer of a chain: (guest address, length, device-writable).
-type Buf = (u64, u32, bool);
-
-/// The driver's side of a split virtqueue, plus the device's `Queue` for the same rings.
-struct DriverQueue {
-    desc: u64,
-    avail: u64,
-    used: u64,
-    free: Vec<u16>,
-    avail_idx: u16,
-    used_seen: u16,
-    outstanding: HashMap<u16, Vec<(u16, Buf)>>,
-    queue: Queue,
-}
-
-impl DriverQueue {
-    fn new(base: u64) -> Self {
-        let size = u64::from(QUEUE_SIZE);
-        let desc = base;
-        let avail = desc + 16 * size;
-        let used = (avail + 6 + 2 * size + 3) & !3;
-        let mut queue = Queue::new(QUEUE_SIZE).unwrap();
-        queue.set_size(QUEUE_SIZE);
-        queue.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
-        queue.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
-        queue.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
-        queue.set_ready(true);
-        DriverQueue {
-            desc,
-            avail,
-            used,
-            free: (0..QUEUE_SIZE).rev().collect(),
-            avail_idx: 0,
-            used_seen: 0,
-            outstanding: HashMap::new(),
-            queue,
-        }
-    }
-
-    /// Makes a chain of `bufs` available; returns its head index.
-    fn add_chain(&mut self, mem: &GuestMemoryMmap, bufs: &[Buf]) -> u16 {
-        let indices: Vec<u16> = bufs.iter().map(|_| self.free.pop().unwrap()).collect();
-        for (i, &(addr, len, writable)) in bufs.iter().enumerate() {
-            let mut flags = if writable { VRING_DESC_F_WRITE } else { 0 } as u16;
-            let next = if i + 1 < bufs.len() {
-                flags |= VRING_DESC_F_NEXT as u16;
-                indices[i + 1]
-            } else {
-                0
-            };
-            let at = GuestAddress(self.desc + 16 * u64::from(indices[i]));
-            mem.write_obj(addr, at).unwrap();
-            mem.write_obj(len, GuestAddress(at.0 + 8)).unwrap();
-            mem.write_obj(flags, GuestAddress(at.0 + 12)).unwrap();
-            mem.write_obj(next, GuestAddress(at.0 + 14)).unwrap();
-        }
-        let head = indices[0];
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
-        mem.write_obj(head, GuestAddress(self.avail + 4 + 2 * slot))
-            .unwrap();
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .unwrap();
-        self.outstanding.insert(
-            head,
-            indices.into_iter().zip(bufs.iter().copied()).collect(),
-        );
-        head
-    }
-
-    /// Takes the next used chain: (head, its buffers, bytes the device wrote).
-    fn pop_used(&mut self, mem: &GuestMemoryMmap) -> Option<(u16, Vec<Buf>, u32)> {
-        let used_idx: u16 = mem.read_obj(GuestAddress(self.used + 2)).unwrap();
-        if used_idx == self.used_seen {
-            return None;
-        }
-        let slot = u64::from(self.used_seen % QUEUE_SIZE);
-        let id: u32 = mem
-            .read_obj(GuestAddress(self.used + 4 + 8 * slot))
-            .unwrap();
-        let len: u32 = mem
-            .read_obj(GuestAddress(self.used + 8 + 8 * slot))
-            .unwrap();
-        self.used_seen = self.used_seen.wrapping_add(1);
-        let chain = self
-            .outstanding
-            .remove(&(id as u16))
-            .expect("unknown used id");
-        self.free.extend(chain.iter().map(|(i, _)| *i));
-        Some((id as u16, chain.into_iter().map(|(_, b)| b).collect(), len))
-    }
-
-    fn posted(&self) -> usize {
-        self.outstanding.len()
-    }
-}
-
 /// A guest driver talking to a `VsockDevice`, with the host side in a temp directory.
 struct Harness {
     mem: GuestMemoryMmap,
     device: VsockDevice,
     rx: DriverQueue,
     tx: DriverQueue,
+    /// The device's side of `rx` and `tx`: the device core takes its queues directly.
+    rx_queue: Queue,
+    tx_queue: Queue,
     next_buf: u64,
     dir: TestDir,
     /// RX buffers are topped up to this many before each RX pass.
@@ -165,11 +70,15 @@ impl Harness {
             uds_path: dir.0.join("vsock"),
         })
         .unwrap();
+        let rx = DriverQueue::new(0, QUEUE_SIZE);
+        let tx = DriverQueue::new(0x10000, QUEUE_SIZE);
         Harness {
             mem: GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap(),
             device,
-            rx: DriverQueue::new(0),
-            tx: DriverQueue::new(0x10000),
+            rx_queue: rx.device_queue(),
+            tx_queue: tx.device_queue(),
+            rx,
+            tx,
             next_buf: DATA_START,
             dir,
             rx_buffers: 8,
@@ -193,7 +102,7 @@ impl Harness {
     /// Queues a TX chain built from `parts` (bytes, device-writable), lets the device process
     /// it, and checks the chain came back.
     fn send_chain(&mut self, parts: &[(&[u8], bool)]) {
-        let bufs: Vec<Buf> = parts
+        let bufs: Vec<Desc> = parts
             .iter()
             .map(|&(bytes, writable)| {
                 let addr = self.alloc(bytes.len() as u32);
@@ -204,12 +113,12 @@ impl Harness {
         self.send_bufs(&bufs);
     }
 
-    fn send_bufs(&mut self, bufs: &[Buf]) {
+    fn send_bufs(&mut self, bufs: &[Desc]) {
         let head = self.tx.add_chain(&self.mem, bufs);
         self.device
-            .process_tx(&self.mem, &mut self.tx.queue)
+            .process_tx(&self.mem, &mut self.tx_queue)
             .unwrap();
-        let (used, _, len) = self.tx.pop_used(&self.mem).expect("TX chain not returned");
+        let (used, len) = self.tx.pop_used(&self.mem).expect("TX chain not returned");
         assert_eq!((used, len), (head, 0));
         assert!(self.tx.pop_used(&self.mem).is_none());
     }
@@ -243,13 +152,13 @@ impl Harness {
         }
         self.device.process_host_events();
         self.device
-            .process_rx(&self.mem, &mut self.rx.queue)
+            .process_rx(&self.mem, &mut self.rx_queue)
             .unwrap();
         self.take_rx()
     }
 
     fn take_rx(&mut self) -> Option<(PacketHeader, Vec<u8>)> {
-        let (_, bufs, len) = self.rx.pop_used(&self.mem)?;
+        let (_, bufs, len) = self.rx.pop_used_chain(&self.mem)?;
         let mut raw = Vec::new();
         for (addr, buf_len, _) in bufs {
             let mut part = vec![0u8; buf_len as usize];
@@ -575,7 +484,7 @@ fn rx_packets_fill_chains_of_several_descriptors() {
     ];
     h.rx.add_chain(&h.mem, &bufs);
     h.device.process_host_events();
-    h.device.process_rx(&h.mem, &mut h.rx.queue).unwrap();
+    h.device.process_rx(&h.mem, &mut h.rx_queue).unwrap();
     let (hdr, got) = h.take_rx().unwrap();
     conn.assert_from_host(&hdr);
     assert_eq!(hdr.op, OP_RW);
@@ -924,9 +833,9 @@ fn malformed_rx_chains_are_returned_empty() {
     let good = h.alloc(64);
     h.rx.add_chain(&h.mem, &[(good, 64, true)]);
     h.device.process_host_events();
-    h.device.process_rx(&h.mem, &mut h.rx.queue).unwrap();
-    assert_eq!(h.rx.pop_used(&h.mem).unwrap().2, 0);
-    assert_eq!(h.rx.pop_used(&h.mem).unwrap().2, 0);
+    h.device.process_rx(&h.mem, &mut h.rx_queue).unwrap();
+    assert_eq!(h.rx.pop_used(&h.mem).unwrap().1, 0);
+    assert_eq!(h.rx.pop_used(&h.mem).unwrap().1, 0);
     let (hdr, _) = h.take_rx().unwrap();
     assert_eq!(hdr.op, OP_REQUEST);
 }
