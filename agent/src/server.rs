@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
+use crate::network::GuestNetwork;
 use crate::process_io::{pump_input, pump_output};
 use crate::reaper::Reaper;
 use crate::sandbox::{Paths, Sandbox};
@@ -51,6 +52,7 @@ pub async fn run(mode: Mode) -> Result<()> {
         sandbox: sandbox.clone(),
         mode: mode.clone(),
         power_off: power_off.clone(),
+        network: GuestNetwork::default(),
     }));
 
     let api_listener = match &mode {
