@@ -1,5 +1,5 @@
-//! The guest's network, over rtnetlink: the pod's NIC (UpdateInterface)
-//! and its routes (UpdateRoutes). Everything happens in the network
+//! The guest's network, over rtnetlink: the pod's NIC (UpdateInterface),
+//! its routes (UpdateRoutes) and `lo`. Everything happens in the network
 //! namespace the agent runs in, the guest's root one, which every container
 //! of the pod shares. A host-mode agent changes the namespace it was started
 //! in: its tests start it in a throwaway one.
@@ -38,6 +38,8 @@ pub enum NetworkError {
         route: String,
         links: String,
     },
+    #[error("no link named lo; links: {links}")]
+    NoLoopback { links: String },
     /// The kernel refused (or the exchange with it failed).
     #[error("{action}: {source}")]
     Netlink {
@@ -233,6 +235,27 @@ impl GuestNetwork {
         );
         Ok(())
     }
+}
+
+/// Brings up `lo`, which a new network namespace starts without; a no-op
+/// where it is up.
+pub async fn loopback_up() -> Result<()> {
+    let netlink = Netlink::connect().map_err(NetworkError::Socket)?;
+    let links = netlink.links().await.map_err(failed("listing links"))?;
+    let lo =
+        links
+            .iter()
+            .find(|link| link.name == "lo")
+            .ok_or_else(|| NetworkError::NoLoopback {
+                links: list(&links),
+            })?;
+    if lo.up {
+        return Ok(());
+    }
+    netlink
+        .set_link(LinkUnspec::new_with_index(lo.index).up().build())
+        .await
+        .map_err(failed("bringing lo up"))
 }
 
 fn no_such_device(route: &RouteConfig, links: &[Link]) -> NetworkError {
@@ -495,21 +518,25 @@ mod tests {
                 index: 1,
                 name: "lo".into(),
                 mac: vec![0; 6],
+                up: true,
             },
             Link {
                 index: 2,
                 name: "eth0".into(),
                 mac: vec![2, 0, 0, 0, 0, 1],
+                up: true,
             },
             Link {
                 index: 3,
                 name: "eth1".into(),
                 mac: vec![2, 0, 0, 0, 0, 2],
+                up: true,
             },
             Link {
                 index: 4,
                 name: "twin".into(),
                 mac: vec![2, 0, 0, 0, 0, 2],
+                up: true,
             },
         ];
         let found = link_with_mac(&links, "02:00:00:00:00:01".parse().unwrap()).unwrap();
