@@ -78,7 +78,6 @@ fn setup_system() -> Result<()> {
             format!("+{controller}"),
         );
     }
-    loopback_up();
     Ok(())
 }
 
@@ -107,32 +106,6 @@ fn leave_initramfs() -> Result<()> {
     nix::unistd::chroot(".").context("chroot into the new root")?;
     std::env::set_current_dir("/").context("entering /")?;
     Ok(())
-}
-
-/// Brings up `lo`, which the guest's own network namespace starts without.
-fn loopback_up() {
-    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
-    use std::os::fd::AsRawFd;
-    let Ok(sock) = socket(
-        AddressFamily::Inet,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    ) else {
-        return;
-    };
-    // SAFETY: ifreq is plain data; zeroed is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-        *slot = *byte as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we own.
-    unsafe {
-        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) == 0 {
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &request);
-        }
-    }
 }
 
 /// Sandbox-wide settings from CreateSandbox.

@@ -1,9 +1,10 @@
 //! hull-agent: PID 1 of a Hull microVM.
 //!
-//! In the guest it sets up the system, serves the agent API on vsock and runs
-//! the sandbox's OCI containers. On the host (`hull-agent serve`) the same
-//! code listens on Unix sockets instead, so its behaviour is tested without a
-//! VM. `hull-agent runtime ...` is the agent calling itself: container
+//! In the guest it sets up the system, serves the agent API on vsock, gives
+//! the guest the pod's network (its NIC, addresses and routes, over
+//! rtnetlink) and runs the sandbox's OCI containers. On the host
+//! (`hull-agent serve`) the same code listens on Unix sockets instead, so its
+//! behaviour is tested without a VM. `hull-agent runtime ...` is the agent calling itself: container
 //! creation forks, and forking from a multi-threaded async process is not
 //! safe, so creation runs in a fresh single-threaded child.
 
@@ -11,6 +12,7 @@ mod cgroup;
 mod container;
 mod executable;
 mod init;
+mod network;
 mod process_io;
 mod reaper;
 mod runtime;

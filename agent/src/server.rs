@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
+use crate::network::GuestNetwork;
 use crate::process_io::{pump_input, pump_output};
 use crate::reaper::Reaper;
 use crate::sandbox::{Paths, Sandbox};
@@ -36,6 +37,10 @@ impl Mode {
 }
 
 pub async fn run(mode: Mode) -> Result<()> {
+    // Before the API is served: containers may use 127.0.0.1 at once. A
+    // host-mode agent does it too, for its tests in a new network namespace
+    // (elsewhere lo is up already).
+    crate::network::loopback_up().await?;
     let reaper = Reaper::start().context("watching SIGCHLD")?;
     let state_dir = match &mode {
         Mode::Guest => PathBuf::from(GUEST_STATE_DIR),
@@ -51,6 +56,7 @@ pub async fn run(mode: Mode) -> Result<()> {
         sandbox: sandbox.clone(),
         mode: mode.clone(),
         power_off: power_off.clone(),
+        network: GuestNetwork::default(),
     }));
 
     let api_listener = match &mode {

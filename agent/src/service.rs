@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::{Code, Result};
 
+use crate::network::{GuestNetwork, NetworkError};
 use crate::sandbox::{AgentError, Sandbox};
 use crate::server::Mode;
 
@@ -20,6 +21,7 @@ pub struct AgentService {
     pub mode: Mode,
     /// Notified when the sandbox is destroyed with power_off in the guest.
     pub power_off: Arc<Notify>,
+    pub network: GuestNetwork,
 }
 
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
@@ -41,6 +43,23 @@ impl From<AgentError> for ttrpc::Error {
             AgentError::Runtime(_) | AgentError::Io { .. } | AgentError::Container { .. } => {
                 Code::INTERNAL
             }
+        };
+        status(code, err.to_string())
+    }
+}
+
+impl From<NetworkError> for ttrpc::Error {
+    fn from(err: NetworkError) -> Self {
+        let code = match &err {
+            NetworkError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            NetworkError::NoLinkWithMac { .. }
+            | NetworkError::NoSuchDevice { .. }
+            | NetworkError::NoLoopback { .. } => Code::NOT_FOUND,
+            NetworkError::AmbiguousMac { .. } => Code::FAILED_PRECONDITION,
+            // The kernel refuses what the guest's state does not allow: a
+            // gateway it cannot reach, an MTU the NIC cannot take.
+            _ if err.is_refusal() => Code::FAILED_PRECONDITION,
+            NetworkError::Netlink { .. } | NetworkError::Socket(_) => Code::INTERNAL,
         };
         status(code, err.to_string())
     }
@@ -232,18 +251,18 @@ impl Agent for AgentService {
         }
     }
 
-    async fn update_interface(&self, _: &TtrpcContext, _: UpdateInterfaceRequest) -> Result<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "UpdateInterface: guest networking is not implemented yet",
-        ))
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> Result<Empty> {
+        self.network.update_interface(&req).await?;
+        Ok(Empty::new())
     }
 
-    async fn update_routes(&self, _: &TtrpcContext, _: UpdateRoutesRequest) -> Result<Empty> {
-        Err(status(
-            Code::UNIMPLEMENTED,
-            "UpdateRoutes: guest networking is not implemented yet",
-        ))
+    async fn update_routes(&self, _: &TtrpcContext, req: UpdateRoutesRequest) -> Result<Empty> {
+        self.network.update_routes(&req).await?;
+        Ok(Empty::new())
     }
 
     async fn set_guest_time(&self, _: &TtrpcContext, req: SetGuestTimeRequest) -> Result<Empty> {

@@ -3,8 +3,11 @@
 //! PID and UTS namespace (via unshare), with cgroup v2 mounted in it, so
 //! everything it starts dies with it.
 //!
-//! Needs root, util-linux's unshare and busybox-static (`make test` installs
-//! them).
+//! The network tests give the agent a network namespace of its own too, and
+//! look into it with `nsenter --net` and `ip -j`.
+//!
+//! Needs root, util-linux's unshare and nsenter, iproute2 and busybox-static
+//! (`make test` installs them).
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,15 @@ struct HostAgent {
 
 impl HostAgent {
     async fn launch() -> HostAgent {
+        Self::launch_in(&[]).await
+    }
+
+    /// An agent in a network namespace of its own as well, as in the guest.
+    async fn launch_with_own_network() -> HostAgent {
+        Self::launch_in(&["--net"]).await
+    }
+
+    async fn launch_in(extra_namespaces: &[&str]) -> HostAgent {
         let dir = tempfile::tempdir().unwrap();
         let agent = env!("CARGO_BIN_EXE_hull-agent");
         let script = format!(
@@ -33,6 +45,7 @@ impl HostAgent {
             dir.path().display()
         );
         let child = Command::new("unshare")
+            .args(extra_namespaces)
             .args([
                 "--mount",
                 "--pid",
@@ -540,5 +553,335 @@ async fn confinement_follows_the_spec() {
     assert_eq!(
         String::from_utf8(out.await.unwrap()).unwrap(),
         "mkdir-denied\n1024\nmount-denied\n1\n"
+    );
+}
+
+// The guest network: UpdateInterface and UpdateRoutes on a veth standing in
+// for the guest's virtio-net NIC (this kernel may lack the dummy driver).
+
+const NIC_MAC: &str = "02:00:00:00:00:aa";
+
+impl HostAgent {
+    /// The agent's pid on the host: the child unshare forked, which exec'd
+    /// the agent.
+    fn agent_pid(&self) -> u32 {
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        children
+            .split_whitespace()
+            .next()
+            .expect("unshare has forked the agent")
+            .parse()
+            .unwrap()
+    }
+
+    /// Runs `ip ARGS` in the agent's network namespace; panics on failure.
+    fn ip(&self, args: &[&str]) -> String {
+        let output = Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", self.agent_pid()))
+            .arg("ip")
+            .args(args)
+            .output()
+            .expect("running nsenter ip");
+        assert!(
+            output.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// `ip -j ARGS`, parsed.
+    fn ip_json(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut all = vec!["-j"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&self.ip(&all)).unwrap()
+    }
+
+    async fn update_interface(
+        &self,
+        name: &str,
+        mac: &str,
+        mtu: u32,
+        addresses: &[(&str, u32)],
+    ) -> ttrpc::Result<Empty> {
+        let interface = Interface {
+            name: name.into(),
+            mac_address: mac.into(),
+            mtu,
+            addresses: addresses
+                .iter()
+                .map(|(address, prefix_length)| IpAddress {
+                    address: (*address).into(),
+                    prefix_length: *prefix_length,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        self.client
+            .update_interface(
+                ctx(),
+                &UpdateInterfaceRequest {
+                    interface: Some(interface).into(),
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+
+    /// Routes as (destination, gateway, device).
+    async fn update_routes(&self, routes: &[(&str, &str, &str)]) -> ttrpc::Result<Empty> {
+        let routes = routes
+            .iter()
+            .map(|(destination, gateway, device)| Route {
+                destination: (*destination).into(),
+                gateway: (*gateway).into(),
+                device: (*device).into(),
+                ..Default::default()
+            })
+            .collect();
+        self.client
+            .update_routes(
+                ctx(),
+                &UpdateRoutesRequest {
+                    routes,
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+
+    /// The addresses of `device` that are not link-local, as "ip/prefix",
+    /// sorted; panics if one is still tentative (DAD not skipped).
+    fn addresses(&self, device: &str) -> Vec<String> {
+        let links = self.ip_json(&["addr", "show", "dev", device]);
+        let mut addresses: Vec<String> = links[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["scope"] != "link")
+            .map(|a| {
+                assert!(a.get("tentative").is_none(), "tentative address: {a}");
+                format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"])
+            })
+            .collect();
+        addresses.sort();
+        addresses
+    }
+
+    /// The routes of `device` as "destination via gateway" (or
+    /// "destination scope link"), sorted, kernel routes left out.
+    fn routes(&self, family: &str, device: &str) -> Vec<String> {
+        let mut routes: Vec<String> = self
+            .ip_json(&[family, "route", "show", "dev", device])
+            .iter()
+            .filter(|r| r["protocol"] != "kernel")
+            .map(|r| {
+                let destination = r["dst"].as_str().unwrap();
+                match r["gateway"].as_str() {
+                    Some(gateway) => format!("{destination} via {gateway}"),
+                    None => {
+                        let scope = r["scope"].as_str().unwrap_or("global");
+                        format!("{destination} scope {scope}")
+                    }
+                }
+            })
+            .collect();
+        routes.sort();
+        routes
+    }
+}
+
+fn rpc_status(result: ttrpc::Result<Empty>) -> (ttrpc::Code, String) {
+    match result {
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message().to_string()),
+        other => panic!("expected an error status, got {other:?}"),
+    }
+}
+
+/// Whether any process is still in the network namespace with this inode.
+fn netns_in_use(inode: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .any(|entry| {
+            std::fs::metadata(entry.path().join("ns/net")).is_ok_and(|ns| ns.ino() == inode)
+        })
+}
+
+#[tokio::test]
+async fn interface_and_routes_configure_the_nic_found_by_mac() {
+    use std::os::unix::fs::MetadataExt;
+    let agent = HostAgent::launch_with_own_network().await;
+    let agent_pid = agent.agent_pid();
+    let netns = std::fs::metadata(format!("/proc/{agent_pid}/ns/net"))
+        .unwrap()
+        .ino();
+    agent.ip(&[
+        "link", "add", "nic0", "address", NIC_MAC, "type", "veth", "peer", "name", "wire",
+    ]);
+    agent.ip(&["link", "set", "wire", "up"]);
+    // The agent brought lo up, as it does in the guest.
+    let lo = &agent.ip_json(&["link", "show", "dev", "lo"])[0];
+    assert!(
+        lo["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{lo}"
+    );
+
+    agent
+        .update_interface(
+            "eth0",
+            &NIC_MAC.to_uppercase(),
+            1400,
+            &[("10.88.0.5", 16), ("fd00:88::5", 64)],
+        )
+        .await
+        .unwrap();
+    let link = &agent.ip_json(&["link", "show", "dev", "eth0"])[0];
+    assert_eq!(link["address"], NIC_MAC, "{link}");
+    assert_eq!(link["mtu"], 1400, "{link}");
+    assert!(
+        link["flags"].as_array().unwrap().iter().any(|f| f == "UP"),
+        "{link}"
+    );
+    assert!(agent
+        .ip_json(&["link", "show"])
+        .iter()
+        .all(|l| l["ifname"] != "nic0"));
+    assert_eq!(agent.addresses("eth0"), ["10.88.0.5/16", "fd00:88::5/64"]);
+
+    // Listed before the link route that makes its gateway reachable, as a
+    // shim may list them: the agent orders them. The prefix routes the
+    // kernel made for the addresses come too, as read from the pod's
+    // namespace, and must not clash with the kernel's.
+    agent
+        .update_routes(&[
+            ("10.77.0.0/16", "169.254.1.1", "eth0"),
+            ("default", "10.88.0.1", "eth0"),
+            ("10.99.1.0/24", "10.88.0.254", "eth0"),
+            ("169.254.1.1", "", "eth0"),
+            ("::/0", "fd00:88::1", "eth0"),
+            ("10.88.0.0/16", "", "eth0"),
+            ("fd00:88::/64", "", "eth0"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        agent.routes("-4", "eth0"),
+        [
+            "10.77.0.0/16 via 169.254.1.1",
+            "10.88.0.0/16 scope link",
+            "10.99.1.0/24 via 10.88.0.254",
+            "169.254.1.1 scope link",
+            "default via 10.88.0.1",
+        ]
+    );
+    assert_eq!(
+        agent.routes("-6", "eth0"),
+        ["default via fd00:88::1", "fd00:88::/64 scope global"]
+    );
+
+    // A new address set replaces the old one; the link goes down and up, so
+    // the routes come again, now fewer: the others are gone.
+    agent
+        .update_interface(
+            "eth0",
+            NIC_MAC,
+            1400,
+            &[("10.88.0.7", 16), ("fd00:88::7", 64)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(agent.addresses("eth0"), ["10.88.0.7/16", "fd00:88::7/64"]);
+    agent
+        .update_routes(&[
+            ("default", "10.88.0.1", "eth0"),
+            ("10.99.1.0/24", "10.88.0.254", "eth0"),
+        ])
+        .await
+        .unwrap();
+    agent
+        .update_routes(&[("default", "10.88.0.1", "eth0")])
+        .await
+        .unwrap();
+    assert_eq!(agent.routes("-4", "eth0"), ["default via 10.88.0.1"]);
+    assert_eq!(agent.routes("-6", "eth0"), Vec::<String>::new());
+
+    assert!(
+        netns_in_use(netns),
+        "the agent's namespace is seen in /proc"
+    );
+    drop(agent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while netns_in_use(netns) {
+        assert!(
+            Instant::now() < deadline,
+            "a process is still in the agent's network namespace"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn network_errors_name_what_was_wrong() {
+    let agent = HostAgent::launch_with_own_network().await;
+    agent.ip(&[
+        "link", "add", "nic0", "address", NIC_MAC, "type", "veth", "peer", "name", "wire",
+    ]);
+
+    let (code, message) = rpc_status(
+        agent
+            .update_interface("eth0", "02:00:00:00:00:99", 1400, &[("10.88.0.5", 16)])
+            .await,
+    );
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{message}");
+    assert!(message.contains("02:00:00:00:00:99"), "{message}");
+    assert!(message.contains(&format!("nic0 ({NIC_MAC})")), "{message}");
+
+    let (code, message) = rpc_status(
+        agent
+            .update_interface("eth0", NIC_MAC, 1400, &[("10.88.0.5", 33)])
+            .await,
+    );
+    assert_eq!(code, ttrpc::Code::INVALID_ARGUMENT, "{message}");
+    assert!(
+        message.contains("interface.addresses[0].prefix_length: 33"),
+        "{message}"
+    );
+    // Nothing was changed by the refused requests.
+    assert!(agent
+        .ip_json(&["link", "show"])
+        .iter()
+        .any(|l| l["ifname"] == "nic0"));
+
+    agent
+        .update_interface("eth0", NIC_MAC, 0, &[("10.88.0.5", 16)])
+        .await
+        .unwrap();
+    let (code, message) = rpc_status(
+        agent
+            .update_routes(&[("default", "10.88.0.1", "eth9")])
+            .await,
+    );
+    assert_eq!(code, ttrpc::Code::NOT_FOUND, "{message}");
+    assert!(
+        message.contains("device eth9 of route default via 10.88.0.1 dev eth9 not found"),
+        "{message}"
+    );
+
+    // The kernel's refusal, with the route it refused.
+    let (code, message) = rpc_status(
+        agent
+            .update_routes(&[("default", "10.200.0.1", "eth0")])
+            .await,
+    );
+    assert_eq!(code, ttrpc::Code::FAILED_PRECONDITION, "{message}");
+    assert!(
+        message
+            .contains("adding the route default via 10.200.0.1 dev eth0: Network is unreachable"),
+        "{message}"
     );
 }

@@ -113,11 +113,22 @@ impl CriContainerd {
     /// side by side on it.
     pub fn shared_for_runc() -> Arc<Self> {
         static SHARED: Mutex<Weak<CriContainerd>> = Mutex::new(Weak::new());
-        let mut shared = SHARED.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::shared(&SHARED, Self::start_for_runc)
+    }
+
+    /// The same for tests that run pods under both handlers, with Hull's
+    /// guest assets from the environment.
+    pub fn shared_for_hull() -> Arc<Self> {
+        static SHARED: Mutex<Weak<CriContainerd>> = Mutex::new(Weak::new());
+        Self::shared(&SHARED, Self::start)
+    }
+
+    fn shared(slot: &Mutex<Weak<CriContainerd>>, start: fn() -> Self) -> Arc<Self> {
+        let mut shared = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cri) = shared.upgrade() {
             return cri;
         }
-        let cri = Arc::new(Self::start_for_runc());
+        let cri = Arc::new(start());
         *shared = Arc::downgrade(&cri);
         cri
     }

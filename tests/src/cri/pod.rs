@@ -126,6 +126,8 @@ pub struct Pod<'a> {
     config: api::PodSandboxConfig,
     namespaces: api::NamespaceOption,
     containers: Vec<String>,
+    /// Under Hull, CRI's pids are the guest's and mean nothing on the host.
+    host_pids: bool,
     removed: bool,
 }
 
@@ -168,6 +170,7 @@ impl<'a> Pod<'a> {
             config,
             namespaces,
             containers: Vec::new(),
+            host_pids: handler != super::HULL_HANDLER,
             removed: false,
         })
     }
@@ -366,11 +369,17 @@ impl<'a> Pod<'a> {
             .pod_sandbox_status(&self.id, true)
             .unwrap_or_else(|e| panic!("pod {}: {e}", self.name));
         let info = verbose_info(&sandbox.info);
-        let mut pids: Vec<u32> = info["pid"].as_u64().map(|p| p as u32).into_iter().collect();
+        let host_pid = |info: &serde_json::Value| {
+            info["pid"]
+                .as_u64()
+                .filter(|_| self.host_pids)
+                .map(|p| p as u32)
+        };
+        let mut pids: Vec<u32> = host_pid(&info).into_iter().collect();
         let mut ids = vec![self.id.clone()];
         for container in &self.containers {
             if let Ok(status) = client.container_status(container, true) {
-                pids.extend(verbose_info(&status.info)["pid"].as_u64().map(|p| p as u32));
+                pids.extend(host_pid(&verbose_info(&status.info)));
             }
             ids.push(container.clone());
         }

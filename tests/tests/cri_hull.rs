@@ -1,0 +1,142 @@
+//! Pods under the runtime handler `hull`, through containerd's CRI plugin:
+//! the scenarios of `hull_tests::cri::scenarios`, each run under `runc` and
+//! `hull` on the same containerd in the same test, must observe the same
+//! things. What differs is only what a VM changes: a pod's containers run
+//! in its guest, so the host holds no cgroups of theirs, and a host-network
+//! pod is refused.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use hull_tests::cri::scenarios::{self, Held, Teardown};
+use hull_tests::cri::{ContainerSpec, CriContainerd, Pod, PodSpec, HULL_HANDLER, RUNC_HANDLER};
+use hull_tests::{host_kernel_release, require_hull_shim};
+
+fn cri() -> Arc<CriContainerd> {
+    require_hull_shim();
+    CriContainerd::shared_for_hull()
+}
+
+/// What a Hull pod holds on the host: its VM's processes, the network
+/// namespace with the veth, mounts and an IP, but no cgroups (its
+/// containers' cgroups are in the guest).
+const HULL_HELD: Held = Held {
+    cgroups: false,
+    ..Held::ALL
+};
+
+/// Checks the removal of both pods, then takes the teardowns out of the
+/// results so what is left can be compared whole.
+fn without_teardown<T>(result: &mut T, teardown: fn(&mut T) -> &mut Teardown, held: Held) {
+    let teardown = std::mem::replace(
+        teardown(result),
+        Teardown {
+            held: Held::ALL,
+            left: Default::default(),
+        },
+    );
+    assert_eq!(teardown.held, held, "what the running pod held");
+    assert_eq!(teardown.left, Default::default(), "left behind");
+}
+
+/// Runs `scenario` under runc and Hull and requires the same observations.
+macro_rules! same_under_hull_as_runc {
+    ($scenario:ident) => {{
+        let cri = cri();
+        let mut runc = scenarios::$scenario(&cri, RUNC_HANDLER);
+        let mut hull = scenarios::$scenario(&cri, HULL_HANDLER);
+        without_teardown(&mut runc, |r| &mut r.teardown, Held::ALL);
+        without_teardown(&mut hull, |r| &mut r.teardown, HULL_HELD);
+        assert_eq!(hull, runc, "Hull (left) and runc (right) differ");
+        hull
+    }};
+}
+
+#[test]
+fn pod_network_names_and_shared_namespaces() {
+    let net = same_under_hull_as_runc!(pod_networking);
+    assert_eq!(net.host_to_pod, "hello-from-pod\n");
+    assert_eq!(net.pod_to_host, "hello-from-host\n");
+    assert!(net.shared_network_ipc_uts && net.separate_pid);
+}
+
+#[test]
+fn volumes_bind_read_only_files_empty_dir_and_tmpfs() {
+    let v = same_under_hull_as_runc!(volumes);
+    assert_eq!(v.rw_written_on_host, "from-container\n");
+    assert_eq!(
+        v.ro_write_error,
+        "sh: can't create /data/ro/new: Read-only file system\n"
+    );
+}
+
+#[test]
+fn exec_sync_and_streaming_exec_with_terminal() {
+    let exec = same_under_hull_as_runc!(exec);
+    assert_eq!(exec.sync.code, 3);
+    assert_eq!(exec.terminal_size, "40 100");
+}
+
+#[test]
+fn container_logs_in_cri_format() {
+    let logs = same_under_hull_as_runc!(logs);
+    assert!(logs.every_line_well_formed);
+}
+
+#[test]
+fn stats_and_memory_limit_update() {
+    let r = same_under_hull_as_runc!(resources);
+    assert!(r.cpu_usage_reported && r.memory_working_set_reported);
+    assert_eq!(r.memory_limit_after_update, 48 << 20);
+}
+
+#[test]
+fn out_of_memory_is_oom_killed_137() {
+    let oom = same_under_hull_as_runc!(out_of_memory);
+    assert_eq!((oom.exit_code, oom.reason.as_str()), (137, "OOMKilled"));
+}
+
+/// Two containers of one pod share one VM: one VMM process, one guest
+/// kernel (the same boot id in both, not the host's).
+#[test]
+fn a_pods_containers_share_one_guest_kernel() {
+    let cri = cri();
+    let mut pod = Pod::run(&cri, HULL_HANDLER, PodSpec::new("onevm")).expect("pod");
+    let a = pod.start_container(&ContainerSpec::new("a", &["sleep", "100000"]));
+    let b = pod.start_container(&ContainerSpec::new("b", &["sleep", "100000"]));
+    let boot_id =
+        |container: &str| pod.exec_ok(container, &["cat", "/proc/sys/kernel/random/boot_id"]);
+    let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    assert_eq!(boot_id(&a), boot_id(&b), "one guest kernel for the pod");
+    assert_ne!(boot_id(&a), host_boot_id, "the pod runs in a VM");
+    let release = pod.exec_ok(&a, &["uname", "-r"]);
+    assert_ne!(release.trim(), host_kernel_release());
+    let vmms = hull_tests::processes_mentioning(Path::new(pod.id()), &["qemu-system-x86_64"]);
+    assert_eq!(vmms.len(), 1, "one VMM for the pod: {vmms:?}");
+    let (before, left) = pod.teardown();
+    assert!(!before.processes.is_empty());
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// A pod asking for the host's network is refused with a reason, and
+/// nothing of it stays.
+#[test]
+fn a_host_network_pod_is_refused_with_a_reason() {
+    require_hull_shim();
+    // A containerd of its own, so no other test's VM is counted.
+    let cri = CriContainerd::start();
+    let err = scenarios::host_network(&cri, HULL_HANDLER)
+        .map(|_| ())
+        .expect_err("Hull ran a host-network pod");
+    let message = err.to_string();
+    assert!(message.contains("hostNetwork"), "{message}");
+    assert!(
+        message.contains("runc"),
+        "the error suggests what to use: {message}"
+    );
+    let left = hull_tests::processes_mentioning(
+        cri.containerd().dir(),
+        &["qemu-system-x86_64", "virtiofsd", "containerd-shim-hull-v2"],
+    );
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
