@@ -99,6 +99,43 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+    /// Numbers the console sockets: ids (CRI's are 64 characters each) would
+    /// not fit a socket path.
+    consoles_made: std::sync::atomic::AtomicU64,
+}
+
+/// Where the shim puts a pod's memory-backed volumes (emptyDir with
+/// `medium: Memory`): directories on the guest's /run tmpfs, shared by the
+/// pod's containers, made on first use.
+const POD_VOLUMES_DIR: &str = "/run/hull/pod-volumes";
+
+fn make_pod_volumes(spec: &Spec) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    for mount in spec.mounts().iter().flatten() {
+        let Some(source) = mount.source().as_deref() else {
+            continue;
+        };
+        let Ok(name) = source.strip_prefix(POD_VOLUMES_DIR) else {
+            continue;
+        };
+        if name.components().count() != 1 {
+            return Err(AgentError::InvalidArgument {
+                what: "OCI spec",
+                reason: format!("pod volume {} is not one directory name", source.display()),
+            });
+        }
+        if !source.is_dir() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o777)
+                .create(source)
+                .map_err(io_error("creating a pod volume"))?;
+            // As the kubelet's emptyDir: writable by any user of the pod.
+            std::fs::set_permissions(source, std::fs::Permissions::from_mode(0o777))
+                .map_err(io_error("creating a pod volume"))?;
+        }
+    }
+    Ok(())
 }
 
 fn check_id(what: &'static str, id: &str) -> Result<()> {
@@ -121,7 +158,16 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
+            consoles_made: Default::default(),
         }
+    }
+
+    /// A new path for a console socket, short whatever the ids.
+    fn console_socket(&self) -> PathBuf {
+        let n = self
+            .consoles_made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.paths.consoles.join(format!("{n}.sock"))
     }
 
     pub fn container(&self, id: &str) -> Result<Arc<Container>> {
@@ -180,6 +226,7 @@ impl Sandbox {
                 reason: "the spec has no process".into(),
             })?;
         check_executable(&rootfs, process)?;
+        make_pod_volumes(&spec)?;
         if process.terminal().unwrap_or(false) != stdio.terminal {
             return Err(AgentError::InvalidArgument {
                 what: "stdio",
@@ -222,9 +269,7 @@ impl Sandbox {
             .map_err(io_error("writing config.json"))?;
         let (io, child_stdio) = ProcessIo::new(stdio).map_err(io_error("creating stdio"))?;
         let pid_file = bundle.join("init.pid");
-        let console = stdio
-            .terminal
-            .then(|| self.paths.consoles.join(format!("{id}.sock")));
+        let console = stdio.terminal.then(|| self.console_socket());
         let args = vec![
             "create".into(),
             "--root".into(),
@@ -319,11 +364,7 @@ impl Sandbox {
             .map_err(io_error("writing the exec process"))?;
         let (io, child_stdio) = ProcessIo::new(stdio).map_err(io_error("creating stdio"))?;
         let pid_file = container.bundle.join(format!("exec-{exec_id}.pid"));
-        let console = stdio.terminal.then(|| {
-            self.paths
-                .consoles
-                .join(format!("{container_id}-{exec_id}.sock"))
-        });
+        let console = stdio.terminal.then(|| self.console_socket());
         let args = vec![
             "exec".into(),
             "--root".into(),

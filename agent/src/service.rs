@@ -179,9 +179,15 @@ impl Agent for AgentService {
         req: WaitProcessRequest,
     ) -> Result<WaitProcessResponse> {
         let exit = self.sandbox.wait(&req.container_id, &req.exec_id).await?;
+        let oom_killed = req.exec_id.is_empty()
+            && self
+                .sandbox
+                .container(&req.container_id)
+                .is_ok_and(|c| crate::cgroup::oom_kills(&c.cgroup) > 0);
         Ok(WaitProcessResponse {
             status: exit.status,
             exited_at_unix_nanos: nanos(exit.at),
+            oom_killed,
             ..Default::default()
         })
     }

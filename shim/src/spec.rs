@@ -110,11 +110,44 @@ pub struct GuestSpec {
 
 const SHM: &str = "/dev/shm";
 
+/// Where the guest keeps a pod's memory-backed emptyDir volumes: the agent
+/// makes a directory there (on the guest's /run tmpfs) for each one.
+pub const POD_VOLUMES_DIR: &str = "/run/hull/pod-volumes";
+
+/// The kubelet's directory for a pod's emptyDir volumes.
+const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
+
+/// An emptyDir with `medium: Memory`: the kubelet mounts a tmpfs at
+/// `.../volumes/kubernetes.io~empty-dir/<name>` and binds it into the pod's
+/// containers. In a VM it belongs in the guest's memory.
+pub fn is_memory_volume(source: &Path) -> bool {
+    let in_empty_dir = source
+        .parent()
+        .and_then(Path::file_name)
+        .is_some_and(|plugin| plugin == EMPTY_DIR_PLUGIN);
+    in_empty_dir
+        && nix::sys::statfs::statfs(source)
+            .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// The guest directory name of a memory volume: its host path with the
+/// separators replaced, so each volume of the pod gets its own and every
+/// container of the pod finds the same one.
+fn volume_name(source: &Path) -> String {
+    source
+        .to_string_lossy()
+        .trim_start_matches('/')
+        .replace('/', "_")
+}
+
 /// Rewrites a container's spec (from its bundle) for the guest:
 /// - the rootfs is where the guest sees the shared copy;
 /// - hooks, which would run host binaries, are dropped;
 /// - host bind mounts (volumes, /etc/hosts, /etc/resolv.conf, ...) come
 ///   from the sandbox's share, one [`HostShare`] each;
+/// - in a pod, an emptyDir with `medium: Memory` (see [`is_memory_volume`])
+///   is a directory in the guest's own memory that the pod's containers
+///   share, not a host tmpfs served through virtio-fs;
 /// - in a pod, /dev/shm is a tmpfs of the pause container that the pod's
 ///   containers share, and the pod's network is the guest's own (the VM
 ///   is the pod), so the pause container gets no network namespace of its
@@ -124,6 +157,7 @@ pub fn guest_spec(
     container_id: &str,
     guest_share: &Path,
     pod: &PodContext,
+    is_memory_volume: &dyn Fn(&Path) -> bool,
 ) -> Result<GuestSpec, SpecError> {
     if spec.process().is_none() {
         return Err(SpecError::NoProcess);
@@ -176,6 +210,10 @@ pub fn guest_spec(
                 source_path: source.display().to_string(),
             });
         }
+        if role.is_pod() && is_memory_volume(&source) {
+            mount.set_source(Some(Path::new(POD_VOLUMES_DIR).join(volume_name(&source))));
+            continue;
+        }
         let share_path = Path::new(container_id)
             .join("mounts")
             .join(shares.len().to_string());
@@ -189,6 +227,7 @@ pub fn guest_spec(
     }
     spec.set_mounts(Some(mounts));
 
+    add_cgroup_namespace(&mut spec);
     if role.is_pod() {
         let mut linux = spec.linux().clone().unwrap_or_default();
         let mut namespaces = linux.namespaces().clone().unwrap_or_default();
@@ -214,6 +253,24 @@ pub fn guest_spec(
         spec.set_linux(Some(linux));
     }
     Ok(GuestSpec { spec, shares })
+}
+
+/// The guest runs cgroup v2 whatever the host runs, so a container gets a
+/// cgroup namespace of its own, as runc gives one on a v2 host, and sees
+/// its own cgroup at /sys/fs/cgroup (containerd on a v1 host asks for none).
+fn add_cgroup_namespace(spec: &mut Spec) {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    if namespaces
+        .iter()
+        .all(|ns| ns.typ() != LinuxNamespaceType::Cgroup)
+    {
+        let mut cgroup = oci_spec::runtime::LinuxNamespace::default();
+        cgroup.set_typ(LinuxNamespaceType::Cgroup);
+        namespaces.push(cgroup);
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+    }
 }
 
 /// A pod's /dev/shm in the guest: a tmpfs, read-only if the bind was.
@@ -274,7 +331,20 @@ mod tests {
         let mut process = spec.process().clone().unwrap();
         process.set_apparmor_profile(Some("cri-containerd.apparmor.d".into()));
         spec.set_process(Some(process));
-        let guest = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default()).unwrap();
+        // As containerd writes specs on a cgroup v1 host.
+        let mut linux = spec.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Cgroup);
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+        let guest = guest_spec(
+            spec,
+            "c1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &|_| false,
+        )
+        .unwrap();
         assert_eq!(
             guest.spec.root().as_ref().unwrap().path(),
             Path::new("/run/hull/shared/c1/rootfs")
@@ -295,7 +365,14 @@ mod tests {
                 {"destination": "/etc/config", "type": "bind", "source": "/srv/cfg", "options": ["bind", "ro"]},
             ]),
         );
-        let guest = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default()).unwrap();
+        let guest = guest_spec(
+            spec,
+            "c1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &|_| false,
+        )
+        .unwrap();
         assert_eq!(
             guest.shares,
             vec![
@@ -328,9 +405,15 @@ mod tests {
             serde_json::json!({}),
             serde_json::json!([{"destination": "/data", "type": "bind", "source": "srv", "options": ["rbind"]}]),
         );
-        let err = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default())
-            .unwrap_err()
-            .to_string();
+        let err = guest_spec(
+            spec,
+            "c1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &|_| false,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("/data") && err.contains("srv"), "{err}");
     }
 
@@ -367,7 +450,14 @@ mod tests {
             shm_source(&spec),
             Some(PathBuf::from("/run/containerd/sandboxes/p1/shm"))
         );
-        let guest = guest_spec(spec, "p1", Path::new(SHARE), &PodContext::default()).unwrap();
+        let guest = guest_spec(
+            spec,
+            "p1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &|_| false,
+        )
+        .unwrap();
         assert_eq!(
             network_path(&guest.spec),
             None,
@@ -392,7 +482,7 @@ mod tests {
             sandbox_pid: Some(42),
             sandbox_shm: Some("/run/containerd/sandboxes/p1/shm".into()),
         };
-        let guest = guest_spec(spec.clone(), "c1", Path::new(SHARE), &pod).unwrap();
+        let guest = guest_spec(spec.clone(), "c1", Path::new(SHARE), &pod, &|_| false).unwrap();
         assert_eq!(
             network_path(&guest.spec),
             Some(Some(PathBuf::from("/proc/42/ns/net")))
@@ -404,11 +494,82 @@ mod tests {
 
         // A host netns path is replaced by the pause container's.
         pod_namespaces(&mut spec, "/var/run/netns/cni-1");
-        let guest = guest_spec(spec, "c1", Path::new(SHARE), &pod).unwrap();
+        let guest = guest_spec(spec, "c1", Path::new(SHARE), &pod, &|_| false).unwrap();
         assert_eq!(
             network_path(&guest.spec),
             Some(Some(PathBuf::from("/proc/42/ns/net")))
         );
+    }
+
+    #[test]
+    fn memory_volumes_of_a_pod_live_in_the_guest() {
+        let volume = "/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/cache";
+        let mounts = serde_json::json!([
+            {"destination": "/cache", "type": "bind", "source": volume, "options": ["rbind", "rw"]},
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+        ]);
+        let spec = with_mounts(
+            serde_json::json!({crate::pod::CONTAINER_TYPE_ANNOTATION: "container"}),
+            mounts.clone(),
+        );
+        let memory = |p: &Path| p == Path::new(volume);
+        let guest = guest_spec(
+            spec,
+            "c1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &memory,
+        )
+        .unwrap();
+        assert_eq!(
+            mount(&guest.spec, "/cache").source().as_deref(),
+            Some(Path::new(
+                "/run/hull/pod-volumes/var_lib_kubelet_pods_u1_volumes_kubernetes.io~empty-dir_cache"
+            ))
+        );
+        assert_eq!(guest.shares.len(), 1, "only /data comes from the host");
+        // Outside a pod the same mount is a host share like any other.
+        let plain = with_mounts(serde_json::json!({}), mounts);
+        let guest = guest_spec(
+            plain,
+            "c1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &memory,
+        )
+        .unwrap();
+        assert_eq!(guest.shares.len(), 2);
+    }
+
+    // Needs root (mounts a tmpfs), as the suite does.
+    #[test]
+    fn a_memory_volume_is_a_tmpfs_in_the_kubelets_empty_dir_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("kubernetes.io~empty-dir/cache");
+        let on_disk = dir.path().join("kubernetes.io~empty-dir/disk");
+        let elsewhere = dir.path().join("other/cache");
+        for d in [&volume, &on_disk, &elsewhere] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for d in [&volume, &elsewhere] {
+            nix::mount::mount(
+                Some("tmpfs"),
+                d.as_path(),
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+        }
+        let answers = [
+            is_memory_volume(&volume),
+            is_memory_volume(&on_disk),
+            is_memory_volume(&elsewhere),
+        ];
+        for d in [&volume, &elsewhere] {
+            nix::mount::umount2(d.as_path(), nix::mount::MntFlags::MNT_DETACH).unwrap();
+        }
+        assert_eq!(answers, [true, false, false]);
     }
 
     #[test]
@@ -422,9 +583,15 @@ mod tests {
         namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
         linux.set_namespaces(Some(namespaces));
         spec.set_linux(Some(linux));
-        let err = guest_spec(spec, "p1", Path::new(SHARE), &PodContext::default())
-            .unwrap_err()
-            .to_string();
+        let err = guest_spec(
+            spec,
+            "p1",
+            Path::new(SHARE),
+            &PodContext::default(),
+            &|_| false,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("hostNetwork"), "{err}");
     }
 

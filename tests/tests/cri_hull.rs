@@ -60,14 +60,38 @@ fn pod_network_names_and_shared_namespaces() {
     assert!(net.shared_network_ipc_uts && net.separate_pid);
 }
 
+/// FUSE's `statfs` magic: a host directory reaches the guest through
+/// virtio-fs, whatever file system it is on.
+const VIRTIO_FS_MAGIC_HEX: &str = "65735546";
+
 #[test]
 fn volumes_bind_read_only_files_empty_dir_and_tmpfs() {
-    let v = same_under_hull_as_runc!(volumes);
-    assert_eq!(v.rw_written_on_host, "from-container\n");
+    let cri = cri();
+    let mut runc = scenarios::volumes(&cri, RUNC_HANDLER);
+    let mut hull = scenarios::volumes(&cri, HULL_HANDLER);
+    without_teardown(&mut runc, |r| &mut r.teardown, Held::ALL);
+    without_teardown(&mut hull, |r| &mut r.teardown, HULL_HELD);
+    // The one VM-specific answer: the host tmpfs is seen through virtio-fs.
+    assert_eq!(hull.tmpfs_type, VIRTIO_FS_MAGIC_HEX);
+    hull.tmpfs_type = runc.tmpfs_type.clone();
+    assert_eq!(hull, runc, "Hull (left) and runc (right) differ");
+    assert_eq!(hull.rw_written_on_host, "from-container\n");
     assert_eq!(
-        v.ro_write_error,
+        hull.ro_write_error,
         "sh: can't create /data/ro/new: Read-only file system\n"
     );
+}
+
+/// An emptyDir with `medium: Memory` is memory of the pod's VM: a tmpfs in
+/// the guest that the pod's containers share, not the host's tmpfs.
+#[test]
+fn a_memory_empty_dir_lives_in_the_guest() {
+    let cri = cri();
+    let mut m = scenarios::memory_volume(&cri, HULL_HANDLER);
+    without_teardown(&mut m, |r| &mut r.teardown, HULL_HELD);
+    assert_eq!(m.fs_type, scenarios::TMPFS_MAGIC_HEX);
+    assert_eq!(m.shared, "in-pod-memory\n");
+    assert!(!m.on_host, "the volume's data stays in the guest");
 }
 
 #[test]

@@ -79,9 +79,19 @@ fn volumes_bind_read_only_files_empty_dir_and_tmpfs() {
     );
     assert_eq!(v.empty_dir_mode, "777");
     assert_eq!(v.empty_dir_shared, "shared-by-writer\n");
-    assert_eq!(v.tmpfs_type, "tmpfs");
+    assert_eq!(v.tmpfs_type, scenarios::TMPFS_MAGIC_HEX);
     assert_eq!(v.tmpfs_written_on_host, "in-memory\n");
     clean(&v.teardown, Held::ALL);
+}
+
+#[test]
+fn a_memory_empty_dir_is_the_hosts_tmpfs() {
+    let cri = cri();
+    let m = scenarios::memory_volume(&cri, RUNC_HANDLER);
+    assert_eq!(m.fs_type, scenarios::TMPFS_MAGIC_HEX);
+    assert_eq!(m.shared, "in-pod-memory\n");
+    assert!(m.on_host);
+    clean(&m.teardown, Held::ALL);
 }
 
 #[test]

@@ -29,7 +29,9 @@ use crate::hypervisor::VmExit;
 use crate::pod::{network_namespace, vm_size, Role};
 use crate::rootfs::bind_share;
 use crate::sandbox::{Progress, SandboxOptions, SandboxVm, GUEST_SHARE_DIR};
-use crate::spec::{guest_spec, rootfs_in_share, sandbox_id, shm_source, PodContext};
+use crate::spec::{
+    guest_spec, is_memory_volume, rootfs_in_share, sandbox_id, shm_source, PodContext,
+};
 
 /// How long a process's output may take to drain after it exited.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -183,17 +185,17 @@ impl TaskService {
                 .get_oom_event(context(Duration::ZERO), &request)
                 .await
             {
-                service
-                    .publish(
-                        TASK_OOM_EVENT_TOPIC,
-                        Box::new(TaskOOM {
-                            container_id: event.container_id,
-                            ..Default::default()
-                        }),
-                    )
-                    .await;
+                service.publish_oom(&event.container_id).await;
             }
         });
+    }
+
+    async fn publish_oom(&self, container_id: &str) {
+        let event = TaskOOM {
+            container_id: container_id.to_owned(),
+            ..Default::default()
+        };
+        self.publish(TASK_OOM_EVENT_TOPIC, Box::new(event)).await;
     }
 
     /// Waits for a started process to exit, drains its output, records and
@@ -215,10 +217,15 @@ impl TaskService {
             };
             let exit = tokio::select! {
                 waited = agent.api().wait_process(context(Duration::ZERO), &request) => match waited {
-                    Ok(response) => Exit {
-                        status: response.status as u32,
-                        at: UNIX_EPOCH + Duration::from_nanos(response.exited_at_unix_nanos.max(0) as u64),
-                    },
+                    Ok(response) => {
+                        if response.oom_killed {
+                            service.publish_oom(&container_id).await;
+                        }
+                        Exit {
+                            status: response.status as u32,
+                            at: UNIX_EPOCH + Duration::from_nanos(response.exited_at_unix_nanos.max(0) as u64),
+                        }
+                    }
                     Err(err) => {
                         tracing::warn!(container = %container_id, exec = %exec_id, err = %rpc_message(&err), "lost the process");
                         Exit::now(UNKNOWN_EXIT)
@@ -405,8 +412,14 @@ impl Task for TaskService {
                 .flatten(),
         };
         // Everything the guest cannot do is refused before a VM starts.
-        let guest = guest_spec(spec, &req.id, Path::new(GUEST_SHARE_DIR), &state.pod)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("Hull: {e}")))?;
+        let guest = guest_spec(
+            spec,
+            &req.id,
+            Path::new(GUEST_SHARE_DIR),
+            &state.pod,
+            &is_memory_volume,
+        )
+        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("Hull: {e}")))?;
         if state.sandbox.is_none() {
             state.sandbox = Some(self.boot(&sandbox_id, &config, &options).await?);
         }

@@ -219,8 +219,9 @@ pub struct Volumes {
     /// mode, and what B reads of a file A wrote.
     pub empty_dir_mode: String,
     pub empty_dir_shared: String,
-    /// A host tmpfs (emptyDir with medium Memory): its type inside the
-    /// container and a file the container wrote, as the host reads it.
+    /// A host tmpfs mounted as a hostPath: its file system type inside the
+    /// container (`statfs`'s magic number in hex) and a file the container
+    /// wrote, as the host reads it.
     pub tmpfs_type: String,
     pub tmpfs_written_on_host: String,
     pub teardown: Teardown,
@@ -294,7 +295,7 @@ pub fn volumes(cri: &CriContainerd, handler: &str) -> Volumes {
     let empty_dir_shared = pod.exec_ok(&reader, &["cat", "/cache/note"]);
 
     let tmpfs_type = pod
-        .exec_ok(&writer, &["stat", "-f", "-c", "%T", "/mem"])
+        .exec_ok(&writer, &["stat", "-f", "-c", "%t", "/mem"])
         .trim()
         .to_string();
     pod.exec_ok(&writer, &["sh", "-c", "echo in-memory > /mem/file"]);
@@ -315,6 +316,51 @@ pub fn volumes(cri: &CriContainerd, handler: &str) -> Volumes {
         empty_dir_shared,
         tmpfs_type,
         tmpfs_written_on_host,
+        teardown: teardown(pod),
+    }
+}
+
+/// An emptyDir with `medium: Memory`, as the kubelet makes one: a tmpfs at
+/// `<pod>/volumes/kubernetes.io~empty-dir/<name>`, bound into two
+/// containers of the pod.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MemoryVolume {
+    /// Its file system type in the writer (`statfs` magic in hex).
+    pub fs_type: String,
+    /// What the reader reads of a file the writer wrote.
+    pub shared: String,
+    /// Whether that file is in the host's tmpfs.
+    pub on_host: bool,
+    pub teardown: Teardown,
+}
+
+/// tmpfs's `statfs` magic, as `stat -f -c %t` prints it.
+pub const TMPFS_MAGIC_HEX: &str = "1021994";
+
+pub fn memory_volume(cri: &CriContainerd, handler: &str) -> MemoryVolume {
+    let mut pod = run_pod(cri, handler, PodSpec::new("memvol"));
+    let volume = pod.dir().join("volumes/kubernetes.io~empty-dir/cache");
+    create_dir(&volume);
+    let _tmpfs = Tmpfs::mount(&volume);
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o777))
+        .expect("chmod the emptyDir");
+    let writer = pod.start_container(
+        &ContainerSpec::new("writer", &["sleep", "100000"]).mount(&volume, "/cache", false),
+    );
+    let reader = pod.start_container(
+        &ContainerSpec::new("reader", &["sleep", "100000"]).mount(&volume, "/cache", false),
+    );
+    let fs_type = pod
+        .exec_ok(&writer, &["stat", "-f", "-c", "%t", "/cache"])
+        .trim()
+        .to_string();
+    pod.exec_ok(&writer, &["sh", "-c", "echo in-pod-memory > /cache/note"]);
+    let shared = pod.exec_ok(&reader, &["cat", "/cache/note"]);
+    let on_host = volume.join("note").exists();
+    MemoryVolume {
+        fs_type,
+        shared,
+        on_host,
         teardown: teardown(pod),
     }
 }
