@@ -58,15 +58,15 @@ impl Role {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PodError {
     #[error(
-        "Hull cannot run a pod with hostNetwork: the pod's network is its VM's own; run it with the runc handler"
+        "cannot run a pod with hostNetwork: the pod's network is its VM's own; run it with the runc handler"
     )]
     HostNetwork,
     #[error(
-        "Hull cannot share the host's {0} namespace (hostPID/hostIPC): the pod runs in its own VM; run it with the runc handler"
+        "cannot share the host's {0} namespace (hostPID/hostIPC): the pod runs in its own VM; run it with the runc handler"
     )]
     HostNamespace(&'static str),
     #[error(
-        "Hull cannot pass host devices into the pod's VM (privileged containers and device plugins): {0}"
+        "cannot pass host devices into the pod's VM (privileged containers and device plugins): {0}"
     )]
     HostDevices(String),
     #[error("Invalid pod resource annotation {key}={value}: {reason}")]

@@ -120,6 +120,69 @@ fn out_of_memory_is_oom_killed_137() {
     assert_eq!((oom.exit_code, oom.reason.as_str()), (137, "OOMKilled"));
 }
 
+#[test]
+fn share_process_namespace_puts_the_pod_in_one_pid_namespace() {
+    let p = same_under_hull_as_runc!(shared_pid);
+    assert_eq!(p.pid1, "pause");
+    assert!(p.sees_other_container);
+}
+
+/// A privileged container would get the host's devices, which a VM does
+/// not have: refused, naming them, and the pod leaves nothing behind.
+#[test]
+fn a_privileged_container_with_host_devices_is_refused() {
+    let cri = cri();
+    let err = scenarios::privileged(&cri, HULL_HANDLER)
+        .map(|_| ())
+        .expect_err("Hull ran a privileged container with the host's devices");
+    let message = err.to_string();
+    assert!(message.contains("host devices"), "{message}");
+    assert!(
+        message.contains("/dev/"),
+        "the devices are named: {message}"
+    );
+}
+
+/// The VM is sized from the pod's resources plus the configured overhead
+/// (128 MiB, no extra vCPU), or from the defaults (1 vCPU, 256 MiB).
+#[test]
+fn the_vm_has_the_pods_size() {
+    let cri = cri();
+    let mem_total_mib = |pod: &Pod, container: &str| -> u64 {
+        let meminfo = pod.exec_ok(container, &["cat", "/proc/meminfo"]);
+        let kib: u64 = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no MemTotal in {meminfo}"));
+        kib / 1024
+    };
+    let mut sized = Pod::run(
+        &cri,
+        HULL_HANDLER,
+        PodSpec::new("sized").resources(2, 512 << 20),
+    )
+    .expect("pod");
+    let c = sized.start_container(&ContainerSpec::new("c", &["sleep", "100000"]));
+    let cpus = sized.exec_ok(&c, &["nproc"]);
+    let memory = mem_total_mib(&sized, &c);
+    assert_eq!(cpus.trim(), "2");
+    assert!(
+        (560..=640).contains(&memory),
+        "MemTotal {memory} MiB, VM 640 MiB"
+    );
+    drop(sized);
+
+    let mut plain = Pod::run(&cri, HULL_HANDLER, PodSpec::new("plain")).expect("pod");
+    let c = plain.start_container(&ContainerSpec::new("c", &["sleep", "100000"]));
+    assert_eq!(plain.exec_ok(&c, &["nproc"]).trim(), "1");
+    let memory = mem_total_mib(&plain, &c);
+    assert!(
+        (200..=256).contains(&memory),
+        "MemTotal {memory} MiB, VM 256 MiB"
+    );
+}
+
 /// Two containers of one pod share one VM: one VMM process, one guest
 /// kernel (the same boot id in both, not the host's).
 #[test]

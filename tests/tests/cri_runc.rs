@@ -95,6 +95,24 @@ fn a_memory_empty_dir_is_the_hosts_tmpfs() {
 }
 
 #[test]
+fn share_process_namespace_puts_the_pod_in_one_pid_namespace() {
+    let cri = cri();
+    let p = scenarios::shared_pid(&cri, RUNC_HANDLER);
+    assert_eq!(p.pid1, "pause");
+    assert!(p.sees_other_container);
+    clean(&p.teardown, Held::ALL);
+}
+
+#[test]
+fn a_privileged_container_sees_the_host_devices() {
+    let cri = cri();
+    let p = scenarios::privileged(&cri, RUNC_HANDLER)
+        .unwrap_or_else(|e| panic!("runc refused a privileged container: {e}"));
+    assert!(p.sees_host_devices);
+    clean(&p.teardown, Held::ALL);
+}
+
+#[test]
 fn exec_sync_and_streaming_exec_with_terminal() {
     let cri = cri();
     let exec = scenarios::exec(&cri, RUNC_HANDLER);

@@ -25,6 +25,9 @@ pub struct PodSpec {
     hostname: String,
     dns: Option<api::DnsConfig>,
     host_network: bool,
+    share_process_namespace: bool,
+    resources: Option<api::LinuxContainerResources>,
+    privileged: bool,
 }
 
 impl PodSpec {
@@ -36,7 +39,34 @@ impl PodSpec {
             hostname: name.to_string(),
             dns: None,
             host_network: false,
+            share_process_namespace: false,
+            resources: None,
+            privileged: false,
         }
+    }
+
+    /// A privileged pod, which privileged containers need.
+    pub fn privileged(mut self) -> Self {
+        self.privileged = true;
+        self
+    }
+
+    /// `shareProcessNamespace: true`: one PID namespace for the pod.
+    pub fn share_process_namespace(mut self) -> Self {
+        self.share_process_namespace = true;
+        self
+    }
+
+    /// The pod's resources (the sum of its containers' limits, as the
+    /// kubelet passes them): `cpus` whole CPUs and `memory` bytes.
+    pub fn resources(mut self, cpus: i64, memory: i64) -> Self {
+        self.resources = Some(api::LinuxContainerResources {
+            cpu_period: 100_000,
+            cpu_quota: cpus * 100_000,
+            memory_limit_in_bytes: memory,
+            ..Default::default()
+        });
+        self
     }
 
     pub fn hostname(mut self, hostname: &str) -> Self {
@@ -67,9 +97,14 @@ impl PodSpec {
         } else {
             api::NamespaceMode::Pod
         };
+        let pid = if self.share_process_namespace {
+            api::NamespaceMode::Pod
+        } else {
+            api::NamespaceMode::Container
+        };
         api::NamespaceOption {
             network: network as i32,
-            pid: api::NamespaceMode::Container as i32,
+            pid: pid as i32,
             ipc: api::NamespaceMode::Pod as i32,
             ..Default::default()
         }
@@ -83,6 +118,7 @@ pub struct ContainerSpec {
     command: Vec<String>,
     mounts: Vec<api::Mount>,
     memory_limit: Option<i64>,
+    privileged: bool,
 }
 
 impl ContainerSpec {
@@ -92,7 +128,15 @@ impl ContainerSpec {
             command: command.iter().map(|s| s.to_string()).collect(),
             mounts: Vec::new(),
             memory_limit: None,
+            privileged: false,
         }
+    }
+
+    /// `securityContext.privileged: true` (all capabilities, the host's
+    /// devices).
+    pub fn privileged(mut self) -> Self {
+        self.privileged = true;
+        self
     }
 
     /// A bind mount of a host file or directory.
@@ -156,8 +200,10 @@ impl<'a> Pod<'a> {
                 cgroup_parent: format!("/{}/pod-{name}", cri.network().cgroup_root),
                 security_context: Some(api::LinuxSandboxSecurityContext {
                     namespace_options: Some(namespaces.clone()),
+                    privileged: spec.privileged,
                     ..Default::default()
                 }),
+                resources: spec.resources.clone(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -246,6 +292,7 @@ impl<'a> Pod<'a> {
                 resources,
                 security_context: Some(api::LinuxContainerSecurityContext {
                     namespace_options: Some(self.namespaces.clone()),
+                    privileged: spec.privileged,
                     ..Default::default()
                 }),
             }),

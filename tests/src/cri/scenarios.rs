@@ -725,6 +725,77 @@ pub fn host_network(cri: &CriContainerd, handler: &str) -> Result<HostNetwork, C
     })
 }
 
+/// A pod with `shareProcessNamespace: true`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct SharedPid {
+    /// The command of PID 1 as the second container sees it (the pause
+    /// container's).
+    pub pid1: String,
+    /// The first container's `sleep` as the second container sees it.
+    pub sees_other_container: bool,
+    pub teardown: Teardown,
+}
+
+pub fn shared_pid(cri: &CriContainerd, handler: &str) -> SharedPid {
+    let mut pod = run_pod(
+        cri,
+        handler,
+        PodSpec::new("pidns").share_process_namespace(),
+    );
+    pod.start_container(&ContainerSpec::new("a", &["sleep", "4242"]));
+    let b = pod.start_container(&ContainerSpec::new("b", &["sleep", "100000"]));
+    let pid1 = pod.exec_ok(&b, &["cat", "/proc/1/comm"]);
+    let processes = pod.exec_ok(&b, &["ps", "-o", "args"]);
+    SharedPid {
+        pid1: pid1.trim().to_string(),
+        sees_other_container: processes.lines().any(|l| l.trim() == "sleep 4242"),
+        teardown: teardown(pod),
+    }
+}
+
+/// A privileged container in a privileged pod: under runc it sees the
+/// host's devices; the error is CRI's answer when a handler refuses.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Privileged {
+    /// The container sees the host's disk devices.
+    pub sees_host_devices: bool,
+    pub teardown: Teardown,
+}
+
+pub fn privileged(cri: &CriContainerd, handler: &str) -> Result<Privileged, CriError> {
+    let mut pod = Pod::run(cri, handler, PodSpec::new("priv").privileged())?;
+    let created =
+        pod.create_container(&ContainerSpec::new("admin", &["sleep", "100000"]).privileged());
+    // containerd asks the runtime for the task at StartContainer.
+    let started = created.and_then(|id| cri.client().start_container(&id).map(|()| id));
+    let id = match started {
+        Ok(id) => id,
+        Err(err) => {
+            // Report the refusal only after the pod is removed cleanly.
+            let left = teardown(pod).left;
+            assert_eq!(
+                left,
+                PodFootprint::default(),
+                "a refused pod left things behind"
+            );
+            return Err(err);
+        }
+    };
+    let host_devices: Vec<String> = std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let devices = pod.exec_ok(&id, &["ls", "/dev"]);
+    Ok(Privileged {
+        sees_host_devices: host_devices
+            .iter()
+            .any(|d| devices.split_whitespace().any(|seen| seen == d)),
+        teardown: teardown(pod),
+    })
+}
+
 fn run_pod<'a>(cri: &'a CriContainerd, handler: &str, spec: PodSpec) -> Pod<'a> {
     Pod::run(cri, handler, spec.clone())
         .unwrap_or_else(|e| panic!("pod {spec:?} under handler {handler}: {e}"))
