@@ -29,6 +29,13 @@ kind: RuntimeClass
 metadata:
   name: hull
 handler: hull
+# What a pod's VM costs beyond its containers' requests, so the scheduler
+# counts it: the guest's share (pod_memory_overhead_mib, 128 MiB by
+# default) and the VMM process itself (about 50 MiB of QEMU).
+overhead:
+  podFixed:
+    memory: 180Mi
+    cpu: 250m
 ";
 
 #[derive(Debug, thiserror::Error)]
