@@ -316,6 +316,21 @@ mod tests {
         spec
     }
 
+    /// guest_spec outside a pod context, with no memory volumes.
+    fn plain_guest_spec(spec: Spec, id: &str) -> Result<GuestSpec, SpecError> {
+        guest_spec(spec, id, Path::new(SHARE), &PodContext::default(), &|_| {
+            false
+        })
+    }
+
+    fn without_namespace(spec: &mut Spec, kind: LinuxNamespaceType) {
+        let mut linux = spec.linux().clone().unwrap();
+        let mut namespaces = linux.namespaces().clone().unwrap();
+        namespaces.retain(|ns| ns.typ() != kind);
+        linux.set_namespaces(Some(namespaces));
+        spec.set_linux(Some(linux));
+    }
+
     fn mount<'a>(spec: &'a Spec, destination: &str) -> &'a Mount {
         spec.mounts()
             .iter()
@@ -332,19 +347,8 @@ mod tests {
         process.set_apparmor_profile(Some("cri-containerd.apparmor.d".into()));
         spec.set_process(Some(process));
         // As containerd writes specs on a cgroup v1 host.
-        let mut linux = spec.linux().clone().unwrap();
-        let mut namespaces = linux.namespaces().clone().unwrap();
-        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Cgroup);
-        linux.set_namespaces(Some(namespaces));
-        spec.set_linux(Some(linux));
-        let guest = guest_spec(
-            spec,
-            "c1",
-            Path::new(SHARE),
-            &PodContext::default(),
-            &|_| false,
-        )
-        .unwrap();
+        without_namespace(&mut spec, LinuxNamespaceType::Cgroup);
+        let guest = plain_guest_spec(spec, "c1").unwrap();
         assert_eq!(
             guest.spec.root().as_ref().unwrap().path(),
             Path::new("/run/hull/shared/c1/rootfs")
@@ -365,14 +369,7 @@ mod tests {
                 {"destination": "/etc/config", "type": "bind", "source": "/srv/cfg", "options": ["bind", "ro"]},
             ]),
         );
-        let guest = guest_spec(
-            spec,
-            "c1",
-            Path::new(SHARE),
-            &PodContext::default(),
-            &|_| false,
-        )
-        .unwrap();
+        let guest = plain_guest_spec(spec, "c1").unwrap();
         assert_eq!(
             guest.shares,
             vec![
@@ -405,15 +402,7 @@ mod tests {
             serde_json::json!({}),
             serde_json::json!([{"destination": "/data", "type": "bind", "source": "srv", "options": ["rbind"]}]),
         );
-        let err = guest_spec(
-            spec,
-            "c1",
-            Path::new(SHARE),
-            &PodContext::default(),
-            &|_| false,
-        )
-        .unwrap_err()
-        .to_string();
+        let err = plain_guest_spec(spec, "c1").unwrap_err().to_string();
         assert!(err.contains("/data") && err.contains("srv"), "{err}");
     }
 
@@ -450,14 +439,7 @@ mod tests {
             shm_source(&spec),
             Some(PathBuf::from("/run/containerd/sandboxes/p1/shm"))
         );
-        let guest = guest_spec(
-            spec,
-            "p1",
-            Path::new(SHARE),
-            &PodContext::default(),
-            &|_| false,
-        )
-        .unwrap();
+        let guest = plain_guest_spec(spec, "p1").unwrap();
         assert_eq!(
             network_path(&guest.spec),
             None,
@@ -578,20 +560,8 @@ mod tests {
             serde_json::json!({crate::pod::CONTAINER_TYPE_ANNOTATION: "sandbox"}),
             serde_json::json!([]),
         );
-        let mut linux = spec.linux().clone().unwrap();
-        let mut namespaces = linux.namespaces().clone().unwrap();
-        namespaces.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
-        linux.set_namespaces(Some(namespaces));
-        spec.set_linux(Some(linux));
-        let err = guest_spec(
-            spec,
-            "p1",
-            Path::new(SHARE),
-            &PodContext::default(),
-            &|_| false,
-        )
-        .unwrap_err()
-        .to_string();
+        without_namespace(&mut spec, LinuxNamespaceType::Network);
+        let err = plain_guest_spec(spec, "p1").unwrap_err().to_string();
         assert!(err.contains("hostNetwork"), "{err}");
     }
 
