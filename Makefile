@@ -74,7 +74,7 @@ bench: install
 
 # Tests find the guest assets through these variables.
 test: assets
-	@echo "test: cargo test (unit, agent-on-host, vsock, end-to-end under QEMU/TCG, CRI pods under runc)"
+	@echo "test: cargo test (unit, agent-on-host, vsock, end-to-end under QEMU/TCG, CRI pods under runc and hull)"
 	@mkdir -p target
 	set -o pipefail; \
 	HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) \

@@ -58,6 +58,7 @@ fn pod_network_names_and_shared_namespaces() {
     assert_eq!(net.host_to_pod, "hello-from-pod\n");
     assert_eq!(net.pod_to_host, "hello-from-host\n");
     assert!(net.shared_network_ipc_uts && net.separate_pid);
+    assert_eq!(net.shm_shared, "shm-of-the-pod\n");
 }
 
 /// FUSE's `statfs` magic: a host directory reaches the guest through

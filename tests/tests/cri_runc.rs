@@ -43,6 +43,7 @@ fn pod_network_names_and_shared_namespaces() {
         [format!("{POD_HOSTNAME}\n"), format!("{POD_HOSTNAME}\n")]
     );
     assert_eq!(net.etc_hostname, format!("{POD_HOSTNAME}\n"));
+    assert_eq!(net.shm_shared, "shm-of-the-pod\n");
     assert_eq!(
         net.resolv_conf,
         format!(

@@ -86,6 +86,8 @@ pub struct PodNetworking {
     /// `hostname` in A and B.
     pub hostnames: [String; 2],
     pub etc_hostname: String,
+    /// What one container reads in /dev/shm of a file the other wrote there.
+    pub shm_shared: String,
     pub resolv_conf: String,
     /// /etc/hosts equals the file CRI wrote (for a pod network, a copy of
     /// the host's /etc/hosts).
@@ -153,6 +155,11 @@ pub fn pod_networking(cri: &CriContainerd, handler: &str) -> PodNetworking {
         pod.exec_ok(&server, &["hostname"]),
         pod.exec_ok(&client, &["hostname"]),
     ];
+    pod.exec_ok(
+        &server,
+        &["sh", "-c", "echo shm-of-the-pod > /dev/shm/note"],
+    );
+    let shm_shared = pod.exec_ok(&client, &["cat", "/dev/shm/note"]);
     let etc_hostname = pod.exec_ok(&client, &["cat", "/etc/hostname"]);
     let resolv_conf = pod.exec_ok(&client, &["cat", "/etc/resolv.conf"]);
     let etc_hosts = pod.exec_ok(&client, &["cat", "/etc/hosts"]);
@@ -188,6 +195,7 @@ pub fn pod_networking(cri: &CriContainerd, handler: &str) -> PodNetworking {
         host_saw_pod_ip: peer == pod_ip,
         hostnames,
         etc_hostname,
+        shm_shared,
         resolv_conf,
         etc_hosts_is_hosts_copy: etc_hosts == host_hosts,
         shared_network_ipc_uts: a[..3] == b[..3],
