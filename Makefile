@@ -14,13 +14,14 @@ DEMO_DIR    := /run/hull-demo
 CTR         := ctr -a $(DEMO_DIR)/containerd.sock -n hull-demo
 export HULL_CACHE
 
-.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test fuzz bench lint clean
+.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test fuzz bench bench-cri lint clean
 
 help:
 	@echo "make demo     install deps, build, install, run busybox in a microVM through containerd (and under runc)"
 	@echo "make test     install deps, build, run all tests"
 	@echo "make install  install Hull to $(PREFIX) and register it in /etc/containerd/config.toml"
 	@echo "make bench    measure Hull beside runc (docs/benchmarks.md)"
+	@echo "make bench-cri  pod start-up through CRI, Hull beside runc"
 
 deps:
 	@scripts/install-deps.sh
@@ -71,6 +72,12 @@ demo-stop:
 
 bench: install
 	@hull bench --rootfs $(ROOTFS)
+
+# Pod start-up through containerd's CRI plugin, hull beside runc.
+bench-cri: build assets
+	@cargo build --release --locked -p hull-tests --bin hull-cri-bench 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+	@HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) HULL_TEST_INITRD=$(abspath $(INITRD)) \
+		target/release/hull-cri-bench -n $(or $(RUNS),5)
 
 # Tests find the guest assets through these variables.
 test: assets
