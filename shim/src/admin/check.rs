@@ -323,9 +323,9 @@ pub fn check_virtualization(virtualization: Virtualization) -> Check {
 
 pub fn check_vhost_vsock(present: bool) -> Check {
     let detail = if present {
-        "/dev/vhost-vsock present; Hull serves vsock itself all the same (vhost-user backend)"
+        "/dev/vhost-vsock present; Hull serves vsock itself all the same (in hull-vmm, or as a vhost-user backend for QEMU)"
     } else {
-        "/dev/vhost-vsock absent; Hull serves vsock itself (vhost-user backend)"
+        "/dev/vhost-vsock absent; Hull serves vsock itself (in hull-vmm, or as a vhost-user backend for QEMU)"
     };
     Check::new("vhost-vsock", Status::Ok, detail)
 }

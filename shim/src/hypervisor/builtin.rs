@@ -21,7 +21,7 @@
 //!   the shim's open descriptor is passed as [`TAP_FD`] (`[[net]] fd = 3`).
 
 use std::os::fd::RawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -155,25 +155,30 @@ impl Builtin {
         Ok(())
     }
 
-    /// Removes the VM's cgroup once hull-vmm is gone; the kernel may take a
-    /// moment to let go of a cgroup whose last process was just reaped.
+    /// Removes the VM's cgroup once hull-vmm is gone.
     async fn remove_cgroup(&mut self) {
-        let Some(cgroup) = self.jail.cgroup.as_ref().filter(|_| self.cgroup_created) else {
-            return;
-        };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        loop {
-            match std::fs::remove_dir(cgroup) {
-                Ok(()) => break,
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => break,
-                Err(err) if tokio::time::Instant::now() > deadline => {
-                    tracing::warn!(cgroup = %cgroup.display(), %err, "removing hull-vmm's cgroup");
-                    break;
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
+        if let Some(cgroup) = self.jail.cgroup.as_ref().filter(|_| self.cgroup_created) {
+            remove_cgroup(cgroup).await;
         }
         self.cgroup_created = false;
+    }
+}
+
+/// Removes hull-vmm's cgroup `cgroup` if it is there. The kernel may take a
+/// moment to let go of a cgroup whose last process was just reaped (or is
+/// still dying, after a shim that died too).
+pub async fn remove_cgroup(cgroup: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::fs::remove_dir(cgroup) {
+            Ok(()) => return,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+            Err(err) if tokio::time::Instant::now() > deadline => {
+                tracing::warn!(cgroup = %cgroup.display(), %err, "removing hull-vmm's cgroup");
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
     }
 }
 
@@ -216,7 +221,6 @@ impl Hypervisor for Builtin {
 mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::Path;
 
     use super::super::NetDevice;
     use super::*;

@@ -104,7 +104,7 @@ pub enum Error {
     #[error("accelerator = \"kvm\" cannot work here: {0}; use \"tcg\" or \"auto\"")]
     NoKvm(&'static str),
     #[error(
-        "hypervisor = \"builtin\" cannot run here: this host has {0}. The built-in VMM (hull-vmm) needs KVM with hardware virtualization (VT-x/AMD-V) to boot Hull's Linux guest; KVM that is PVM cannot boot it. Set hypervisor = \"qemu\" (or \"auto\", which uses QEMU on this host)"
+        "hypervisor = \"builtin\" cannot run here ({0}). The built-in VMM (hull-vmm) needs KVM with hardware virtualization (VT-x/AMD-V) to boot Hull's Linux guest, which KVM without it, PVM included, cannot. Set hypervisor = \"qemu\" (or \"auto\", which uses QEMU on this host)"
     )]
     BuiltinNeedsHardware(&'static str),
     #[error("The built-in VMM runs at most {max} vCPUs and this VM needs {vcpus}: lower the pod's CPU limit or pod_vcpus_overhead, or set hypervisor = \"qemu\"")]

@@ -259,8 +259,13 @@ fn builtin_jail(config: &Config, paths: &SandboxPaths) -> VmmJail {
         root: paths.dir.clone(),
         uid: config.vmm_uid,
         gid: config.vmm_gid,
-        cgroup: config.vmm_cgroup_parent.as_ref().map(|p| p.join(id)),
+        cgroup: vmm_cgroup(config, &id.to_string_lossy()),
     }
+}
+
+/// The cgroup of sandbox `id`'s hull-vmm, if hull-vmm gets one.
+pub fn vmm_cgroup(config: &Config, id: &str) -> Option<PathBuf> {
+    config.vmm_cgroup_parent.as_ref().map(|p| p.join(id))
 }
 
 /// Hull's kernel command line for `backend`.
