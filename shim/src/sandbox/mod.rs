@@ -256,7 +256,8 @@ impl Launch {
 fn builtin_jail(config: &Config, paths: &SandboxPaths) -> VmmJail {
     let id = paths.dir.file_name().expect("a sandbox dir has a name");
     VmmJail {
-        root: paths.dir.clone(),
+        // hull-vmm wants it absolute; a relative `state_dir` is the shim's.
+        root: std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone()),
         uid: config.vmm_uid,
         gid: config.vmm_gid,
         cgroup: vmm_cgroup(config, &id.to_string_lossy()),
@@ -781,6 +782,12 @@ mod tests {
         );
         // The sockets hull-vmm keeps using after the jail are inside it.
         assert!(paths.vsock.starts_with(&paths.dir));
+        let relative = SandboxPaths::new(Path::new("state"), "pod-1");
+        let root = builtin_jail(&config, &relative).root;
+        assert!(
+            root.is_absolute() && root.ends_with("state/pod-1"),
+            "{root:?}"
+        );
         assert!(paths.vmm_config.starts_with(&paths.dir));
     }
 
