@@ -44,9 +44,9 @@ image: rootfs
 assets: kernel initrd rootfs
 
 build: deps
-	@echo "build: hull and containerd-shim-hull-v2 (release)"
-	@cargo build --release --locked -p hull-shim 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
-	@[ -x target/release/containerd-shim-hull-v2 ] && [ -x target/release/hull ]
+	@echo "build: hull, containerd-shim-hull-v2 and hull-vmm (release)"
+	@cargo build --release --locked -p hull-shim -p hull-vmm 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+	@[ -x target/release/containerd-shim-hull-v2 ] && [ -x target/release/hull ] && [ -x target/release/hull-vmm ]
 
 # INSTALL_FLAGS=--no-containerd leaves containerd's configuration alone.
 install: build assets

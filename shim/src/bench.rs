@@ -50,7 +50,8 @@ impl Samples {
 #[derive(Debug, Default)]
 pub struct Report {
     pub iterations: usize,
-    pub accelerator: String,
+    /// The hypervisor backend: hull-vmm, QEMU/KVM or QEMU/TCG.
+    pub backend: String,
     /// `hull run -- true`: VMM start to agent answering.
     pub boot_to_agent: Samples,
     /// `hull run -- true`: command start to container exit.
@@ -104,14 +105,10 @@ pub async fn bench(
     let (vmm, virtiofsd) = idle_memory(config, rootfs).await?;
     report.vmm_rss_kib = vmm;
     report.virtiofsd_rss_kib = virtiofsd;
-    report.accelerator = format!(
-        "{:?}",
-        crate::hypervisor::ResolvedAccelerator::resolve(
-            config.accelerator,
-            crate::host::Virtualization::detect()
-        )
-        .map_err(|e| BenchError::Sandbox(e.to_string()))?
-    );
+    report.backend =
+        crate::hypervisor::Backend::select(config, crate::host::Virtualization::detect())
+            .map_err(|e| BenchError::Sandbox(e.to_string()))?
+            .to_string();
     Ok(report)
 }
 
@@ -222,8 +219,8 @@ impl Report {
             )
         };
         let mut out = format!(
-            "{} iterations, accelerator {}, guest memory {} MiB\n\n| measure | median | min | max |\n|---|---|---|---|\n",
-            self.iterations, self.accelerator, self.guest_memory_mib
+            "{} iterations, {}, guest memory {} MiB\n\n| measure | median | min | max |\n|---|---|---|---|\n",
+            self.iterations, self.backend, self.guest_memory_mib
         );
         out += &row("hull: VMM start → agent answers", &self.boot_to_agent);
         out += &row("hull run -- true: start → container exited", &self.to_exit);

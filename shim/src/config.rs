@@ -12,6 +12,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
 pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
 /// The most vCPUs a Hull VM gets.
 pub const MAX_VCPUS: u32 = 64;
+/// The uid and gid hull-vmm runs as after its jail: `nobody`/`nogroup`.
+pub const DEFAULT_VMM_ID: u32 = 65534;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -28,13 +30,15 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum HypervisorKind {
-    /// QEMU today; the built-in VMM on hosts with hardware virtualization
-    /// once it can boot Linux.
+    /// The built-in VMM on hosts with hardware virtualization, else QEMU.
     #[default]
     Auto,
     Qemu,
+    /// hull-vmm, Hull's own KVM VMM; needs VT-x/AMD-V.
+    Builtin,
 }
 
+/// QEMU's accelerator; the built-in VMM always runs on KVM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Accelerator {
@@ -67,6 +71,16 @@ pub struct Config {
     pub agent_timeout_secs: u64,
     pub qemu: PathBuf,
     pub virtiofsd: PathBuf,
+    /// The built-in VMM's binary (`hypervisor = "builtin"`).
+    pub vmm: PathBuf,
+    /// The non-root user and group hull-vmm runs as once it has jailed
+    /// itself into the sandbox's state directory.
+    pub vmm_uid: u32,
+    pub vmm_gid: u32,
+    /// A cgroup v2 directory under which each sandbox's hull-vmm gets a
+    /// cgroup of its own (`<vmm_cgroup_parent>/<sandbox-id>`); none: hull-vmm
+    /// stays in the shim's cgroup.
+    pub vmm_cgroup_parent: Option<PathBuf>,
     /// Where per-sandbox state lives (`<state_dir>/<sandbox-id>/`).
     pub state_dir: PathBuf,
     pub log_level: String,
@@ -87,6 +101,10 @@ impl Default for Config {
             agent_timeout_secs: 30,
             qemu: PathBuf::from("qemu-system-x86_64"),
             virtiofsd: PathBuf::from("virtiofsd"),
+            vmm: PathBuf::from("hull-vmm"),
+            vmm_uid: DEFAULT_VMM_ID,
+            vmm_gid: DEFAULT_VMM_ID,
+            vmm_cgroup_parent: None,
             state_dir: PathBuf::from("/run/hull"),
             log_level: "info".into(),
         }
@@ -128,6 +146,19 @@ impl Config {
         }
         if self.agent_timeout_secs == 0 {
             return Err(invalid("agent_timeout_secs must be at least 1".into()));
+        }
+        for (key, id) in [("vmm_uid", self.vmm_uid), ("vmm_gid", self.vmm_gid)] {
+            if id == 0 {
+                return Err(invalid(format!(
+                    "{key} = 0: hull-vmm drops root in its jail, give a non-root id (default {DEFAULT_VMM_ID})"
+                )));
+            }
+        }
+        if let Some(parent) = self.vmm_cgroup_parent.as_ref().filter(|p| !p.is_absolute()) {
+            return Err(invalid(format!(
+                "vmm_cgroup_parent = {:?} is not an absolute path",
+                parent.display().to_string()
+            )));
         }
         Ok(())
     }
@@ -193,6 +224,40 @@ mod tests {
     fn bad_values_are_refused() {
         for text in ["vcpus = 0", "memory_mib = 16", "accelerator = \"hvf\""] {
             assert!(Config::parse(text, Path::new("c")).is_err(), "{text}");
+        }
+    }
+
+    #[test]
+    fn builtin_vmm_keys() {
+        let config = Config::parse("", Path::new("c")).unwrap();
+        assert_eq!(config.hypervisor, HypervisorKind::Auto);
+        assert_eq!(config.vmm, PathBuf::from("hull-vmm"));
+        assert_eq!((config.vmm_uid, config.vmm_gid), (65534, 65534));
+        assert_eq!(config.vmm_cgroup_parent, None);
+        let config = Config::parse(
+            "hypervisor = \"builtin\"\nvmm = \"/opt/hull/bin/hull-vmm\"\nvmm_uid = 1000\nvmm_gid = 1001\nvmm_cgroup_parent = \"/sys/fs/cgroup/hull\"\n",
+            Path::new("c"),
+        )
+        .unwrap();
+        assert_eq!(config.hypervisor, HypervisorKind::Builtin);
+        assert_eq!(config.vmm, PathBuf::from("/opt/hull/bin/hull-vmm"));
+        assert_eq!((config.vmm_uid, config.vmm_gid), (1000, 1001));
+        assert_eq!(
+            config.vmm_cgroup_parent,
+            Some(PathBuf::from("/sys/fs/cgroup/hull"))
+        );
+        for (text, named) in [
+            ("vmm_uid = 0", "vmm_uid = 0"),
+            ("vmm_gid = 0", "vmm_gid = 0"),
+            (
+                "vmm_cgroup_parent = \"hull\"",
+                "vmm_cgroup_parent = \"hull\"",
+            ),
+            ("hypervisor = \"firecracker\"", "firecracker"),
+            ("vmm_user = 5", "vmm_user"),
+        ] {
+            let err = Config::parse(text, Path::new("c")).unwrap_err().to_string();
+            assert!(err.contains(named), "{text}: {err}");
         }
     }
 

@@ -56,6 +56,16 @@ pub enum Error {
     },
 }
 
+/// What frames on the tap carry in front of them, which the VMM decides: it
+/// is fixed when the tap is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapHeader {
+    /// Bare frames (QEMU, handed the tap without `vnet_hdr`).
+    None,
+    /// A virtio-net header (`IFF_VNET_HDR`), as hull-vmm requires of a tap.
+    VirtioNet,
+}
+
 /// The guest's view of the pod's interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestInterface {
@@ -85,14 +95,14 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// Wires the pod's interface to a new tap. `None` when the namespace
-    /// has no interface besides loopback (a pod without CNI networking).
-    pub async fn setup(netns: &Path) -> Result<Option<PodNetwork>, Error> {
+    /// Wires the pod's interface to a new tap whose frames carry `header`.
+    /// `None` when the namespace has no interface besides loopback (a pod
+    /// without CNI networking).
+    pub async fn setup(netns: &Path, header: TapHeader) -> Result<Option<PodNetwork>, Error> {
         let path = netns.to_owned();
-        in_namespace(
-            netns,
-            move |handle| async move { setup(&path, &handle).await },
-        )
+        in_namespace(netns, move |handle| async move {
+            setup(&path, &handle, header).await
+        })
         .await?
     }
 
@@ -170,7 +180,11 @@ where
         .map_err(namespace_error)
 }
 
-async fn setup(netns: &Path, handle: &Handle) -> Result<Option<PodNetwork>, Error> {
+async fn setup(
+    netns: &Path,
+    handle: &Handle,
+    header: TapHeader,
+) -> Result<Option<PodNetwork>, Error> {
     let failed = |what: &str| {
         let what = what.to_owned();
         move |e: rtnetlink::Error| Error::Netlink {
@@ -239,7 +253,7 @@ async fn setup(netns: &Path, handle: &Handle) -> Result<Option<PodNetwork>, Erro
         routes.extend(found.iter().filter_map(|r| guest_route(r, veth_index)));
     }
 
-    let tap = open_tap(TAP_NAME).map_err(|source| Error::Tap {
+    let tap = open_tap(TAP_NAME, header).map_err(|source| Error::Tap {
         netns: netns.to_owned(),
         source,
     })?;
@@ -375,9 +389,8 @@ struct InterfaceRequest {
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 
 /// Creates the tap `name` in the current network namespace. Frames carry
-/// no packet-information prefix and no virtio-net header, as QEMU expects
-/// of a tap it is handed without `vnet_hdr`.
-fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
+/// no packet-information prefix, and a virtio-net header as `header` says.
+fn open_tap(name: &str, header: TapHeader) -> std::io::Result<OwnedFd> {
     let path = CString::new("/dev/net/tun").expect("no NUL");
     // SAFETY: a plain open(2) with a valid C string.
     let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
@@ -388,7 +401,10 @@ fn open_tap(name: &str) -> std::io::Result<OwnedFd> {
     let tap = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut request = InterfaceRequest {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short,
+        flags: match header {
+            TapHeader::None => libc::IFF_TAP | libc::IFF_NO_PI,
+            TapHeader::VirtioNet => libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+        } as libc::c_short,
         _union_rest: [0; 22],
     };
     if name.len() >= libc::IFNAMSIZ {

@@ -269,6 +269,53 @@ fn a_missing_rootfs_is_refused_before_any_vm_starts() {
     assert!(!env.state_dir().exists() || walk(&env.state_dir()).is_empty());
 }
 
+/// `hypervisor = "builtin"` needs KVM with VT-x/AMD-V. On a host without
+/// it (PVM, as where these tests are written, or no KVM) `hull run` refuses
+/// at once, naming the host's virtualization and the way out, before a
+/// state directory, virtiofsd or VMM exists. With VT-x/AMD-V the same run
+/// boots the guest under hull-vmm (found next to this build's `hull`).
+#[test]
+fn builtin_hypervisor_runs_only_where_kvm_can_boot_linux() {
+    use hull_vmm::host::Virtualization;
+    let env = Env::new();
+    let vmm = Path::new(env!("CARGO_BIN_EXE_hull")).with_file_name("hull-vmm");
+    let mut config = std::fs::read_to_string(env.config()).unwrap();
+    config.push_str(&format!("hypervisor = \"builtin\"\nvmm = {vmm:?}\n"));
+    std::fs::write(env.config(), config).unwrap();
+
+    let started = std::time::Instant::now();
+    let output = env.run(&["true"]);
+    let took = started.elapsed();
+    let stderr = text(&output.stderr);
+    match Virtualization::detect() {
+        Virtualization::Hardware => {
+            assert_eq!(output.status.code(), Some(0), "{stderr}");
+        }
+        host => {
+            assert_eq!(output.status.code(), Some(125), "{stderr}");
+            for part in [
+                "hypervisor = \"builtin\" cannot run here",
+                host.describe(),
+                "PVM",
+                "hypervisor = \"qemu\"",
+            ] {
+                assert!(stderr.contains(part), "{part:?} not in {stderr}");
+            }
+            assert!(
+                took < std::time::Duration::from_secs(5),
+                "refused only after {took:?}"
+            );
+            // Not even a log: nothing was started.
+            assert!(
+                !env.state_dir().exists() || walk(&env.state_dir()).is_empty(),
+                "left in the state dir: {:?}",
+                walk(&env.state_dir())
+            );
+        }
+    }
+    env.assert_nothing_left();
+}
+
 #[test]
 fn a_kernel_that_cannot_boot_names_the_console_log() {
     let env = Env::new();

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hull_shim::network::{GuestRoute, PodNetwork, TAP_NAME};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use hull_shim::network::{GuestRoute, PodNetwork, TapHeader, TAP_NAME};
 
 /// Two named network namespaces joined by a veth, removed on drop.
 struct Namespaces {
@@ -31,7 +33,13 @@ fn ip(args: &[&str]) -> String {
 
 impl Namespaces {
     fn new() -> Self {
-        let tag = std::process::id();
+        // Tests run in parallel in one process.
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
         let namespaces = Namespaces {
             pod: format!("hull-pod-{tag}"),
             node: format!("hull-node-{tag}"),
@@ -149,7 +157,7 @@ async fn the_tap_carries_the_pod_interface_both_ways_and_is_undone() {
     let namespaces = Namespaces::new();
     let mac = namespaces.pod_mac();
 
-    let network = PodNetwork::setup(&namespaces.netns_path())
+    let network = PodNetwork::setup(&namespaces.netns_path(), TapHeader::None)
         .await
         .expect("setting up the pod network")
         .expect("the pod has an interface");
@@ -205,20 +213,69 @@ async fn the_tap_carries_the_pod_interface_both_ways_and_is_undone() {
     assert!(!links.contains(TAP_NAME), "{links}");
 }
 
+/// With the built-in VMM the tap carries a virtio-net header: hull-vmm's
+/// own tap code takes the shim's descriptor (as it would inherit it) and
+/// the node's ARP answer comes back behind a header.
+#[tokio::test]
+async fn a_tap_with_a_virtio_net_header_is_what_hull_vmm_takes() {
+    use hull_vmm::devices::virtio::net::Tap;
+    let namespaces = Namespaces::new();
+    let mac = namespaces.pod_mac();
+    let network = PodNetwork::setup(&namespaces.netns_path(), TapHeader::VirtioNet)
+        .await
+        .expect("setting up the pod network")
+        .expect("the pod has an interface");
+    // SAFETY: dup of a descriptor the network owns; the copy goes to Tap.
+    let copy = unsafe { libc::dup(network.tap().as_raw_fd()) };
+    assert!(copy >= 0);
+    let tap = Tap::from_fd(copy).expect("hull-vmm takes the shim's tap");
+    assert_eq!(tap.name(), TAP_NAME);
+    tap.write_frame(&[0; 12], &arp_request(mac)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut buffer = [0u8; 2048];
+    let reply = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no ARP reply came out of the tap"
+        );
+        match tap.read_frame(&mut buffer) {
+            Ok(n) if n >= 12 + 42 && buffer[12 + 20..12 + 22] == [0, 2] => {
+                break buffer[12..n].to_vec()
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("reading the tap: {e}"),
+        }
+    };
+    assert_eq!(&reply[0..6], &mac);
+    assert_eq!(&reply[28..32], &[10, 99, 0, 1], "sender is the node");
+    drop(tap);
+    network.teardown().await;
+}
+
 #[tokio::test]
 async fn a_namespace_without_an_interface_has_no_network() {
     let name = format!("hull-empty-{}", std::process::id());
     ip(&["netns", "add", &name]);
-    let result = PodNetwork::setup(&PathBuf::from("/var/run/netns").join(&name)).await;
+    let result = PodNetwork::setup(
+        &PathBuf::from("/var/run/netns").join(&name),
+        TapHeader::None,
+    )
+    .await;
     let _ = Command::new("ip").args(["netns", "del", &name]).status();
     assert!(result.expect("setup").is_none());
 }
 
 #[tokio::test]
 async fn a_missing_namespace_is_named() {
-    let err = PodNetwork::setup(std::path::Path::new("/var/run/netns/hull-no-such"))
-        .await
-        .unwrap_err()
-        .to_string();
+    let err = PodNetwork::setup(
+        std::path::Path::new("/var/run/netns/hull-no-such"),
+        TapHeader::VirtioNet,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("/var/run/netns/hull-no-such"), "{err}");
 }

@@ -74,6 +74,8 @@ impl HullConfig {
 
     fn render(&self, state_dir: &Path) -> String {
         let mut toml = format!("state_dir = {:?}\nlog_level = \"debug\"\n", state_dir);
+        // This build's built-in VMM, used where `auto` picks it (VT-x/AMD-V).
+        toml += &format!("vmm = {:?}\n", artifacts::bin_dir().join("hull-vmm"));
         if let Some(kernel) = &self.kernel {
             toml += &format!("kernel = {:?}\n", kernel);
         }

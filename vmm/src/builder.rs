@@ -15,12 +15,12 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::arch::x86_64::mptable::{self, MpTableError};
 use crate::arch::x86_64::{cpuid, layout, msr};
-use crate::config::VmConfig;
+use crate::config::{TapSource, VmConfig};
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::fs::{FsDevice, FsError};
-use crate::devices::virtio::net::NetDevice;
+use crate::devices::virtio::net::{NetDevice, Tap};
 use crate::devices::virtio::vsock::{VsockConfig, VsockMmioDevice};
 use crate::devices::{EventFdInterrupt, Interrupt};
 use crate::event_loop::{EventLoop, EventLoopHandle};
@@ -128,9 +128,34 @@ pub struct RunningVm {
     _memory: GuestMemoryMmap,
 }
 
+/// The taps passed as open descriptors, at the index of their net device.
+fn take_passed_taps(config: &VmConfig) -> Result<Vec<Option<Tap>>, BuildError> {
+    config
+        .net
+        .iter()
+        .map(|net| match net.source() {
+            Ok(TapSource::Fd(fd)) => Tap::from_fd(fd)
+                .map(Some)
+                .map_err(|e| BuildError::Devices(format!("net: {e}"))),
+            Ok(TapSource::Name(_)) => Ok(None),
+            Err(e) => Err(BuildError::Devices(e.to_string())),
+        })
+        .collect()
+}
+
+fn append(path: &std::path::Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
 /// Builds the VM `config` describes, up to the point where its threads
 /// would start.
 pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
+    // Before anything else is opened, so that a descriptor the caller did not pass cannot be
+    // one of the VMM's own by the time it is looked at.
+    let mut passed_taps = take_passed_taps(config)?;
     check_host(config, Virtualization::detect())?;
 
     let mib = config.machine.memory_mib;
@@ -151,8 +176,9 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
         Ok(Arc::new(EventFdInterrupt::new(event)))
     };
 
+    // Appended to: whoever started the VMM may send its standard error to the same file.
     let serial_out: Box<dyn std::io::Write + Send> = match &config.serial.log {
-        Some(path) => Box::new(File::create(path).map_err(|source| BuildError::Open {
+        Some(path) => Box::new(append(path).map_err(|source| BuildError::Open {
             what: "serial log",
             path: path.clone(),
             source,
@@ -203,12 +229,20 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
     for (index, net) in config.net.iter().enumerate() {
-        // The tap is opened (or created) now, while the VMM still has its capabilities.
-        let device = NetDevice::open(&net.tap, net.guest_mac(index))
-            .map_err(|e| BuildError::Devices(format!("net: {e}")))?;
-        let device = Arc::new(Mutex::new(device));
+        let source = net
+            .source()
+            .map_err(|e| BuildError::Devices(e.to_string()))?;
+        // A named tap is opened (or created) now, while the VMM still has its capabilities;
+        // a passed one was opened by the caller, in whatever network namespace it lives.
+        let tap = match source {
+            TapSource::Name(name) => {
+                Tap::open(name).map_err(|e| BuildError::Devices(format!("net: {e}")))?
+            }
+            TapSource::Fd(_) => passed_taps[index].take().expect("taken at the start"),
+        };
+        let device = Arc::new(Mutex::new(NetDevice::new(tap, net.guest_mac(index))));
         mmio.register_virtio_device(device.clone(), irq)
-            .map_err(|e| BuildError::Devices(format!("net {}: {e}", net.tap)))?;
+            .map_err(|e| BuildError::Devices(format!("net {source}: {e}")))?;
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
 

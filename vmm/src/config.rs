@@ -3,9 +3,10 @@
 //! that names it.
 
 use std::collections::HashSet;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::devices::virtio::fs;
 use crate::devices::virtio::net::{check_tap_name, MacAddress};
@@ -24,7 +25,10 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+/// The most vCPUs a VM gets.
+pub const MAX_VCPUS: u8 = 32;
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     #[serde(default)]
@@ -48,7 +52,7 @@ pub struct VmConfig {
     pub jail: Option<JailConfig>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MachineConfig {
     pub vcpus: u8,
@@ -69,7 +73,7 @@ impl Default for MachineConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BootConfig {
     /// An ELF vmlinux (PVH entry if it has the note) or a bzImage.
@@ -83,14 +87,14 @@ pub fn default_cmdline() -> String {
     "console=ttyS0 reboot=k panic=1".into()
 }
 
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SerialConfig {
     /// Where the guest's serial output goes; none: discarded.
     pub log: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VsockDeviceConfig {
     pub guest_cid: u64,
@@ -98,7 +102,7 @@ pub struct VsockDeviceConfig {
     pub uds_path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BlockDeviceConfig {
     /// A raw image file; its size in whole 512-byte sectors is the capacity.
@@ -118,7 +122,7 @@ fn default_fs_queue_size() -> u16 {
     DEFAULT_FS_QUEUE_SIZE
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FsDeviceConfig {
     /// virtiofsd's vhost-user socket (`virtiofsd --socket-path`); virtiofsd must be
@@ -142,17 +146,78 @@ impl FsDeviceConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetDeviceConfig {
-    /// The host tap the device sends and receives on; created if it does not exist.
-    pub tap: String,
+    /// The host tap the device sends and receives on, by name; created if it does not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    /// Or a tap the caller opened, as the descriptor number hull-vmm inherited it under
+    /// (3 or more). It must have been attached with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fd: Option<RawFd>,
     /// The guest's MAC address; see [`NetDeviceConfig::guest_mac`] for the default.
-    #[serde(default, deserialize_with = "deserialize_mac")]
+    #[serde(
+        default,
+        deserialize_with = "deserialize_mac",
+        serialize_with = "serialize_mac",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub mac: Option<MacAddress>,
 }
 
+/// Where a net device's tap comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TapSource<'a> {
+    /// Opened (or created) by name.
+    Name(&'a str),
+    /// Already open, inherited as this descriptor.
+    Fd(RawFd),
+}
+
+impl std::fmt::Display for TapSource<'_> {
+    /// As the configuration file says it: `tap = "NAME"` or `fd = N`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TapSource::Name(name) => write!(f, "tap = {name:?}"),
+            TapSource::Fd(fd) => write!(f, "fd = {fd}"),
+        }
+    }
+}
+
 impl NetDeviceConfig {
+    /// A device on the tap called `name`.
+    pub fn named(name: impl Into<String>, mac: Option<MacAddress>) -> Self {
+        NetDeviceConfig {
+            tap: Some(name.into()),
+            fd: None,
+            mac,
+        }
+    }
+
+    /// A device on the open tap `fd`.
+    pub fn passed(fd: RawFd, mac: Option<MacAddress>) -> Self {
+        NetDeviceConfig {
+            tap: None,
+            fd: Some(fd),
+            mac,
+        }
+    }
+
+    /// The tap: by name or by descriptor, exactly one of them.
+    pub fn source(&self) -> Result<TapSource<'_>, ConfigError> {
+        match (&self.tap, self.fd) {
+            (Some(name), None) => Ok(TapSource::Name(name)),
+            (None, Some(fd)) => Ok(TapSource::Fd(fd)),
+            (Some(name), Some(fd)) => Err(ConfigError::Invalid(format!(
+                "net tap = {name:?} and fd = {fd}: give one of them, not both"
+            ))),
+            (None, None) => Err(ConfigError::Invalid(
+                "net: a device needs its tap, by name (tap = \"NAME\") or as an open descriptor (fd = N)".into(),
+            )),
+        }
+    }
+
     /// The MAC address of the `index`-th net device (counting from 0): the configured one, or
     /// 02:00:00:00:00:01 for the first, ...:02 for the second, and so on.
     pub fn guest_mac(&self, index: usize) -> MacAddress {
@@ -168,8 +233,18 @@ fn deserialize_mac<'de, D: Deserializer<'de>>(
     text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
+fn serialize_mac<S: Serializer>(
+    mac: &Option<MacAddress>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match mac {
+        Some(mac) => serializer.serialize_str(&mac.to_string()),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// The jail hull-vmm enters once it holds every host resource it needs.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JailConfig {
     /// The directory that becomes the VMM's root (the sandbox's directory).
@@ -203,9 +278,9 @@ impl VmConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.machine.vcpus == 0 || self.machine.vcpus > 32 {
+        if self.machine.vcpus == 0 || self.machine.vcpus > MAX_VCPUS {
             return Err(ConfigError::Invalid(format!(
-                "vcpus = {} is outside 1..=32",
+                "vcpus = {} is outside 1..={MAX_VCPUS}",
                 self.machine.vcpus
             )));
         }
@@ -226,18 +301,27 @@ impl VmConfig {
         let mut taps = HashSet::new();
         let mut macs = HashSet::new();
         for (index, net) in self.net.iter().enumerate() {
-            check_tap_name(&net.tap).map_err(|e| ConfigError::Invalid(format!("net: {e}")))?;
-            if !taps.insert(net.tap.as_str()) {
+            let source = net.source()?;
+            match source {
+                TapSource::Name(name) => {
+                    check_tap_name(name).map_err(|e| ConfigError::Invalid(format!("net: {e}")))?
+                }
+                TapSource::Fd(fd) if fd < 3 => {
+                    return Err(ConfigError::Invalid(format!(
+                        "net fd = {fd}: descriptors 0, 1 and 2 are hull-vmm's standard input, output and error; pass the tap as 3 or above"
+                    )))
+                }
+                TapSource::Fd(_) => {}
+            }
+            if !taps.insert(source) {
                 return Err(ConfigError::Invalid(format!(
-                    "net tap = {:?} is given twice: each net device needs a tap of its own",
-                    net.tap
+                    "net {source} is given twice: each net device needs a tap of its own"
                 )));
             }
             let mac = net.guest_mac(index);
             if !macs.insert(mac) {
                 return Err(ConfigError::Invalid(format!(
-                    "net tap = {:?}: MAC address {mac} is already another net device's",
-                    net.tap
+                    "net {source}: MAC address {mac} is already another net device's"
                 )));
             }
         }
@@ -353,6 +437,8 @@ mod tests {
             mac = "02:aa:bb:cc:dd:ee"
             [[net]]
             tap = "tap1"
+            [[net]]
+            fd = 3
             "#,
             Path::new("vm.toml"),
         )
@@ -394,9 +480,16 @@ mod tests {
             .net
             .iter()
             .enumerate()
-            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .map(|(index, net)| format!("{} {}", net.source().unwrap(), net.guest_mac(index)))
             .collect();
-        assert_eq!(macs, ["tap0 02:aa:bb:cc:dd:ee", "tap1 02:00:00:00:00:02"]);
+        assert_eq!(
+            macs,
+            [
+                "tap = \"tap0\" 02:aa:bb:cc:dd:ee",
+                "tap = \"tap1\" 02:00:00:00:00:02",
+                "fd = 3 02:00:00:00:00:03"
+            ]
+        );
         assert_eq!(
             config.jail,
             Some(JailConfig {
@@ -533,6 +626,114 @@ mod tests {
             "{err}"
         );
         assert!(parse("[[net]]\ntap = \"t0\"\n[[net]]\ntap = \"t1\"\n").is_ok());
+    }
+
+    #[test]
+    fn a_net_device_takes_a_tap_by_name_or_an_open_descriptor_never_both() {
+        let parse = |net: &str| {
+            VmConfig::parse(
+                &format!("[boot]\nkernel = \"/k\"\n{net}"),
+                Path::new("vm.toml"),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let config =
+            parse("[[net]]\nfd = 3\nmac = \"02:00:00:00:00:09\"\n[[net]]\nfd = 4\n").unwrap();
+        assert_eq!(
+            config.net,
+            vec![
+                NetDeviceConfig::passed(3, Some("02:00:00:00:00:09".parse().unwrap())),
+                NetDeviceConfig::passed(4, None),
+            ]
+        );
+        assert_eq!(config.net[1].source().unwrap(), TapSource::Fd(4));
+        let err = parse("[[net]]\ntap = \"t0\"\nfd = 3\n").unwrap_err();
+        assert!(
+            err.contains("tap = \"t0\" and fd = 3") && err.contains("not both"),
+            "{err}"
+        );
+        let err = parse("[[net]]\n").unwrap_err();
+        assert!(
+            err.contains("tap = \"NAME\"") && err.contains("fd = N"),
+            "{err}"
+        );
+        for stdio in 0..3 {
+            let err = parse(&format!("[[net]]\nfd = {stdio}\n")).unwrap_err();
+            assert!(err.contains(&format!("fd = {stdio}")), "{err}");
+            assert!(err.contains("3 or above"), "{err}");
+        }
+        let err = parse("[[net]]\nfd = -1\n").unwrap_err();
+        assert!(err.contains("fd = -1"), "{err}");
+        let err = parse("[[net]]\nfd = 3\n[[net]]\nfd = 3\n").unwrap_err();
+        assert!(err.contains("fd = 3 is given twice"), "{err}");
+        let err = parse("[[net]]\nfd = \"3\"\n").unwrap_err();
+        assert!(err.contains("fd = \"3\""), "{err}");
+    }
+
+    /// Every field set, and every optional one left out: what the shim writes for hull-vmm
+    /// must read back as the same configuration.
+    #[test]
+    fn a_serialized_config_parses_back_to_itself() {
+        let full = VmConfig {
+            machine: MachineConfig {
+                vcpus: 4,
+                memory_mib: 512,
+                pvm_capable: true,
+            },
+            boot: BootConfig {
+                kernel: "/usr/local/share/hull/vmlinux".into(),
+                initrd: Some("/usr/local/share/hull/hull-initrd.img".into()),
+                cmdline: "console=ttyS0 quiet \"quoted\" panic=-1".into(),
+            },
+            serial: SerialConfig {
+                log: Some("/run/hull/s1/console.log".into()),
+            },
+            vsock: Some(VsockDeviceConfig {
+                guest_cid: 3,
+                uds_path: "/run/hull/s1/vsock.sock".into(),
+            }),
+            block: vec![BlockDeviceConfig {
+                path: "/img/a.raw".into(),
+                read_only: true,
+            }],
+            fs: vec![FsDeviceConfig {
+                socket: "/run/hull/s1/virtiofsd.sock".into(),
+                tag: "hull".into(),
+                queue_size: 1024,
+            }],
+            net: vec![
+                NetDeviceConfig::passed(3, Some("02:42:ac:11:00:0a".parse().unwrap())),
+                NetDeviceConfig::named("tap1", None),
+            ],
+            jail: Some(JailConfig {
+                root: "/run/hull/s1".into(),
+                uid: 65534,
+                gid: 65533,
+                cgroup: Some("/sys/fs/cgroup/hull/s1".into()),
+            }),
+        };
+        let minimal = VmConfig {
+            machine: MachineConfig::default(),
+            boot: BootConfig {
+                kernel: "/k".into(),
+                initrd: None,
+                cmdline: default_cmdline(),
+            },
+            serial: SerialConfig::default(),
+            vsock: None,
+            block: Vec::new(),
+            fs: Vec::new(),
+            net: Vec::new(),
+            jail: None,
+        };
+        for config in [full, minimal] {
+            let text = toml::to_string(&config).unwrap();
+            assert_eq!(
+                VmConfig::parse(&text, Path::new("vm.toml")).unwrap(),
+                config,
+                "{text}"
+            );
+        }
     }
 
     #[test]

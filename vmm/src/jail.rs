@@ -9,7 +9,8 @@
 //!    left to see;
 //! 3. an empty bounding set, then no supplementary groups and the given
 //!    non-root gid and uid, which also empties the permitted and effective
-//!    capability sets.
+//!    capability sets; the parent-death signal, which the kernel clears on
+//!    that change, is set again.
 //!
 //! The cgroup is joined earlier, before the VM is built, so that guest
 //! memory and KVM's own allocations are charged to it.
@@ -221,9 +222,14 @@ impl Jail {
         self.pivot().map_err(|(step, e)| self.failed(step, e))?;
         crate::seccomp::drop_bounding_set()
             .map_err(|e| self.failed("dropping the bounding set", e))?;
+        let parent_death =
+            ParentDeathSignal::get().map_err(|e| self.failed("PR_GET_PDEATHSIG", e))?;
         setgroups(&[]).map_err(|e| self.failed("setgroups", e.into()))?;
         setresgid(self.gid, self.gid, self.gid).map_err(|e| self.failed("setgid", e.into()))?;
         setresuid(self.uid, self.uid, self.uid).map_err(|e| self.failed("setuid", e.into()))?;
+        parent_death
+            .restore()
+            .map_err(|e| self.failed("PR_SET_PDEATHSIG", e))?;
         Ok(())
     }
 
@@ -265,6 +271,46 @@ impl Jail {
             step,
             source,
         }
+    }
+}
+
+/// The signal the caller asked for when its parent dies (`PR_SET_PDEATHSIG`, as Hull's shim
+/// sets it so that a killed shim cannot leak its VMs). The kernel clears it when the
+/// process's credentials change, so the jail reads it before `setresuid` and sets it again
+/// after.
+struct ParentDeathSignal {
+    signal: libc::c_int,
+    parent: nix::unistd::Pid,
+}
+
+impl ParentDeathSignal {
+    fn get() -> std::io::Result<Self> {
+        let mut signal: libc::c_int = 0;
+        // SAFETY: PR_GET_PDEATHSIG writes one int, which outlives the call.
+        if unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut signal as *mut libc::c_int) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ParentDeathSignal {
+            signal,
+            parent: nix::unistd::getppid(),
+        })
+    }
+
+    /// Sets the signal again; if the parent died meanwhile, delivers it now, as the kernel
+    /// would have.
+    fn restore(&self) -> std::io::Result<()> {
+        if self.signal == 0 {
+            return Ok(());
+        }
+        // SAFETY: PR_SET_PDEATHSIG takes the signal number by value.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, self.signal as libc::c_ulong) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if nix::unistd::getppid() != self.parent {
+            // SAFETY: raise() with the signal the caller chose.
+            unsafe { libc::raise(self.signal) };
+        }
+        Ok(())
     }
 }
 

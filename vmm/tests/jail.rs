@@ -263,6 +263,86 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     assert!(!api.exists(), "the API socket is removed");
 }
 
+/// The shim starts hull-vmm with `PR_SET_PDEATHSIG(SIGKILL)`, so that a
+/// killed shim cannot leak a VM. The kernel clears that signal when the
+/// jail changes the VMM's uid; the jail sets it again. The parent here is
+/// a thread (the death signal follows the thread that forked), which ends
+/// once the VMM is jailed and confined.
+#[test]
+fn jailed_vmm_still_dies_with_its_parent() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("payload64.c", dir.path());
+    let jail = dir.path().join("jail");
+    std::fs::create_dir(&jail).unwrap();
+    let args: Vec<String> = [
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        jail.join("v.sock").to_str().unwrap(),
+        "--pvm-capable",
+        "--jail",
+        jail.to_str().unwrap(),
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+    ]
+    .map(String::from)
+    .to_vec();
+    let parent = std::thread::spawn(move || {
+        let mut command = Command::new(VMM);
+        command
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut vmm = Vmm {
+            child: command.spawn().expect("running hull-vmm"),
+        };
+        let pid = vmm.child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status_field(pid, "Seccomp:") != "2" {
+            if vmm.child.try_wait().unwrap().is_some() {
+                let (status, stderr) = vmm.wait(Duration::ZERO);
+                panic!("hull-vmm ended before confining itself ({status:?}): {stderr}");
+            }
+            assert!(Instant::now() < deadline, "hull-vmm never confined itself");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(status_field(pid, "Uid:").starts_with(&NOBODY.to_string()));
+        vmm
+    });
+    // The thread that started the VMM has ended; the guest still waits for
+    // a vsock connection, so only the death signal ends the VMM.
+    let mut vmm = parent.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = vmm.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the jailed hull-vmm outlived its parent"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}
+
 /// virtio-fs connects to virtiofsd while the VM is built, before the jail:
 /// the socket may be outside the jail, and is named here relative to
 /// hull-vmm's working directory, which the jail changes. The rings start

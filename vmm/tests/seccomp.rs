@@ -247,6 +247,105 @@ fn filtered_linux64_guest_gets_an_arp_reply_through_a_tap() {
     }
 }
 
+/// As the shim gives hull-vmm a pod's tap: opened by another process (here
+/// the test, in a network namespace of its own that hull-vmm never enters),
+/// blocking, with a virtio-net header, and passed as descriptor 3 that the
+/// configuration file names (`[[net]] fd = 3`).
+#[test]
+fn filtered_linux64_guest_gets_an_arp_reply_through_a_passed_tap() {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = build("payload64.c", dir.path());
+    let serial = dir.path().join("serial.log");
+    let uds = dir.path().join("v.sock");
+    let config = dir.path().join("vm.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[machine]\nmemory_mib = 64\npvm_capable = true\n[boot]\nkernel = {kernel:?}\n\
+             [serial]\nlog = {serial:?}\n[vsock]\nguest_cid = 3\nuds_path = {uds:?}\n\
+             [[net]]\nfd = 3\n"
+        ),
+    )
+    .unwrap();
+    // The namespace and the tap belong to this thread and die with it.
+    let vmm = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare: run as root");
+        let ipv6 = "/proc/sys/net/ipv6/conf/default/disable_ipv6";
+        if Path::new(ipv6).exists() {
+            std::fs::write(ipv6, "1").unwrap();
+        }
+        let tun = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/net/tun")
+            .unwrap();
+        // SAFETY: all zeroes is a valid ifreq.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"hullfdtap0") {
+            *slot = *byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes one ifreq, which outlives the call.
+        let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+        assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+        let tap = OwnedFd::from(tun);
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(
+                "set -e; ip link set hullfdtap0 address 02:00:00:00:77:01; \
+                 ip addr add 10.77.0.1/24 dev hullfdtap0; ip link set hullfdtap0 up",
+            )
+            .status()
+            .expect("ip (iproute2)");
+        assert!(status.success());
+        let fd = tap.as_raw_fd();
+        let mut command = Command::new(VMM);
+        command
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child.
+        unsafe {
+            command.pre_exec(move || {
+                let rc = if fd == 3 {
+                    libc::fcntl(fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if rc < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let vmm = Vmm {
+            child: command.spawn().expect("running hull-vmm"),
+        };
+        // The VMM holds its own copy; the test's goes.
+        drop(tap);
+        vmm
+    })
+    .join()
+    .unwrap();
+    vsock_ping_pong(&uds);
+
+    let (status, stderr) = vmm.wait(Duration::from_secs(60));
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}\n{log}");
+    for expected in [
+        "hull-payload: net ready mac=02:00:00:00:00:01",
+        "hull-payload: 10.77.0.1 is at 02:00:00:00:77:01",
+        "hull-payload: done",
+    ] {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
+}
+
 #[test]
 fn filtered_pvh_guest_runs() {
     require_kvm();

@@ -12,11 +12,13 @@ use std::process::{Command, Stdio};
 use super::containerd_config;
 use crate::config::{Accelerator, Config, HypervisorKind, DEFAULT_CONFIG_PATH};
 use crate::host::Virtualization;
-use crate::hypervisor::ResolvedAccelerator;
+use crate::hypervisor::{Backend, ResolvedAccelerator};
 use crate::sandbox::find_program;
 
 /// The shim binary containerd looks for on its PATH.
 pub const SHIM_BINARY: &str = "containerd-shim-hull-v2";
+/// The built-in VMM's binary, installed next to the shim.
+pub const VMM_BINARY: &str = "hull-vmm";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -133,6 +135,8 @@ pub struct HostFacts {
     /// QEMU's `-M help` output.
     pub qemu_machines: Option<String>,
     pub virtiofsd: Option<Program>,
+    /// The built-in VMM (`vmm` in the configuration).
+    pub vmm: Option<Program>,
     pub kernel: FileProbe,
     pub initrd: FileProbe,
     pub shim: Option<PathBuf>,
@@ -167,6 +171,7 @@ impl HostFacts {
             qemu,
             qemu_machines,
             virtiofsd: find_program(&config.virtiofsd).map(|path| probe_version(&path)),
+            vmm: find_program(&config.vmm).map(|path| probe_version(&path)),
             kernel: FileProbe::of(&config.kernel),
             initrd: FileProbe::of(&config.initrd),
             shim: find_program(Path::new(SHIM_BINARY)),
@@ -178,15 +183,33 @@ impl HostFacts {
 
     /// Judges what was gathered, in the order a reader fixes things.
     pub fn checks(&self, config: &Config) -> Vec<Check> {
+        let builtin = matches!(
+            Backend::select(config, self.virtualization),
+            Ok(Backend::Builtin)
+        );
         let mut checks = vec![
             check_virtualization(self.virtualization),
             check_vhost_vsock(self.vhost_vsock),
         ];
-        checks.extend(check_qemu(
+        let qemu = check_qemu(
             &config.qemu,
             self.qemu.as_ref(),
             self.qemu_machines.as_deref(),
-        ));
+        );
+        checks.extend(qemu.into_iter().map(|check| match check.status {
+            // QEMU is the other backend: missing, it only matters to
+            // `hypervisor = "qemu"`.
+            Status::Fail if builtin => Check::new(
+                check.name,
+                Status::Warn,
+                format!(
+                    "{}; not needed while the built-in VMM runs the VMs",
+                    check.detail
+                ),
+            ),
+            _ => check,
+        }));
+        checks.push(check_vmm(&config.vmm, self.vmm.as_ref(), builtin));
         checks.push(check_virtiofsd(&config.virtiofsd, self.virtiofsd.as_ref()));
         checks.push(check_asset(
             "guest kernel",
@@ -300,9 +323,9 @@ pub fn check_virtualization(virtualization: Virtualization) -> Check {
 
 pub fn check_vhost_vsock(present: bool) -> Check {
     let detail = if present {
-        "/dev/vhost-vsock present; Hull serves vsock itself all the same (vhost-user backend)"
+        "/dev/vhost-vsock present; Hull serves vsock itself all the same (in hull-vmm, or as a vhost-user backend for QEMU)"
     } else {
-        "/dev/vhost-vsock absent; Hull serves vsock itself (vhost-user backend)"
+        "/dev/vhost-vsock absent; Hull serves vsock itself (in hull-vmm, or as a vhost-user backend for QEMU)"
     };
     Check::new("vhost-vsock", Status::Ok, detail)
 }
@@ -351,6 +374,45 @@ pub fn check_qemu(configured: &Path, qemu: Option<&Program>, machines: Option<&s
         )
     };
     vec![version_check, machine_check]
+}
+
+/// The built-in VMM's binary; `needed` when it runs this host's VMs.
+pub fn check_vmm(configured: &Path, vmm: Option<&Program>, needed: bool) -> Check {
+    let missing_status = if needed { Status::Fail } else { Status::Ok };
+    match vmm {
+        None if needed => Check::new(
+            "hull-vmm",
+            missing_status,
+            format!(
+                "{} not found: run `hull install` (or `make install`), set `vmm` in the config, or set hypervisor = \"qemu\"",
+                configured.display()
+            ),
+        ),
+        None => Check::new(
+            "hull-vmm",
+            missing_status,
+            format!(
+                "{} not found; not needed while QEMU runs the VMs",
+                configured.display()
+            ),
+        ),
+        Some(Program {
+            path,
+            version: None,
+        }) => Check::new(
+            "hull-vmm",
+            if needed { Status::Fail } else { Status::Warn },
+            format!("{} does not run (`--version` failed): reinstall it", path.display()),
+        ),
+        Some(Program {
+            path,
+            version: Some(version),
+        }) => Check::new(
+            "hull-vmm",
+            Status::Ok,
+            format!("{} ({version})", path.display()),
+        ),
+    }
 }
 
 pub fn check_virtiofsd(configured: &Path, virtiofsd: Option<&Program>) -> Check {
@@ -486,32 +548,41 @@ pub fn check_containerd_config(path: &Path, text: std::io::Result<&str>) -> Chec
     }
 }
 
-/// Which hypervisor and accelerator `auto` (or the configuration) picks.
+/// Which backend (and, for QEMU, accelerator) `auto` or the configuration
+/// picks on this host, and why.
 pub fn check_choice(config: &Config, virtualization: Virtualization) -> Check {
-    let hypervisor = match config.hypervisor {
-        HypervisorKind::Auto => "QEMU (auto: the only backend so far)",
-        HypervisorKind::Qemu => "QEMU (hypervisor = \"qemu\")",
-    };
-    match ResolvedAccelerator::resolve(config.accelerator, virtualization) {
-        Ok(accelerator) => {
-            let why = match (config.accelerator, accelerator) {
-                (Accelerator::Auto, ResolvedAccelerator::Kvm) => {
-                    "KVM (auto: VT-x/AMD-V present)".to_owned()
-                }
-                (Accelerator::Auto, ResolvedAccelerator::Tcg) => {
-                    let reason = match virtualization {
-                        Virtualization::Pvm => "KVM is PVM and cannot boot an ordinary Linux guest",
-                        _ => "no KVM with VT-x/AMD-V",
-                    };
-                    format!("TCG (auto: {reason})")
-                }
-                (_, ResolvedAccelerator::Kvm) => "KVM (accelerator = \"kvm\")".to_owned(),
-                (_, ResolvedAccelerator::Tcg) => "TCG (accelerator = \"tcg\")".to_owned(),
+    let detail = match Backend::select(config, virtualization) {
+        Ok(Backend::Builtin) => {
+            let why = match config.hypervisor {
+                HypervisorKind::Auto => "auto: KVM with VT-x/AMD-V present".to_owned(),
+                _ => "hypervisor = \"builtin\"".to_owned(),
             };
-            Check::new("hypervisor", Status::Ok, format!("{hypervisor} with {why}"))
+            format!(
+                "built-in VMM hull-vmm ({why}), jailed in the sandbox directory as uid {} gid {}",
+                config.vmm_uid, config.vmm_gid
+            )
         }
-        Err(err) => Check::new("hypervisor", Status::Fail, err.to_string()),
-    }
+        Ok(Backend::Qemu(accelerator)) => {
+            let accelerator = match (config.accelerator, accelerator) {
+                (Accelerator::Auto, ResolvedAccelerator::Kvm) => "KVM (auto: VT-x/AMD-V present)",
+                (Accelerator::Auto, ResolvedAccelerator::Tcg) => {
+                    "TCG (auto: no KVM that can boot Linux)"
+                }
+                (_, ResolvedAccelerator::Kvm) => "KVM (accelerator = \"kvm\")",
+                (_, ResolvedAccelerator::Tcg) => "TCG (accelerator = \"tcg\")",
+            };
+            let why = match config.hypervisor {
+                HypervisorKind::Auto => format!(
+                    "auto: {}, so not the built-in VMM",
+                    virtualization.describe()
+                ),
+                _ => "hypervisor = \"qemu\"".to_owned(),
+            };
+            format!("QEMU with {accelerator}; {why}")
+        }
+        Err(err) => return Check::new("hypervisor", Status::Fail, err.to_string()),
+    };
+    Check::new("hypervisor", Status::Ok, detail)
 }
 
 #[cfg(test)]
@@ -538,6 +609,7 @@ mod tests {
                     .into(),
             ),
             virtiofsd: Some(program("/usr/local/bin/virtiofsd", "virtiofsd 1.14.0")),
+            vmm: Some(program("/usr/local/bin/hull-vmm", "hull-vmm 0.1.0")),
             kernel: FileProbe::File {
                 size: 20 << 20,
                 magic: b"\x7fELF".to_vec(),
@@ -691,12 +763,29 @@ mod tests {
     fn hypervisor_choice_follows_config_and_host() {
         let mut config = Config::default();
         let check = check_choice(&config, Virtualization::Hardware);
+        assert_eq!(check.status, Status::Ok);
         assert_eq!(
             check.detail,
-            "QEMU (auto: the only backend so far) with KVM (auto: VT-x/AMD-V present)"
+            "built-in VMM hull-vmm (auto: KVM with VT-x/AMD-V present), jailed in the sandbox directory as uid 65534 gid 65534"
+        );
+        let check = check_choice(&config, Virtualization::Pvm);
+        assert_eq!(
+            check.detail,
+            format!(
+                "QEMU with TCG (auto: no KVM that can boot Linux); auto: {}, so not the built-in VMM",
+                Virtualization::Pvm.describe()
+            )
         );
         let check = check_choice(&config, Virtualization::None);
-        assert!(check.detail.contains("TCG (auto: no KVM"), "{check}");
+        assert!(check.detail.contains("QEMU with TCG"), "{check}");
+        assert!(check.detail.contains("no usable KVM"), "{check}");
+
+        config.hypervisor = HypervisorKind::Qemu;
+        let check = check_choice(&config, Virtualization::Hardware);
+        assert_eq!(
+            check.detail,
+            "QEMU with KVM (auto: VT-x/AMD-V present); hypervisor = \"qemu\""
+        );
         config.accelerator = Accelerator::Kvm;
         let check = check_choice(&config, Virtualization::Pvm);
         assert_eq!(check.status, Status::Fail);
@@ -704,9 +793,52 @@ mod tests {
         config.accelerator = Accelerator::Tcg;
         let check = check_choice(&config, Virtualization::Hardware);
         assert!(
-            check.detail.ends_with("TCG (accelerator = \"tcg\")"),
+            check
+                .detail
+                .starts_with("QEMU with TCG (accelerator = \"tcg\")"),
             "{check}"
         );
+
+        config.hypervisor = HypervisorKind::Builtin;
+        let check = check_choice(&config, Virtualization::Hardware);
+        assert!(
+            check
+                .detail
+                .starts_with("built-in VMM hull-vmm (hypervisor = \"builtin\")"),
+            "{check}"
+        );
+        let check = check_choice(&config, Virtualization::Pvm);
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.detail.contains("hypervisor = \"qemu\""), "{check}");
+    }
+
+    #[test]
+    fn hull_vmm_is_needed_only_where_it_runs_the_vms() {
+        let mut host = good_host();
+        host.vmm = None;
+        // PVM: QEMU runs the VMs, hull-vmm is not needed.
+        let checks = host.checks(&Config::default());
+        assert!(passed(&checks), "{checks:#?}");
+        let vmm = find(&checks, "hull-vmm");
+        assert!(vmm.detail.contains("not needed"), "{vmm}");
+
+        host.virtualization = Virtualization::Hardware;
+        let checks = host.checks(&Config::default());
+        let vmm = find(&checks, "hull-vmm");
+        assert_eq!(vmm.status, Status::Fail);
+        assert!(vmm.detail.contains("hull install"), "{vmm}");
+        assert!(find(&checks, "hypervisor").detail.contains("hull-vmm"));
+
+        // With hull-vmm there, QEMU missing is only a warning.
+        host.vmm = Some(program("/usr/local/bin/hull-vmm", "hull-vmm 0.1.0"));
+        host.qemu = None;
+        host.qemu_machines = None;
+        let checks = host.checks(&Config::default());
+        assert!(passed(&checks), "{checks:#?}");
+        let qemu = find(&checks, "qemu");
+        assert_eq!(qemu.status, Status::Warn);
+        assert!(qemu.detail.contains("not needed"), "{qemu}");
+        assert_eq!(find(&checks, "hull-vmm").status, Status::Ok);
     }
 
     #[test]

@@ -8,13 +8,16 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use super::check::SHIM_BINARY;
+use super::check::{SHIM_BINARY, VMM_BINARY};
 use super::containerd_config::{self, Registration};
 use crate::config::Config;
 
 /// The binaries `hull install` copies from the directory of the running
-/// `hull`.
-pub const BINARIES: [&str; 2] = ["hull", SHIM_BINARY];
+/// `hull`: the admin command, the shim, and the built-in VMM the shim runs
+/// with `hypervisor = "builtin"`.
+pub const BINARIES: [&str; 3] = ["hull", SHIM_BINARY, VMM_BINARY];
+/// Where the shim looks for hull-vmm unless the configuration says.
+const DEFAULT_BIN_DIR: &str = "/usr/local/bin";
 /// Where `make assets` leaves the guest kernel and initrd.
 pub const BUILT_KERNEL: &str = "target/hull-assets/vmlinux";
 pub const BUILT_INITRD: &str = "target/hull-assets/hull-initrd.img";
@@ -40,7 +43,7 @@ overhead:
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{name} not found in {dir}: build it with `cargo build --release -p hull-shim`")]
+    #[error("{name} not found in {dir}: build it with `make build` (cargo build --release -p hull-shim -p hull-vmm)")]
     MissingBinary { name: &'static str, dir: PathBuf },
     #[error("Guest {what} not found at {path}: run `make assets`, or pass --{what} PATH")]
     MissingAsset { what: &'static str, path: PathBuf },
@@ -69,7 +72,8 @@ pub enum Error {
 pub struct InstallOptions {
     /// Binaries go to `<prefix>/bin`, guest assets to `<prefix>/share/hull`.
     pub prefix: PathBuf,
-    /// The directory holding the built `hull` and `containerd-shim-hull-v2`.
+    /// The directory holding the built `hull`, `containerd-shim-hull-v2`
+    /// and `hull-vmm`.
     pub binaries_from: PathBuf,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
@@ -410,6 +414,13 @@ fn install_hull_config(
                     toml_string(installed_initrd),
                 ));
             }
+            // The shim may run without the prefix on its PATH.
+            if options.bin_dir() != Path::new(DEFAULT_BIN_DIR) {
+                text.push_str(&format!(
+                    "vmm = {}\n",
+                    toml_string(&options.bin_dir().join(VMM_BINARY))
+                ));
+            }
             let temp = write_temp(path, 0o644, |out| out.write_all(text.as_bytes()))?;
             // A hard link never replaces an existing file, so a configuration
             // that appeared meanwhile is kept.
@@ -526,6 +537,7 @@ mod tests {
             fs::create_dir_all(&build).unwrap();
             fs::write(build.join("hull"), "hull binary").unwrap();
             fs::write(build.join(SHIM_BINARY), "shim binary").unwrap();
+            fs::write(build.join(VMM_BINARY), "vmm binary").unwrap();
             // The kernel is a symlink into a cache, as `make kernel` leaves it.
             let cache = root.join("cache");
             fs::create_dir_all(&cache).unwrap();
@@ -570,6 +582,9 @@ mod tests {
         assert_eq!(mode(&hull), 0o755);
         let shim = fx.path("usr/local/bin/containerd-shim-hull-v2");
         assert_eq!(fs::read_to_string(&shim).unwrap(), "shim binary");
+        let vmm = fx.path("usr/local/bin/hull-vmm");
+        assert_eq!(fs::read_to_string(&vmm).unwrap(), "vmm binary");
+        assert_eq!(mode(&vmm), 0o755);
         let kernel = fx.path("usr/local/share/hull/vmlinux");
         assert!(!fs::symlink_metadata(&kernel)
             .unwrap()
@@ -590,6 +605,7 @@ mod tests {
         let config =
             Config::parse(&fs::read_to_string(&config_path).unwrap(), &config_path).unwrap();
         assert_eq!(config.kernel, kernel);
+        assert_eq!(config.vmm, vmm, "the shim finds hull-vmm outside its PATH");
         assert!(fs::read_to_string(&config_path)
             .unwrap()
             .starts_with(CONFIG_EXAMPLE));
@@ -636,7 +652,7 @@ mod tests {
                 "{action}"
             );
         }
-        assert_eq!(actions.len(), 7, "{actions:?}");
+        assert_eq!(actions.len(), 8, "{actions:?}");
         assert_eq!(
             fs::read_to_string(fx.path("etc/containerd/config.toml")).unwrap(),
             containerd
@@ -740,6 +756,13 @@ mod tests {
         fs::remove_file(fx.options.binaries_from.join(SHIM_BINARY)).unwrap();
         let err = fx.install().unwrap_err().to_string();
         assert!(err.contains(SHIM_BINARY), "{err}");
+        assert!(!fx.path("usr/local/bin/hull").exists());
+
+        let fx = Fixture::new();
+        fs::remove_file(fx.options.binaries_from.join(VMM_BINARY)).unwrap();
+        let err = fx.install().unwrap_err().to_string();
+        assert!(err.starts_with("hull-vmm not found in"), "{err}");
+        assert!(err.contains("-p hull-vmm"), "{err}");
         assert!(!fx.path("usr/local/bin/hull").exists());
 
         let mut fx = Fixture::new();

@@ -1,6 +1,8 @@
 //! The `Hypervisor` trait: what the sandbox needs from a VMM, and nothing of
-//! how it talks to KVM. QEMU is the only backend so far.
+//! how it talks to KVM. Two backends: `builtin` (hull-vmm, Hull's own KVM
+//! VMM) and `qemu`; [`Backend::select`] picks one for the host.
 
+pub mod builtin;
 pub mod process;
 pub mod qemu;
 
@@ -11,10 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
-use crate::config::Accelerator;
+use crate::config::{Accelerator, Config, HypervisorKind};
 use crate::host::Virtualization;
 
-/// Everything a backend needs to start one VM.
+/// Everything a backend needs to start one VM, whichever backend it is.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
     pub kernel: PathBuf,
@@ -22,9 +24,8 @@ pub struct VmConfig {
     pub cmdline: String,
     pub vcpus: u32,
     pub memory_mib: u32,
-    pub accelerator: ResolvedAccelerator,
-    /// vhost-user socket of the vsock device backend.
-    pub vsock_socket: PathBuf,
+    /// The hybrid-vsock socket the shim reaches the agent through.
+    pub vsock_uds: PathBuf,
     pub guest_cid: u64,
     /// vhost-user socket of virtiofsd and the tag the guest mounts.
     pub fs_socket: PathBuf,
@@ -41,6 +42,41 @@ pub struct NetDevice {
     /// Stays open in the caller for as long as the VM runs.
     pub tap_fd: RawFd,
     pub mac: String,
+}
+
+/// The backend that runs a sandbox's VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// hull-vmm, on KVM with hardware virtualization.
+    Builtin,
+    Qemu(ResolvedAccelerator),
+}
+
+impl Backend {
+    /// Picks the backend the configuration asks for on a host with `host`
+    /// virtualization: `auto` is the built-in VMM where KVM has VT-x/AMD-V,
+    /// else QEMU. The built-in VMM is refused where it cannot boot Linux.
+    pub fn select(config: &Config, host: Virtualization) -> Result<Self, Error> {
+        match (config.hypervisor, host) {
+            (HypervisorKind::Builtin | HypervisorKind::Auto, Virtualization::Hardware) => {
+                Ok(Backend::Builtin)
+            }
+            (HypervisorKind::Builtin, host) => Err(Error::BuiltinNeedsHardware(host.describe())),
+            (HypervisorKind::Qemu | HypervisorKind::Auto, host) => Ok(Backend::Qemu(
+                ResolvedAccelerator::resolve(config.accelerator, host)?,
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Builtin => write!(f, "hull-vmm"),
+            Backend::Qemu(ResolvedAccelerator::Kvm) => write!(f, "QEMU/KVM"),
+            Backend::Qemu(ResolvedAccelerator::Tcg) => write!(f, "QEMU/TCG"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +103,22 @@ impl ResolvedAccelerator {
 pub enum Error {
     #[error("accelerator = \"kvm\" cannot work here: {0}; use \"tcg\" or \"auto\"")]
     NoKvm(&'static str),
+    #[error(
+        "hypervisor = \"builtin\" cannot run here ({0}). The built-in VMM (hull-vmm) needs KVM with hardware virtualization (VT-x/AMD-V) to boot Hull's Linux guest, which KVM without it, PVM included, cannot. Set hypervisor = \"qemu\" (or \"auto\", which uses QEMU on this host)"
+    )]
+    BuiltinNeedsHardware(&'static str),
+    #[error("The built-in VMM runs at most {max} vCPUs and this VM needs {vcpus}: lower the pod's CPU limit or pod_vcpus_overhead, or set hypervisor = \"qemu\"")]
+    TooManyVcpus { vcpus: u32, max: u8 },
+    #[error("Writing hull-vmm's configuration {path}: {message}")]
+    VmmConfig { path: PathBuf, message: String },
+    #[error("Starting the vsock backend for QEMU: {0}")]
+    Vsock(String),
+    #[error("Creating the cgroup {path} for hull-vmm: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("Cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -103,6 +155,60 @@ pub trait Hypervisor: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn select(hypervisor: HypervisorKind, host: Virtualization) -> Result<Backend, String> {
+        let config = Config {
+            hypervisor,
+            ..Config::default()
+        };
+        Backend::select(&config, host).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn auto_is_builtin_only_with_hardware_virtualization() {
+        use HypervisorKind::Auto;
+        use ResolvedAccelerator::{Kvm, Tcg};
+        assert_eq!(select(Auto, Virtualization::Hardware), Ok(Backend::Builtin));
+        assert_eq!(select(Auto, Virtualization::Pvm), Ok(Backend::Qemu(Tcg)));
+        assert_eq!(select(Auto, Virtualization::None), Ok(Backend::Qemu(Tcg)));
+        let config = Config {
+            accelerator: Accelerator::Kvm,
+            ..Config::default()
+        };
+        // `accelerator` is QEMU's: auto on hardware still takes hull-vmm.
+        assert_eq!(
+            Backend::select(&config, Virtualization::Hardware).unwrap(),
+            Backend::Builtin
+        );
+        assert_eq!(
+            select(HypervisorKind::Qemu, Virtualization::Hardware),
+            Ok(Backend::Qemu(Kvm))
+        );
+        assert_eq!(
+            select(HypervisorKind::Qemu, Virtualization::Pvm),
+            Ok(Backend::Qemu(Tcg))
+        );
+    }
+
+    #[test]
+    fn builtin_is_refused_where_kvm_cannot_boot_linux_saying_why_and_what_instead() {
+        assert_eq!(
+            select(HypervisorKind::Builtin, Virtualization::Hardware),
+            Ok(Backend::Builtin)
+        );
+        for host in [Virtualization::Pvm, Virtualization::None] {
+            let err = select(HypervisorKind::Builtin, host).unwrap_err();
+            assert!(err.contains(host.describe()), "{err}");
+            for part in [
+                "hypervisor = \"builtin\"",
+                "VT-x/AMD-V",
+                "PVM",
+                "hypervisor = \"qemu\"",
+            ] {
+                assert!(err.contains(part), "{part:?} not in {err}");
+            }
+        }
+    }
 
     #[test]
     fn auto_uses_kvm_only_with_hardware_virtualization() {

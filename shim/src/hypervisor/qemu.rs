@@ -1,11 +1,17 @@
 //! QEMU `-M microvm` as a Hull VMM: PVH boot of the uncompressed kernel,
 //! guest RAM in a shared memfd (vhost-user devices map it), vsock and
 //! virtio-fs as vhost-user devices, the serial console to a log file.
+//!
+//! The vsock device is Hull's own (`hull_vmm`'s), served to QEMU over
+//! vhost-user by threads of this process, since these hosts have no
+//! `/dev/vhost-vsock`; its hybrid-vsock side is the socket the shim reaches
+//! the agent through.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hull_vmm::devices::virtio::vsock::{serve_vhost_user, VsockBackendHandle, VsockConfig};
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
@@ -16,24 +22,35 @@ const TAP_FD: i32 = 3;
 
 pub struct Qemu {
     binary: PathBuf,
+    accelerator: ResolvedAccelerator,
+    /// Where the vsock backend listens for QEMU (vhost-user).
+    vhost_vsock_socket: PathBuf,
+    vsock: Option<VsockBackendHandle>,
     process: VmmProcess,
 }
 
 impl Qemu {
-    pub fn new(binary: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        binary: impl Into<PathBuf>,
+        accelerator: ResolvedAccelerator,
+        vhost_vsock_socket: impl Into<PathBuf>,
+    ) -> Self {
         Qemu {
             binary: binary.into(),
+            accelerator,
+            vhost_vsock_socket: vhost_vsock_socket.into(),
+            vsock: None,
             process: VmmProcess::default(),
         }
     }
 
-    /// The QEMU command line for `config` (a plain function, so tests see it).
-    pub fn args(config: &VmConfig) -> Vec<String> {
-        let accel = match config.accelerator {
+    /// The QEMU command line for `config` (no side effects, so tests see it).
+    pub fn args(&self, config: &VmConfig) -> Vec<String> {
+        let accel = match self.accelerator {
             ResolvedAccelerator::Kvm => "kvm",
             ResolvedAccelerator::Tcg => "tcg",
         };
-        let cpu = match config.accelerator {
+        let cpu = match self.accelerator {
             ResolvedAccelerator::Kvm => "host",
             ResolvedAccelerator::Tcg => "max",
         };
@@ -64,7 +81,7 @@ impl Qemu {
             "-append".into(),
             config.cmdline.clone(),
             "-chardev".into(),
-            format!("socket,id=vsock,path={}", config.vsock_socket.display()),
+            format!("socket,id=vsock,path={}", self.vhost_vsock_socket.display()),
             "-device".into(),
             // The guest CID comes from the backend's config space.
             "vhost-user-vsock-device,chardev=vsock".into(),
@@ -88,13 +105,33 @@ impl Qemu {
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn start(&mut self, config: &VmConfig) -> Result<(), Error> {
+        let vsock = serve_vhost_user(
+            &self.vhost_vsock_socket,
+            VsockConfig {
+                guest_cid: config.guest_cid,
+                uds_path: config.vsock_uds.clone(),
+            },
+        )
+        .map_err(|e| Error::Vsock(e.to_string()))?;
         let fds: Vec<_> = config.net.iter().map(|net| (net.tap_fd, TAP_FD)).collect();
-        self.process
-            .spawn(&self.binary, &Self::args(config), &config.console_log, &fds)
+        let args = self.args(config);
+        if let Err(err) = self
+            .process
+            .spawn(&self.binary, &args, &config.console_log, &fds)
+        {
+            stop_vsock(vsock);
+            return Err(err);
+        }
+        self.vsock = Some(vsock);
+        Ok(())
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
-        Ok(self.process.stop(grace).await)
+        let exit = self.process.stop(grace).await;
+        if let Some(vsock) = self.vsock.take() {
+            stop_vsock(vsock);
+        }
+        Ok(exit)
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
@@ -103,6 +140,12 @@ impl Hypervisor for Qemu {
 
     fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+}
+
+fn stop_vsock(vsock: VsockBackendHandle) {
+    if let Err(err) = vsock.stop() {
+        tracing::warn!(%err, "stopping the vsock backend");
     }
 }
 
@@ -118,16 +161,21 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             vcpus: 2,
             memory_mib: 256,
-            accelerator: ResolvedAccelerator::Tcg,
-            vsock_socket: "/run/hull/s/vhost-vsock.sock".into(),
+            vsock_uds: "/run/hull/s/vsock.sock".into(),
             guest_cid: 3,
             fs_socket: "/run/hull/s/virtiofsd.sock".into(),
             fs_tag: "hull".into(),
             console_log: "/run/hull/s/console.log".into(),
             net: None,
         };
-        let args = Qemu::args(&config).join(" ");
+        let qemu = Qemu::new(
+            "qemu",
+            ResolvedAccelerator::Tcg,
+            "/run/hull/s/vhost-vsock.sock",
+        );
+        let args = qemu.args(&config).join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert!(args.contains("socket,id=vsock,path=/run/hull/s/vhost-vsock.sock"));
         assert!(args.contains("-accel tcg"));
         assert!(args.contains("-smp 2"));
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
@@ -145,8 +193,7 @@ mod tests {
             cmdline: String::new(),
             vcpus: 1,
             memory_mib: 256,
-            accelerator: ResolvedAccelerator::Tcg,
-            vsock_socket: "/v".into(),
+            vsock_uds: "/v".into(),
             guest_cid: 3,
             fs_socket: "/f".into(),
             fs_tag: "hull".into(),
@@ -156,7 +203,9 @@ mod tests {
                 mac: "02:42:ac:11:00:0a".into(),
             }),
         };
-        let args = Qemu::args(&config).join(" ");
+        let qemu = Qemu::new("qemu", ResolvedAccelerator::Kvm, "/vv");
+        let args = qemu.args(&config).join(" ");
+        assert!(args.contains("-accel kvm -cpu host"), "{args}");
         assert!(
             args.contains("-netdev tap,id=net0,fd=3,vhost=off"),
             "{args}"

@@ -1,6 +1,9 @@
 //! One sandbox VM on the host: its state directory, shared directory,
-//! virtiofsd, vsock backend, VMM and agent connection, started in a fixed
-//! order and torn down in reverse, also when starting fails half-way.
+//! virtiofsd, VMM (with QEMU, the vsock backend it needs) and agent
+//! connection, started in a fixed order and torn down in reverse, also when
+//! starting fails half-way. What can be checked without starting anything
+//! (the assets, the programs, whether the chosen backend can run on this
+//! host) is checked before the state directory exists.
 
 mod virtiofsd;
 
@@ -12,16 +15,16 @@ use hull_protocols::agent::{
     CreateSandboxRequest, DestroySandboxRequest, Interface, IpAddress, Route, SharedFilesystem,
     UpdateInterfaceRequest, UpdateRoutesRequest,
 };
-use hull_vmm::devices::virtio::vsock::{serve_vhost_user, VsockBackendHandle, VsockConfig};
 
 pub use self::virtiofsd::find_program;
 use self::virtiofsd::Virtiofsd;
 use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
+use crate::hypervisor::builtin::{Builtin, VmmJail};
 use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::{self, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig};
-use crate::network::{self, format_mac, PodNetwork, GUEST_INTERFACE};
+use crate::hypervisor::{self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig};
+use crate::network::{self, format_mac, PodNetwork, TapHeader, GUEST_INTERFACE};
 use crate::pod::VmSize;
 use crate::rootfs::{self, RootfsMount};
 
@@ -45,6 +48,8 @@ pub enum Error {
     MissingQemu(PathBuf),
     #[error("{0} not found: install it with `make deps` (cargo install virtiofsd)")]
     MissingVirtiofsd(PathBuf),
+    #[error("{0} (the built-in VMM, hypervisor = \"builtin\") not found: install it with `make install` (`hull install` puts it next to the shim), set `vmm` in Hull's configuration to its path, or set hypervisor = \"qemu\"")]
+    MissingVmm(PathBuf),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -66,8 +71,6 @@ pub enum Error {
     },
     #[error("{program} did not get ready; see {log}", log = log.display())]
     NotReady { program: String, log: PathBuf },
-    #[error("Starting the vsock backend: {0}")]
-    Vsock(String),
     #[error(transparent)]
     Hypervisor(#[from] hypervisor::Error),
     #[error("The VM did not boot: {source}; guest console log: {log}", log = log.display())]
@@ -98,6 +101,8 @@ pub struct SandboxPaths {
     pub vsock: PathBuf,
     pub vhost_vsock: PathBuf,
     pub virtiofsd: PathBuf,
+    /// hull-vmm's configuration (builtin backend).
+    pub vmm_config: PathBuf,
     pub console_log: PathBuf,
     pub virtiofsd_log: PathBuf,
 }
@@ -110,6 +115,7 @@ impl SandboxPaths {
             vsock: dir.join("vsock.sock"),
             vhost_vsock: dir.join("vhost-vsock.sock"),
             virtiofsd: dir.join("virtiofsd.sock"),
+            vmm_config: dir.join("vmm.toml"),
             console_log: dir.join("console.log"),
             virtiofsd_log: dir.join("virtiofsd.log"),
             dir,
@@ -197,9 +203,85 @@ pub struct SandboxVm {
     network: Option<PodNetwork>,
     hypervisor: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
-    vsock: Option<VsockBackendHandle>,
     mounts: Vec<RootfsMount>,
     agent: Option<AgentClient>,
+}
+
+/// What a sandbox is started with, found before anything is started.
+struct Launch {
+    backend: Backend,
+    hypervisor: Box<dyn Hypervisor>,
+    virtiofsd: PathBuf,
+}
+
+impl Launch {
+    /// Picks the backend for this host and finds the programs it needs;
+    /// touches nothing.
+    fn prepare(
+        config: &Config,
+        paths: &SandboxPaths,
+        options: &SandboxOptions,
+        host: Virtualization,
+    ) -> Result<Launch, Error> {
+        let backend = Backend::select(config, host)?;
+        let hypervisor: Box<dyn Hypervisor> = match backend {
+            Backend::Builtin => {
+                Builtin::check_vcpus(options.size.vcpus)?;
+                let vmm = find_program(&config.vmm)
+                    .ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
+                Box::new(Builtin::new(
+                    vmm,
+                    &paths.vmm_config,
+                    builtin_jail(config, paths),
+                ))
+            }
+            Backend::Qemu(accelerator) => {
+                let qemu = find_program(&config.qemu)
+                    .ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?;
+                Box::new(Qemu::new(qemu, accelerator, &paths.vhost_vsock))
+            }
+        };
+        let virtiofsd = find_program(&config.virtiofsd)
+            .ok_or_else(|| Error::MissingVirtiofsd(config.virtiofsd.clone()))?;
+        Ok(Launch {
+            backend,
+            hypervisor,
+            virtiofsd,
+        })
+    }
+}
+
+/// hull-vmm's jail: the sandbox directory, the configured uid/gid, and a
+/// cgroup per sandbox under `vmm_cgroup_parent` if there is one.
+fn builtin_jail(config: &Config, paths: &SandboxPaths) -> VmmJail {
+    let id = paths.dir.file_name().expect("a sandbox dir has a name");
+    VmmJail {
+        // hull-vmm wants it absolute; a relative `state_dir` is the shim's.
+        root: std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone()),
+        uid: config.vmm_uid,
+        gid: config.vmm_gid,
+        cgroup: vmm_cgroup(config, &id.to_string_lossy()),
+    }
+}
+
+/// The cgroup of sandbox `id`'s hull-vmm, if hull-vmm gets one.
+pub fn vmm_cgroup(config: &Config, id: &str) -> Option<PathBuf> {
+    config.vmm_cgroup_parent.as_ref().map(|p| p.join(id))
+}
+
+/// Hull's kernel command line for `backend`.
+fn kernel_cmdline(config: &Config, backend: Backend, tsc_khz: Option<u64>) -> String {
+    let mut cmdline = BASE_CMDLINE.to_owned();
+    if backend == Backend::Qemu(ResolvedAccelerator::Tcg) {
+        if let Some(khz) = tsc_khz {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
+    if !config.kernel_params.is_empty() {
+        cmdline.push(' ');
+        cmdline.push_str(&config.kernel_params);
+    }
+    cmdline
 }
 
 impl SandboxVm {
@@ -217,6 +299,7 @@ impl SandboxVm {
     ) -> Result<Self, Error> {
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
+        let launch = Launch::prepare(config, &paths, options, Virtualization::detect())?;
         std::fs::create_dir_all(&paths.shared).map_err(|source| Error::Io {
             what: format!("creating {}", paths.shared.display()),
             source,
@@ -227,11 +310,10 @@ impl SandboxVm {
             network: None,
             hypervisor: None,
             virtiofsd: None,
-            vsock: None,
             mounts: Vec::new(),
             agent: None,
         };
-        match vm.boot(config, options, progress).await {
+        match vm.boot(config, options, launch, progress).await {
             Ok(()) => Ok(vm),
             Err(err) => {
                 vm.teardown(true).await;
@@ -244,30 +326,17 @@ impl SandboxVm {
         &mut self,
         config: &Config,
         options: &SandboxOptions,
+        launch: Launch,
         progress: &Progress,
     ) -> Result<(), Error> {
-        let qemu =
-            find_program(&config.qemu).ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?;
-        let virtiofsd_bin = find_program(&config.virtiofsd)
-            .ok_or_else(|| Error::MissingVirtiofsd(config.virtiofsd.clone()))?;
-        let accelerator =
-            ResolvedAccelerator::resolve(config.accelerator, Virtualization::detect())?;
-
-        self.vsock = Some(
-            serve_vhost_user(
-                &self.paths.vhost_vsock,
-                VsockConfig {
-                    guest_cid: GUEST_CID,
-                    uds_path: self.paths.vsock.clone(),
-                },
-            )
-            .map_err(|e| Error::Vsock(e.to_string()))?,
-        );
-        progress.step("vsock backend listening");
-
+        let Launch {
+            backend,
+            mut hypervisor,
+            virtiofsd,
+        } = launch;
         self.virtiofsd = Some(
             Virtiofsd::start(
-                &virtiofsd_bin,
+                &virtiofsd,
                 &self.paths.virtiofsd,
                 &self.paths.shared,
                 &self.paths.virtiofsd_log,
@@ -277,28 +346,21 @@ impl SandboxVm {
         progress.step("virtiofsd ready");
 
         if let Some(netns) = &options.netns {
-            self.network = PodNetwork::setup(netns).await?;
+            let header = match backend {
+                Backend::Builtin => TapHeader::VirtioNet,
+                Backend::Qemu(_) => TapHeader::None,
+            };
+            self.network = PodNetwork::setup(netns, header).await?;
             progress.step("pod network wired to the tap");
         }
 
-        let mut cmdline = BASE_CMDLINE.to_owned();
-        if accelerator == ResolvedAccelerator::Tcg {
-            if let Some(khz) = crate::host::tsc_khz() {
-                cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-            }
-        }
-        if !config.kernel_params.is_empty() {
-            cmdline.push(' ');
-            cmdline.push_str(&config.kernel_params);
-        }
         let vm_config = VmConfig {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
-            cmdline,
+            cmdline: kernel_cmdline(config, backend, crate::host::tsc_khz()),
             vcpus: options.size.vcpus,
             memory_mib: options.size.memory_mib,
-            accelerator,
-            vsock_socket: self.paths.vhost_vsock.clone(),
+            vsock_uds: self.paths.vsock.clone(),
             guest_cid: GUEST_CID,
             fs_socket: self.paths.virtiofsd.clone(),
             fs_tag: SHARE_TAG.into(),
@@ -308,13 +370,11 @@ impl SandboxVm {
                 mac: format_mac(&network.interface.mac),
             }),
         };
-        let mut qemu = Box::new(Qemu::new(qemu));
-        qemu.start(&vm_config).await?;
-        self.hypervisor = Some(qemu);
-        progress.milestone(
-            Milestone::VmStarted,
-            &format!("QEMU started ({accelerator:?})"),
-        );
+        // Kept before it runs, so that a failed start is stopped with the rest.
+        let started = hypervisor.start(&vm_config).await;
+        self.hypervisor = Some(hypervisor);
+        started?;
+        progress.milestone(Milestone::VmStarted, &format!("{backend} started"));
 
         let vsock = HybridVsock::new(&self.paths.vsock);
         let agent = tokio::select! {
@@ -442,11 +502,6 @@ impl SandboxVm {
         }
         if let Some(virtiofsd) = self.virtiofsd.take() {
             virtiofsd.stop(Duration::from_secs(2)).await;
-        }
-        if let Some(vsock) = self.vsock.take() {
-            if let Err(err) = vsock.stop() {
-                tracing::warn!(sandbox = %self.id, %err, "stopping the vsock backend");
-            }
         }
         for mut mount in self.mounts.drain(..) {
             if let Err(err) = mount.unmount() {
@@ -626,6 +681,133 @@ mod tests {
         for socket in [&paths.vsock, &paths.vhost_vsock, &paths.virtiofsd] {
             // Guest-initiated hybrid vsock connections append `_<port>`.
             assert!(socket.as_os_str().len() + 11 <= 107, "{}", socket.display());
+        }
+    }
+
+    fn options(vcpus: u32) -> SandboxOptions {
+        SandboxOptions {
+            size: VmSize {
+                vcpus,
+                memory_mib: 256,
+            },
+            netns: None,
+        }
+    }
+
+    fn prepare(config: &Config, vcpus: u32, host: Virtualization) -> Result<Backend, String> {
+        let paths = SandboxPaths::new(&config.state_dir, "s1");
+        Launch::prepare(config, &paths, &options(vcpus), host)
+            .map(|launch| launch.backend)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A configuration whose programs all exist (`true` stands in for each).
+    fn with_programs() -> Config {
+        let truth = find_program(Path::new("true")).expect("true is on PATH");
+        Config {
+            qemu: truth.clone(),
+            virtiofsd: truth.clone(),
+            vmm: truth,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn the_backend_and_its_programs_are_settled_before_anything_starts() {
+        let mut config = with_programs();
+        assert_eq!(
+            prepare(&config, 1, Virtualization::Hardware),
+            Ok(Backend::Builtin)
+        );
+        assert_eq!(
+            prepare(&config, 1, Virtualization::Pvm),
+            Ok(Backend::Qemu(ResolvedAccelerator::Tcg))
+        );
+
+        // On PVM, builtin is refused naming the host and the way out.
+        config.hypervisor = crate::config::HypervisorKind::Builtin;
+        let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();
+        assert!(err.contains(Virtualization::Pvm.describe()), "{err}");
+        assert!(err.contains("hypervisor = \"qemu\""), "{err}");
+
+        let err = prepare(&config, 33, Virtualization::Hardware).unwrap_err();
+        assert!(err.contains("at most 32 vCPUs"), "{err}");
+
+        config.vmm = "/nonexistent/hull-vmm".into();
+        let err = prepare(&config, 1, Virtualization::Hardware).unwrap_err();
+        assert!(err.contains("/nonexistent/hull-vmm"), "{err}");
+        assert!(err.contains("hull install"), "{err}");
+        assert!(err.contains("hypervisor = \"qemu\""), "{err}");
+        // QEMU's binary is not looked for when hull-vmm runs the VM, and the
+        // other way round.
+        config.vmm = with_programs().vmm;
+        config.qemu = "/nonexistent/qemu".into();
+        assert_eq!(
+            prepare(&config, 1, Virtualization::Hardware),
+            Ok(Backend::Builtin)
+        );
+        config.hypervisor = crate::config::HypervisorKind::Qemu;
+        let err = prepare(&config, 1, Virtualization::Hardware).unwrap_err();
+        assert!(err.contains("/nonexistent/qemu"), "{err}");
+        config.qemu = with_programs().qemu;
+        config.vmm = "/nonexistent/hull-vmm".into();
+        assert!(prepare(&config, 1, Virtualization::Hardware).is_ok());
+
+        config.virtiofsd = "/nonexistent/virtiofsd".into();
+        let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();
+        assert!(err.contains("/nonexistent/virtiofsd"), "{err}");
+    }
+
+    #[test]
+    fn hull_vmm_is_jailed_in_the_sandbox_dir_with_a_cgroup_per_sandbox() {
+        let mut config = Config {
+            vmm_uid: 1000,
+            vmm_gid: 1001,
+            ..Config::default()
+        };
+        let paths = SandboxPaths::new(Path::new("/run/hull"), "pod-1");
+        assert_eq!(
+            builtin_jail(&config, &paths),
+            VmmJail {
+                root: "/run/hull/pod-1".into(),
+                uid: 1000,
+                gid: 1001,
+                cgroup: None,
+            }
+        );
+        config.vmm_cgroup_parent = Some("/sys/fs/cgroup/hull".into());
+        assert_eq!(
+            builtin_jail(&config, &paths).cgroup,
+            Some(PathBuf::from("/sys/fs/cgroup/hull/pod-1"))
+        );
+        // The sockets hull-vmm keeps using after the jail are inside it.
+        assert!(paths.vsock.starts_with(&paths.dir));
+        let relative = SandboxPaths::new(Path::new("state"), "pod-1");
+        let root = builtin_jail(&config, &relative).root;
+        assert!(
+            root.is_absolute() && root.ends_with("state/pod-1"),
+            "{root:?}"
+        );
+        assert!(paths.vmm_config.starts_with(&paths.dir));
+    }
+
+    #[test]
+    fn only_qemu_under_tcg_gets_the_tsc_frequency() {
+        let config = Config {
+            kernel_params: "debug".into(),
+            ..Config::default()
+        };
+        let tcg = kernel_cmdline(
+            &config,
+            Backend::Qemu(ResolvedAccelerator::Tcg),
+            Some(2_000_000),
+        );
+        assert_eq!(tcg, format!("{BASE_CMDLINE} tsc_early_khz=2000000 debug"));
+        for backend in [Backend::Builtin, Backend::Qemu(ResolvedAccelerator::Kvm)] {
+            assert_eq!(
+                kernel_cmdline(&config, backend, Some(2_000_000)),
+                format!("{BASE_CMDLINE} debug")
+            );
         }
     }
 

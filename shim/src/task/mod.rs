@@ -66,7 +66,7 @@ impl Shim for HullShim {
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
         // Called for a container whose shim is gone: its VM went with it
-        // (QEMU and virtiofsd die with the shim); remove what is left on
+        // (the VMM and virtiofsd die with the shim); remove what is left on
         // the host.
         let spec = oci_spec::runtime::Spec::load("config.json").ok();
         let sandbox_id = spec
@@ -79,6 +79,9 @@ impl Shim for HullShim {
             let _ = std::fs::remove_dir_all(paths.shared.join(&self.id));
             if sandbox_id == self.id {
                 crate::sandbox::remove_state(&paths, false);
+                if let Some(cgroup) = crate::sandbox::vmm_cgroup(&config, &sandbox_id) {
+                    crate::hypervisor::builtin::remove_cgroup(&cgroup).await;
+                }
             }
         }
         tracing::info!(id = %self.id, namespace = %self.namespace, "cleaned up after a dead shim");

@@ -313,10 +313,7 @@ fn parse_net(arg: &str) -> Result<NetDeviceConfig, String> {
     if tap.is_empty() {
         return Err(usage());
     }
-    Ok(NetDeviceConfig {
-        tap: tap.to_owned(),
-        mac,
-    })
+    Ok(NetDeviceConfig::named(tap, mac))
 }
 
 /// `status` answers `running`; `stop` answers `stopping` and stops the VM.
@@ -486,9 +483,15 @@ mod tests {
             .net
             .iter()
             .enumerate()
-            .map(|(index, net)| format!("{} {}", net.tap, net.guest_mac(index)))
+            .map(|(index, net)| format!("{} {}", net.source().unwrap(), net.guest_mac(index)))
             .collect();
-        assert_eq!(nets, ["tap0 02:00:00:00:00:01", "tap1 02:ab:00:00:00:09"]);
+        assert_eq!(
+            nets,
+            [
+                "tap = \"tap0\" 02:00:00:00:00:01",
+                "tap = \"tap1\" 02:ab:00:00:00:09"
+            ]
+        );
 
         let error =
             |arg: &str| match Cli::try_parse_from(["hull-vmm", "--kernel", "/k", "--net", arg]) {

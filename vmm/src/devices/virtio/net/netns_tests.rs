@@ -396,3 +396,102 @@ fn arp_and_ping_through_a_real_tap_in_a_private_netns() {
         .join(TAP_NAME)
         .exists());
 }
+
+/// Opens `/dev/net/tun` as another program would (blocking) and attaches it to the tap `name`
+/// with `flags`, creating it in this thread's namespace.
+fn attach_tap(name: &str, flags: libc::c_int) -> OwnedFd {
+    let tun = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .unwrap();
+    let mut request = ifreq(name);
+    request.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: TUNSETIFF reads and writes one ifreq, which outlives the call.
+    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut request) };
+    assert_eq!(rc, 0, "TUNSETIFF: {}", std::io::Error::last_os_error());
+    tun.into()
+}
+
+#[test]
+fn a_tap_opened_elsewhere_and_passed_by_descriptor_carries_frames() {
+    in_private_netns(|| {
+        disable_ipv6_in_this_netns();
+        let opened = attach_tap(
+            TAP_NAME,
+            libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
+        );
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(opened);
+        let tap = super::Tap::from_fd(fd).unwrap();
+        assert_eq!(tap.name(), TAP_NAME);
+        assert_eq!(tap.as_raw_fd(), fd);
+        // What opening by name sets, set on the passed descriptor too.
+        // SAFETY: fcntl and ioctl on the descriptor the tap owns; the header size is one int.
+        let (status, descriptor, mut header_size) = unsafe {
+            (
+                libc::fcntl(fd, libc::F_GETFL),
+                libc::fcntl(fd, libc::F_GETFD),
+                0 as libc::c_int,
+            )
+        };
+        assert_ne!(status & libc::O_NONBLOCK, 0, "non-blocking");
+        assert_ne!(descriptor & libc::FD_CLOEXEC, 0, "close-on-exec");
+        // SAFETY: as above.
+        let rc = unsafe { libc::ioctl(fd, libc::TUNGETVNETHDRSZ, &mut header_size) };
+        assert_eq!(rc, 0);
+        assert_eq!(header_size as usize, VNET_HDR_SIZE);
+        // Nothing waiting: a read returns at once instead of blocking the thread.
+        let err = tap.read_frame(&mut [0; 2048]).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+
+        let tap_mac = configure_interface(TAP_NAME, HOST_IP);
+        let mut guest = Guest::new(NetDevice::new(tap, MacAddress::for_device_index(0)));
+        let guest_mac = guest.mac;
+        guest.post_rx(4);
+        guest.driver.notify(RX_QUEUE as u32);
+        let request = arp(1, (guest_mac, GUEST_IP), ([0; 6], HOST_IP));
+        guest.send(&ethernet([0xff; 6], guest_mac, ETH_P_ARP, &request), false);
+        let reply = guest.receive(|frame| is_arp(frame, 2));
+        assert_eq!(&reply[22..28], &tap_mac, "10.77.0.1 is at the tap's MAC");
+        assert_eq!(&reply[38..42], &GUEST_IP);
+    });
+}
+
+#[test]
+fn a_passed_descriptor_that_is_no_usable_tap_is_refused_and_left_open() {
+    in_private_netns(|| {
+        let refused = |fd: &OwnedFd| super::Tap::from_fd(fd.as_raw_fd()).unwrap_err().to_string();
+        let without_header = attach_tap("hullnohdr0", libc::IFF_TAP | libc::IFF_NO_PI);
+        let err = refused(&without_header);
+        assert!(
+            err.contains("hullnohdr0") && err.contains("lacks IFF_VNET_HDR"),
+            "{err}"
+        );
+        let tun = attach_tap("hulltun0", libc::IFF_TUN | libc::IFF_VNET_HDR);
+        let err = refused(&tun);
+        assert!(
+            err.contains("hulltun0") && err.contains("lacks IFF_TAP"),
+            "{err}"
+        );
+        let unattached: OwnedFd = std::fs::File::open("/dev/net/tun").unwrap().into();
+        let err = refused(&unattached);
+        assert!(
+            err.contains("is not a tap") && err.contains("TUNGETIFF"),
+            "{err}"
+        );
+        let file: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        assert!(refused(&file).contains("is not a tap"));
+        // Each refused descriptor is still open and still the caller's.
+        for fd in [&without_header, &tun, &unattached, &file] {
+            // SAFETY: F_GETFD on a descriptor the test owns.
+            assert!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } >= 0);
+        }
+        let closed = file.as_raw_fd();
+        drop(file);
+        let err = super::Tap::from_fd(closed).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("Tap fd {closed} is not open")),
+            "{err}"
+        );
+    });
+}
