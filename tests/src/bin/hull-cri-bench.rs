@@ -42,6 +42,9 @@ fn measure(cri: &CriContainerd, handler: &str, run: usize) -> Sample {
     }
 }
 
+/// Which timing of a sample a row reports.
+type Measure = fn(&Sample) -> Duration;
+
 fn median(mut values: Vec<Duration>) -> Duration {
     values.sort();
     values[values.len() / 2]
@@ -83,9 +86,15 @@ fn main() {
         let taken: Vec<Sample> = (1..=runs).map(|run| measure(&cri, handler, run)).collect();
         samples.push(taken);
     }
-    let rows: [(&str, fn(&Sample) -> Duration); 3] = [
-        ("RunPodSandbox (netns, CNI, pause; under hull: the VM boot)", |s| s.sandbox),
-        ("RunPodSandbox → container started → first ExecSync answered", |s| s.first_exec),
+    let rows: [(&str, Measure); 3] = [
+        (
+            "RunPodSandbox (netns, CNI, pause; under hull: the VM boot)",
+            |s| s.sandbox,
+        ),
+        (
+            "RunPodSandbox → container started → first ExecSync answered",
+            |s| s.first_exec,
+        ),
         ("StopPodSandbox + RemovePodSandbox", |s| s.teardown),
     ];
     for (what, pick) in rows {
