@@ -6,7 +6,7 @@
 //!          [--block PATH[,ro]]... [--fs SOCKET,tag=TAG[,queue_size=N]]...
 //!          [--net TAP[,mac=MAC]]... [--api-sock PATH] [--no-seccomp]
 //!          [--jail DIR --uid N --gid N [--cgroup PATH]]
-//! hull-vmm --config FILE [--api-sock PATH] [--no-seccomp]
+//! hull-vmm --config FILE [--api-sock PATH [--wait-for-start]] [--no-seccomp]
 //! ```
 //!
 //! Once the VM is built and before any thread starts, hull-vmm enters its
@@ -92,9 +92,13 @@ struct Cli {
     /// The guest runs under PVM (a PVM-aware kernel or a test payload).
     #[arg(long)]
     pvm_capable: bool,
-    /// Unix socket taking `status` and `stop`, one per line.
+    /// Unix socket taking `status`, `start` and `stop`, one per line.
     #[arg(long)]
     api_sock: Option<PathBuf>,
+    /// Build the VM (and enter the jail), then wait for `start` on the API
+    /// socket before the guest runs.
+    #[arg(long, requires = "api_sock")]
+    wait_for_start: bool,
     /// Run without seccomp filters (for debugging; capabilities are still dropped).
     #[arg(long)]
     no_seccomp: bool,
@@ -151,6 +155,15 @@ fn main() {
     if let Some(jail) = &jail {
         if let Err(err) = jail.enter() {
             exit(2, err);
+        }
+    }
+    if cli.wait_for_start {
+        let listener = api_listener.as_ref().expect("clap requires --api-sock");
+        if !wait_for_start(listener) {
+            if let Some(path) = &api_sock {
+                let _ = std::fs::remove_file(path);
+            }
+            std::process::exit(3);
         }
     }
     let vm = match vm.start(filters.as_ref()) {
@@ -334,17 +347,42 @@ fn serve_api(
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let reply = match line.trim() {
                         "status" => "running",
+                        "start" => "error: already running",
                         "stop" => {
                             let _ = stop.send(());
                             "stopping"
                         }
-                        _ => "error: unknown command (status, stop)",
+                        _ => "error: unknown command (status, start, stop)",
                     };
                     let _ = writeln!(writer, "{reply}");
                 }
             }
         })?;
     Ok(())
+}
+
+/// Serves the API on the main thread before any other thread exists, until
+/// `start` (true) or `stop` (false). The guest has not run yet: `status`
+/// answers `created`.
+fn wait_for_start(listener: &UnixListener) -> bool {
+    for stream in listener.incoming().flatten() {
+        let Ok(mut writer) = stream.try_clone() else {
+            continue;
+        };
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let (reply, decided) = match line.trim() {
+                "status" => ("created", None),
+                "start" => ("starting", Some(true)),
+                "stop" => ("stopping", Some(false)),
+                _ => ("error: unknown command (status, start, stop)", None),
+            };
+            let _ = writeln!(writer, "{reply}");
+            if let Some(start) = decided {
+                return start;
+            }
+        }
+    }
+    false
 }
 
 fn exit(code: i32, err: impl std::fmt::Display) -> ! {
