@@ -424,3 +424,11 @@ pub fn many(c: &Containerd, runtime: &str, sequential: usize, concurrent: usize)
     outputs.extend(concurrent_outputs);
     outputs
 }
+
+/// What [`many`] returns when every container printed its own line.
+pub fn many_outputs(sequential: usize, concurrent: usize) -> Vec<String> {
+    (0..sequential)
+        .map(|n| format!("seq-{n}\n"))
+        .chain((0..concurrent).map(|n| format!("par-{n}\n")))
+        .collect()
+}

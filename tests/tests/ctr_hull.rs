@@ -114,11 +114,7 @@ fn pause_and_resume_match_runc() {
 fn ten_in_a_row_and_four_at_once_leave_nothing_behind() {
     let c = containerd();
     let outputs = scenarios::many(&c, HULL, 10, 4);
-    let expected: Vec<String> = (0..10)
-        .map(|n| format!("seq-{n}\n"))
-        .chain((0..4).map(|n| format!("par-{n}\n")))
-        .collect();
-    assert_eq!(outputs, expected);
+    assert_eq!(outputs, scenarios::many_outputs(10, 4));
     assert_no_leftovers(&c);
 }
 

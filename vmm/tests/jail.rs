@@ -10,64 +10,18 @@
 //! writable cgroup v2 hierarchy at /sys/fs/cgroup (or
 //! /sys/fs/cgroup/unified, in systemd's hybrid layout).
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
 
 use common::virtiofsd::VirtiofsdProcess;
-use common::{build, connect_retrying, require_kvm, serve_port_5200, vsock_ping_pong, VMM};
+use common::{
+    assert_log_contains, assert_refused_naming, build, require_kvm, serve_port_5200, vmm_command,
+    vsock_ping_pong, ApiClient, Vmm,
+};
 
 const NOBODY: u32 = 65534;
-
-struct Vmm {
-    child: Child,
-}
-
-impl Vmm {
-    fn spawn(args: &[&str]) -> Vmm {
-        Self::spawn_in(Path::new("."), args)
-    }
-
-    /// Runs hull-vmm with `dir` as its working directory.
-    fn spawn_in(dir: &Path, args: &[&str]) -> Vmm {
-        let child = Command::new(VMM)
-            .current_dir(dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running hull-vmm");
-        Vmm { child }
-    }
-
-    /// Waits for the exit, with a deadline; returns the status and stderr.
-    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                let mut pipe = self.child.stderr.take().unwrap();
-                pipe.read_to_string(&mut stderr).unwrap();
-                return (status.code(), stderr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hull-vmm did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A cgroup made for one test and removed when it ends, pass or fail.
 struct TestCgroup {
@@ -141,6 +95,21 @@ fn mounts(pid: u32) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Waits until hull-vmm's main thread is in seccomp filter mode: it confines
+/// itself last, after the jail and every other thread.
+fn wait_until_confined(vmm: &mut Vmm) {
+    let pid = vmm.child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_field(pid, "Seccomp:") != "2" {
+        if let Some(status) = vmm.child.try_wait().unwrap() {
+            let stderr = vmm.stderr();
+            panic!("hull-vmm ended before confining itself ({status:?}): {stderr}");
+        }
+        assert!(Instant::now() < deadline, "hull-vmm never confined itself");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     require_kvm();
@@ -159,7 +128,7 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     let service = serve_port_5200(&uds);
     std::os::unix::fs::chown(&service.path, Some(NOBODY), Some(NOBODY)).unwrap();
 
-    let vmm = Vmm::spawn(&[
+    let mut vmm = Vmm::spawn(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--memory-mib",
@@ -184,18 +153,8 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     ]);
     let pid = vmm.child.id();
 
-    // The main thread confines itself last, after the jail and every other
-    // thread; the guest waits for the host's connection meanwhile.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut vmm = vmm;
-    while status_field(pid, "Seccomp:") != "2" {
-        if vmm.child.try_wait().unwrap().is_some() {
-            let (status, stderr) = vmm.wait(Duration::ZERO);
-            panic!("hull-vmm ended before confining itself ({status:?}): {stderr}");
-        }
-        assert!(Instant::now() < deadline, "hull-vmm never confined itself");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    // The guest waits for the host's connection meanwhile.
+    wait_until_confined(&mut vmm);
     let ids = format!("{NOBODY}\t{NOBODY}\t{NOBODY}\t{NOBODY}");
     assert_eq!(
         status_field(pid, "Uid:"),
@@ -240,24 +199,19 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     }
 
     // The API socket inside the jail still answers.
-    let mut stream = connect_retrying(&api);
-    stream.write_all(b"status\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).unwrap();
-    assert_eq!(line, "running\n");
+    assert_eq!(ApiClient::connect(&api).request("status"), "running\n");
 
     vsock_ping_pong(&uds);
     assert_eq!(service.received(), b"hello");
-    let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    assert_eq!(status, Some(0), "{stderr}");
-    let log = std::fs::read_to_string(&serial).unwrap();
-    for expected in [
-        "hull-payload: answered",
-        "hull-payload: port 5200 says hi from the host",
-        "hull-payload: done",
-    ] {
-        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
-    }
+    let log = vmm.wait_success(Duration::from_secs(30), &serial, "");
+    assert_log_contains(
+        &log,
+        &[
+            "hull-payload: answered",
+            "hull-payload: port 5200 says hi from the host",
+            "hull-payload: done",
+        ],
+    );
     // Removed from inside the jail, by uid 65534, through their jail paths.
     assert!(!uds.exists(), "the vsock socket is removed");
     assert!(!api.exists(), "the API socket is removed");
@@ -296,11 +250,7 @@ fn jailed_vmm_still_dies_with_its_parent() {
     .map(String::from)
     .to_vec();
     let parent = std::thread::spawn(move || {
-        let mut command = Command::new(VMM);
-        command
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut command = vmm_command(&args);
         // SAFETY: prctl is async-signal-safe and touches only the child.
         unsafe {
             command.pre_exec(|| {
@@ -310,36 +260,17 @@ fn jailed_vmm_still_dies_with_its_parent() {
                 Ok(())
             });
         }
-        let mut vmm = Vmm {
-            child: command.spawn().expect("running hull-vmm"),
-        };
-        let pid = vmm.child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while status_field(pid, "Seccomp:") != "2" {
-            if vmm.child.try_wait().unwrap().is_some() {
-                let (status, stderr) = vmm.wait(Duration::ZERO);
-                panic!("hull-vmm ended before confining itself ({status:?}): {stderr}");
-            }
-            assert!(Instant::now() < deadline, "hull-vmm never confined itself");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(status_field(pid, "Uid:").starts_with(&NOBODY.to_string()));
+        let mut vmm = Vmm::start(&mut command);
+        wait_until_confined(&mut vmm);
+        assert!(status_field(vmm.child.id(), "Uid:").starts_with(&NOBODY.to_string()));
         vmm
     });
     // The thread that started the VMM has ended; the guest still waits for
     // a vsock connection, so only the death signal ends the VMM.
     let mut vmm = parent.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = vmm.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the jailed hull-vmm outlived its parent"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = vmm
+        .wait_for(Duration::from_secs(10))
+        .expect("the jailed hull-vmm outlived its parent");
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
 }
 
@@ -361,9 +292,8 @@ fn jailed_vmm_keeps_the_virtio_fs_session_it_opened_before_the_jail() {
     let (socket_dir, socket_name) = (socket.parent().unwrap(), socket.file_name().unwrap());
     let fs = format!("{},tag=hullfs", socket_name.to_str().unwrap());
 
-    let vmm = Vmm::spawn_in(
-        socket_dir,
-        &[
+    let vmm = Vmm::start(
+        vmm_command(&[
             "--kernel",
             kernel.to_str().unwrap(),
             "--memory-mib",
@@ -379,35 +309,21 @@ fn jailed_vmm_keeps_the_virtio_fs_session_it_opened_before_the_jail() {
             "65534",
             "--gid",
             "65534",
+        ])
+        .current_dir(socket_dir),
+    );
+    let log = vmm.wait_success(Duration::from_secs(30), &serial, &virtiofsd.log());
+    assert_log_contains(
+        &log,
+        &[
+            "hull-payload: virtio-fs ready",
+            "fuse init error=0 major=7",
+            "lookup hello.txt error=0 size=777",
+            "hull-payload: done",
         ],
     );
-    let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    assert_eq!(status, Some(0), "{stderr}\n{log}\n{}", virtiofsd.log());
-    for expected in [
-        "hull-payload: virtio-fs ready",
-        "fuse init error=0 major=7",
-        "lookup hello.txt error=0 size=777",
-        "hull-payload: done",
-    ] {
-        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
-    }
     let status = virtiofsd.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}: {}", virtiofsd.log());
-}
-
-/// Runs hull-vmm with `args` and returns its exit status and stderr; it
-/// must refuse before building anything.
-fn refused(args: &[&str]) -> (Option<i32>, String) {
-    Vmm::spawn(args).wait(Duration::from_secs(10))
-}
-
-fn assert_refused_naming(args: &[&str], named: &[&str]) {
-    let (status, stderr) = refused(args);
-    assert_eq!(status, Some(2), "{args:?}: {stderr}");
-    for name in named {
-        assert!(stderr.contains(name), "{args:?}: {name:?} not in {stderr}");
-    }
 }
 
 #[test]

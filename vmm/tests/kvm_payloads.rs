@@ -10,61 +10,16 @@
 //!
 //! Needs root (for /dev/kvm) and gcc.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hull_vmm::host::Virtualization;
 
 mod common;
 
 use common::virtiofsd::VirtiofsdProcess;
-use common::{build, connect_retrying, require_kvm, vsock_ping_pong, VMM};
-
-struct Vmm {
-    child: Child,
-}
-
-impl Vmm {
-    fn spawn(args: &[&str]) -> Vmm {
-        let child = Command::new(VMM)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running hull-vmm");
-        Vmm { child }
-    }
-
-    /// Waits for the exit, with a deadline; returns status and stderr.
-    fn wait(mut self, limit: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                self.child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut stderr)
-                    .unwrap();
-                return (status.code(), stderr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hull-vmm did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{
+    assert_log_contains, assert_refused_naming, build, require_kvm, vsock_ping_pong, ApiClient, Vmm,
+};
 
 #[test]
 fn linux64_guest_sees_its_boot_data_and_talks_vsock() {
@@ -97,27 +52,26 @@ fn linux64_guest_sees_its_boot_data_and_talks_vsock() {
 
     vsock_ping_pong(&uds);
 
-    let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    assert_eq!(status, Some(0), "{stderr}");
-    let log = std::fs::read_to_string(&serial).unwrap();
-    for expected in [
-        "hull-payload: 64-bit entry",
-        // Below the EBDA, the EBDA itself reserved, the rest of the 64 MiB.
-        "e820 entries=3 ",
-        "cmdline=console=ttyS0 hull-test=1 virtio_mmio.device=4K@0xd0000000:5",
-        "initrd size=20 starts=HULLINIT",
-        // The MP table lists both vCPUs, the first as the BSP, and the 24
-        // IOAPIC pins; the BSP's LINT0 is ExtINT, LINT1 NMI (still masked).
-        "mptable cpus=2 bsp=1 irqs=24 lint0=0x700 lint1=0x10400",
-        "hull-payload: vsock ready",
-        "hull-payload: connected",
-        "hull-payload: answered",
-        // Nothing listens on <uds>_5200: the guest's own connection is reset.
-        "hull-payload: host port 5200 refused",
-        "hull-payload: done",
-    ] {
-        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
-    }
+    let log = vmm.wait_success(Duration::from_secs(30), &serial, "");
+    assert_log_contains(
+        &log,
+        &[
+            "hull-payload: 64-bit entry",
+            // Below the EBDA, the EBDA itself reserved, the rest of the 64 MiB.
+            "e820 entries=3 ",
+            "cmdline=console=ttyS0 hull-test=1 virtio_mmio.device=4K@0xd0000000:5",
+            "initrd size=20 starts=HULLINIT",
+            // The MP table lists both vCPUs, the first as the BSP, and the 24
+            // IOAPIC pins; the BSP's LINT0 is ExtINT, LINT1 NMI (still masked).
+            "mptable cpus=2 bsp=1 irqs=24 lint0=0x700 lint1=0x10400",
+            "hull-payload: vsock ready",
+            "hull-payload: connected",
+            "hull-payload: answered",
+            // Nothing listens on <uds>_5200: the guest's own connection is reset.
+            "hull-payload: host port 5200 refused",
+            "hull-payload: done",
+        ],
+    );
 }
 
 #[test]
@@ -140,18 +94,17 @@ fn linux64_guest_speaks_fuse_to_virtiofsd_through_virtio_fs() {
         &fs,
         "--pvm-capable",
     ]);
-    let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    assert_eq!(status, Some(0), "{stderr}\n{log}\n{}", virtiofsd.log());
-    for expected in [
-        "fs tag=hullfs request queues=1",
-        "hull-payload: virtio-fs ready",
-        "fuse init error=0 major=7",
-        "lookup hello.txt error=0 size=4321",
-        "hull-payload: done",
-    ] {
-        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
-    }
+    let log = vmm.wait_success(Duration::from_secs(30), &serial, &virtiofsd.log());
+    assert_log_contains(
+        &log,
+        &[
+            "fs tag=hullfs request queues=1",
+            "hull-payload: virtio-fs ready",
+            "fuse init error=0 major=7",
+            "lookup hello.txt error=0 size=4321",
+            "hull-payload: done",
+        ],
+    );
     // The VMM's end closed the session; virtiofsd leaves with it.
     let status = virtiofsd.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status}: {}", virtiofsd.log());
@@ -174,12 +127,10 @@ fn pvh_guest_gets_its_start_info() {
         serial.to_str().unwrap(),
         "--pvm-capable",
     ]);
-    let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    assert_eq!(status, Some(0), "{stderr}");
-    let log = std::fs::read_to_string(&serial).unwrap();
-    assert!(
-        log.contains("hull-payload: pvh entry, cmdline=console=ttyS0 pvh-test"),
-        "{log}"
+    let log = vmm.wait_success(Duration::from_secs(30), &serial, "");
+    assert_log_contains(
+        &log,
+        &["hull-payload: pvh entry, cmdline=console=ttyS0 pvh-test"],
     );
 }
 
@@ -190,6 +141,7 @@ fn pvm_hosts_refuse_a_guest_not_declared_pvm_capable() {
     let kernel = build("pvh.S", dir.path());
     let vmm = Vmm::spawn(&["--kernel", kernel.to_str().unwrap(), "--memory-mib", "32"]);
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
+    let status = status.code();
     match Virtualization::detect() {
         Virtualization::Pvm => {
             assert_eq!(status, Some(2), "{stderr}");
@@ -225,55 +177,37 @@ fn api_socket_reports_status_and_stops_the_vm() {
         api.to_str().unwrap(),
         "--pvm-capable",
     ]);
-    let mut stream = connect_retrying(&api);
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    stream.write_all(b"status\n").unwrap();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line, "running\n");
-    line.clear();
-    stream.write_all(b"bogus\n").unwrap();
-    reader.read_line(&mut line).unwrap();
+    let mut client = ApiClient::connect(&api);
+    assert_eq!(client.request("status"), "running\n");
+    let line = client.request("bogus");
     assert!(line.starts_with("error:"), "{line}");
-    line.clear();
-    stream.write_all(b"stop\n").unwrap();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line, "stopping\n");
+    assert_eq!(client.request("stop"), "stopping\n");
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    assert_eq!(status, Some(3), "{stderr}");
+    assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(!api.exists(), "the API socket is removed");
 }
 
 #[test]
 fn bad_input_is_named() {
-    let (status, stderr) = Vmm::spawn(&["--kernel", "/nonexistent/vmlinux", "--pvm-capable"])
-        .wait(Duration::from_secs(10));
-    assert_eq!(status, Some(2));
-    assert!(stderr.contains("/nonexistent/vmlinux"), "{stderr}");
-    let (status, stderr) =
-        Vmm::spawn(&["--kernel", "/k", "--vcpus", "0"]).wait(Duration::from_secs(10));
-    assert_eq!(status, Some(2));
-    assert!(stderr.contains("vcpus"), "{stderr}");
+    assert_refused_naming(
+        &["--kernel", "/nonexistent/vmlinux", "--pvm-capable"],
+        &["/nonexistent/vmlinux"],
+    );
+    assert_refused_naming(&["--kernel", "/k", "--vcpus", "0"], &["vcpus"]);
     // virtio-fs connects at start: no virtiofsd, no VM.
     let dir = tempfile::tempdir().unwrap();
     let kernel = build("pvh.S", dir.path());
     let socket = dir.path().join("virtiofsd.sock");
     let fs = format!("{},tag=hullfs", socket.display());
-    let (status, stderr) = Vmm::spawn(&[
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--fs",
-        &fs,
-        "--pvm-capable",
-    ])
-    .wait(Duration::from_secs(10));
-    assert_eq!(status, Some(2), "{stderr}");
-    assert!(
-        stderr.contains(&socket.display().to_string()) && stderr.contains("virtiofsd"),
-        "{stderr}"
+    assert_refused_naming(
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--fs",
+            &fs,
+            "--pvm-capable",
+        ],
+        &[&socket.display().to_string(), "virtiofsd"],
     );
-    let (status, stderr) =
-        Vmm::spawn(&["--kernel", "/k", "--fs", "/v.sock,tag="]).wait(Duration::from_secs(10));
-    assert_eq!(status, Some(2));
-    assert!(stderr.contains("tag \"\""), "{stderr}");
+    assert_refused_naming(&["--kernel", "/k", "--fs", "/v.sock,tag="], &["tag \"\""]);
 }

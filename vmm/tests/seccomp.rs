@@ -6,10 +6,9 @@
 //! Needs root (for /dev/kvm and taps), gcc, and for the tap test unshare
 //! (util-linux) and ip (iproute2).
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use hull_vmm::devices::virtio::net::Tap;
@@ -17,49 +16,10 @@ use hull_vmm::seccomp::{self, ThreadKind};
 
 mod common;
 
-use common::{build, connect_retrying, require_kvm, serve_port_5200, vsock_ping_pong, VMM};
-
-struct Vmm {
-    child: Child,
-}
-
-impl Vmm {
-    fn spawn(args: &[&str], env: &[(&str, &str)]) -> Vmm {
-        let child = Command::new(VMM)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("running hull-vmm");
-        Vmm { child }
-    }
-
-    /// Waits for the exit, with a deadline; returns the status and stderr.
-    fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                let mut pipe = self.child.stderr.take().unwrap();
-                pipe.read_to_string(&mut stderr).unwrap();
-                return (status, stderr);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hull-vmm did not exit in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Vmm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use common::{
+    assert_log_contains, build, require_kvm, serve_port_5200, vmm_command, vsock_ping_pong,
+    ApiClient, Vmm, VMM,
+};
 
 /// Name, seccomp mode, effective and bounding capabilities of every thread
 /// of `pid`. KVM's own kernel workers (`kvm-*`), which never make system
@@ -98,23 +58,20 @@ fn every_thread_is_filtered_and_without_capabilities_and_the_api_still_stops_the
     let kernel = build("payload64.c", dir.path());
     let uds = dir.path().join("v.sock");
     let api = dir.path().join("api.sock");
-    let vmm = Vmm::spawn(
-        &[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--memory-mib",
-            "32",
-            "--vsock-cid",
-            "3",
-            "--vsock-uds",
-            uds.to_str().unwrap(),
-            "--api-sock",
-            api.to_str().unwrap(),
-            "--pvm-capable",
-        ],
-        &[],
-    );
-    let mut stream = connect_retrying(&api);
+    let vmm = Vmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "32",
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--api-sock",
+        api.to_str().unwrap(),
+        "--pvm-capable",
+    ]);
+    let mut client = ApiClient::connect(&api);
 
     // Threads confine themselves as they start: wait until all have.
     let pid = vmm.child.id();
@@ -139,15 +96,8 @@ fn every_thread_is_filtered_and_without_capabilities_and_the_api_still_stops_the
         assert_eq!(bounding, "0000000000000000", "{name} keeps a bounding set");
     }
 
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut line = String::new();
-    stream.write_all(b"status\n").unwrap();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line, "running\n");
-    line.clear();
-    stream.write_all(b"stop\n").unwrap();
-    reader.read_line(&mut line).unwrap();
-    assert_eq!(line, "stopping\n");
+    assert_eq!(client.request("status"), "running\n");
+    assert_eq!(client.request("stop"), "stopping\n");
     let (status, stderr) = vmm.wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(3), "{status:?}: {stderr}");
     assert!(!api.exists(), "the API socket is removed");
@@ -163,30 +113,27 @@ fn filtered_linux64_guest_talks_vsock() {
     let uds = dir.path().join("v.sock");
     // The guest's own connection: socket and connect on a vCPU thread.
     let service = serve_port_5200(&uds);
-    let vmm = Vmm::spawn(
-        &[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--memory-mib",
-            "64",
-            "--serial-log",
-            serial.to_str().unwrap(),
-            "--vsock-cid",
-            "3",
-            "--vsock-uds",
-            uds.to_str().unwrap(),
-            "--pvm-capable",
-        ],
-        &[],
-    );
+    let vmm = Vmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--memory-mib",
+        "64",
+        "--serial-log",
+        serial.to_str().unwrap(),
+        "--vsock-cid",
+        "3",
+        "--vsock-uds",
+        uds.to_str().unwrap(),
+        "--pvm-capable",
+    ]);
     vsock_ping_pong(&uds);
 
-    let (status, stderr) = vmm.wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
+    let log = vmm.wait_success(Duration::from_secs(30), &serial, "");
     assert_eq!(service.received(), b"hello");
-    let log = std::fs::read_to_string(&serial).unwrap();
-    assert!(log.contains("port 5200 says hi from the host"), "{log}");
-    assert!(log.contains("hull-payload: done"), "{log}");
+    assert_log_contains(
+        &log,
+        &["port 5200 says hi from the host", "hull-payload: done"],
+    );
     assert!(!uds.exists(), "the vsock socket is removed");
 }
 
@@ -234,17 +181,16 @@ fn filtered_linux64_guest_gets_an_arp_reply_through_a_tap() {
     // The guest answers vsock first, then turns to the net device.
     vsock_ping_pong(&uds);
 
-    let (status, stderr) = vmm.wait(Duration::from_secs(60));
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}\n{log}");
-    for expected in [
-        "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6",
-        "hull-payload: net ready mac=02:00:00:00:00:01",
-        "hull-payload: 10.77.0.1 is at 02:00:00:00:77:01",
-        "hull-payload: done",
-    ] {
-        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
-    }
+    let log = vmm.wait_success(Duration::from_secs(60), &serial, "");
+    assert_log_contains(
+        &log,
+        &[
+            "virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=4K@0xd0001000:6",
+            "hull-payload: net ready mac=02:00:00:00:00:01",
+            "hull-payload: 10.77.0.1 is at 02:00:00:00:77:01",
+            "hull-payload: done",
+        ],
+    );
 }
 
 /// As the shim gives hull-vmm a pod's tap: opened by another process (here
@@ -303,12 +249,7 @@ fn filtered_linux64_guest_gets_an_arp_reply_through_a_passed_tap() {
             .expect("ip (iproute2)");
         assert!(status.success());
         let fd = tap.as_raw_fd();
-        let mut command = Command::new(VMM);
-        command
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut command = vmm_command(&["--config", config.to_str().unwrap()]);
         // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child.
         unsafe {
             command.pre_exec(move || {
@@ -323,9 +264,7 @@ fn filtered_linux64_guest_gets_an_arp_reply_through_a_passed_tap() {
                 Ok(())
             });
         }
-        let vmm = Vmm {
-            child: command.spawn().expect("running hull-vmm"),
-        };
+        let vmm = Vmm::start(&mut command);
         // The VMM holds its own copy; the test's goes.
         drop(tap);
         vmm
@@ -334,16 +273,15 @@ fn filtered_linux64_guest_gets_an_arp_reply_through_a_passed_tap() {
     .unwrap();
     vsock_ping_pong(&uds);
 
-    let (status, stderr) = vmm.wait(Duration::from_secs(60));
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
-    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}\n{log}");
-    for expected in [
-        "hull-payload: net ready mac=02:00:00:00:00:01",
-        "hull-payload: 10.77.0.1 is at 02:00:00:00:77:01",
-        "hull-payload: done",
-    ] {
-        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
-    }
+    let log = vmm.wait_success(Duration::from_secs(60), &serial, "");
+    assert_log_contains(
+        &log,
+        &[
+            "hull-payload: net ready mac=02:00:00:00:00:01",
+            "hull-payload: 10.77.0.1 is at 02:00:00:00:77:01",
+            "hull-payload: done",
+        ],
+    );
 }
 
 #[test]
@@ -352,24 +290,19 @@ fn filtered_pvh_guest_runs() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = build("pvh.S", dir.path());
     let serial = dir.path().join("serial.log");
-    let (status, stderr) = Vmm::spawn(
-        &[
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--cmdline",
-            "console=ttyS0 pvh-test",
-            "--memory-mib",
-            "32",
-            "--serial-log",
-            serial.to_str().unwrap(),
-            "--pvm-capable",
-        ],
-        &[],
-    )
-    .wait(Duration::from_secs(30));
-    assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
-    let log = std::fs::read_to_string(&serial).unwrap();
-    assert!(log.contains("hull-payload: pvh entry"), "{log}");
+    let log = Vmm::spawn(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cmdline",
+        "console=ttyS0 pvh-test",
+        "--memory-mib",
+        "32",
+        "--serial-log",
+        serial.to_str().unwrap(),
+        "--pvm-capable",
+    ])
+    .wait_success(Duration::from_secs(30), &serial, "");
+    assert_log_contains(&log, &["hull-payload: pvh entry"]);
 }
 
 #[test]
@@ -380,12 +313,14 @@ fn a_forbidden_system_call_kills_the_vmm_unless_seccomp_is_off() {
     let args = ["--kernel", kernel.to_str().unwrap(), "--pvm-capable"];
     let selftest = [(seccomp::SELFTEST_ENV, "1")];
 
-    let (status, stderr) = Vmm::spawn(&args, &selftest).wait(Duration::from_secs(30));
+    let (status, stderr) =
+        Vmm::start(vmm_command(&args).envs(selftest)).wait(Duration::from_secs(30));
     assert_eq!(status.signal(), Some(libc::SIGSYS), "{status:?}: {stderr}");
     assert!(!stderr.contains("fork was allowed"), "{stderr}");
 
     let no_seccomp = [&args[..], &["--no-seccomp"]].concat();
-    let (status, stderr) = Vmm::spawn(&no_seccomp, &selftest).wait(Duration::from_secs(30));
+    let (status, stderr) =
+        Vmm::start(vmm_command(&no_seccomp).envs(selftest)).wait(Duration::from_secs(30));
     assert_eq!(status.code(), Some(0), "{status:?}: {stderr}");
     assert!(stderr.contains("fork was allowed"), "{stderr}");
 }

@@ -458,6 +458,12 @@ mod tests {
         RouteConfig::from_request(3, route).unwrap_err()
     }
 
+    /// Asserts `err` names `field` and its message holds `detail`.
+    fn assert_invalid(err: &InvalidField, field: &str, detail: &str) {
+        assert_eq!(err.field, field, "{err}");
+        assert!(err.to_string().contains(detail), "{err}");
+    }
+
     #[test]
     fn mac_addresses_parse_in_either_case_and_print_in_lower_case() {
         let mac: MacAddress = "02:42:AC:11:00:0f".parse().unwrap();
@@ -510,62 +516,53 @@ mod tests {
     fn interface_errors_name_the_field_and_the_value() {
         let mac = "02:42:ac:11:00:02";
         let cases: [(Interface, &str, &str); 11] = [
-            (interface("", mac, 1500, &[]), "interface.name", "empty"),
+            (interface("", mac, 1500, &[]), "name", "empty"),
             (
                 interface("a-very-long-name", mac, 1500, &[]),
-                "interface.name",
+                "name",
                 "16 bytes",
             ),
-            (
-                interface("eth/0", mac, 1500, &[]),
-                "interface.name",
-                "eth/0",
-            ),
-            (
-                interface("eth0", "zz", 1500, &[]),
-                "interface.mac_address",
-                "\"zz\"",
-            ),
+            (interface("eth/0", mac, 1500, &[]), "name", "eth/0"),
+            (interface("eth0", "zz", 1500, &[]), "mac_address", "\"zz\""),
             (
                 interface("eth0", "00:00:00:00:00:00", 1500, &[]),
-                "interface.mac_address",
+                "mac_address",
                 "00:00:00:00:00:00",
             ),
             (
                 interface("eth0", "01:00:5e:00:00:01", 1500, &[]),
-                "interface.mac_address",
+                "mac_address",
                 "multicast",
             ),
             (
                 interface("eth0", mac, 1500, &[("10.88.0.300", 16)]),
-                "interface.addresses[0].address",
+                "addresses[0].address",
                 "10.88.0.300",
             ),
             (
                 interface("eth0", mac, 1500, &[("10.88.0.5", 16), ("10.88.0.6", 33)]),
-                "interface.addresses[1].prefix_length",
+                "addresses[1].prefix_length",
                 "33 is out of range for the IPv4 address 10.88.0.6 (1 to 32)",
             ),
             (
                 interface("eth0", mac, 1500, &[("fd00::5", 129)]),
-                "interface.addresses[0].prefix_length",
+                "addresses[0].prefix_length",
                 "(1 to 128)",
             ),
             (
                 interface("eth0", mac, 1500, &[("10.88.0.5/16", 16)]),
-                "interface.addresses[0].address",
+                "addresses[0].address",
                 "has a prefix",
             ),
             (
                 interface("eth0", mac, 1200, &[("10.88.0.5", 16), ("fd00::5", 64)]),
-                "interface.mtu",
+                "mtu",
                 "IPv6 address fd00::5/64",
             ),
         ];
         for (request, field, detail) in cases {
             let err = InterfaceConfig::from_request(&request).unwrap_err();
-            assert_eq!(err.field, field, "{err}");
-            assert!(err.to_string().contains(detail), "{err}");
+            assert_invalid(&err, &format!("interface.{field}"), detail);
         }
         let err = InterfaceConfig::from_request(&interface("eth0", mac, 60, &[])).unwrap_err();
         assert!(
@@ -608,61 +605,39 @@ mod tests {
     #[test]
     fn route_errors_name_the_field_and_the_value() {
         let cases: [(Route, &str, &str); 10] = [
-            (
-                route("", "10.88.0.1", "eth0"),
-                "routes[3].destination",
-                "empty",
-            ),
+            (route("", "10.88.0.1", "eth0"), "destination", "empty"),
             (
                 route("default", "", "eth0"),
-                "routes[3].destination",
+                "destination",
                 "0.0.0.0/0 or ::/0",
             ),
             (
                 route("10.1.2.3/24", "10.88.0.1", "eth0"),
-                "routes[3].destination",
+                "destination",
                 "10.1.2.0/24",
             ),
             (
                 route("10.1.2.0/33", "10.88.0.1", "eth0"),
-                "routes[3].destination",
+                "destination",
                 "0 to 32",
             ),
-            (
-                route("fd00::/129", "", "eth0"),
-                "routes[3].destination",
-                "0 to 128",
-            ),
-            (
-                route("10.1.2.0/x", "", "eth0"),
-                "routes[3].destination",
-                "10.1.2.0/x",
-            ),
-            (
-                route("mars", "", "eth0"),
-                "routes[3].destination",
-                "\"mars\"",
-            ),
-            (
-                route("default", "10.88.0.1", ""),
-                "routes[3].device",
-                "empty",
-            ),
-            (
-                route("default", "gw", "eth0"),
-                "routes[3].gateway",
-                "\"gw\"",
-            ),
+            (route("fd00::/129", "", "eth0"), "destination", "0 to 128"),
+            (route("10.1.2.0/x", "", "eth0"), "destination", "10.1.2.0/x"),
+            (route("mars", "", "eth0"), "destination", "\"mars\""),
+            (route("default", "10.88.0.1", ""), "device", "empty"),
+            (route("default", "gw", "eth0"), "gateway", "\"gw\""),
             (
                 route("::/0", "10.88.0.1", "eth0"),
-                "routes[3].gateway",
+                "gateway",
                 "10.88.0.1 is IPv4 but the destination ::/0 is IPv6",
             ),
         ];
         for (request, field, detail) in cases {
-            let err = route_error(&request);
-            assert_eq!(err.field, field, "{err}");
-            assert!(err.to_string().contains(detail), "{err}");
+            assert_invalid(
+                &route_error(&request),
+                &format!("routes[3].{field}"),
+                detail,
+            );
         }
         let bad_scope = Route {
             scope: 255,

@@ -3,6 +3,7 @@
 //! records; everything about processes goes to the agent.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -145,6 +146,30 @@ impl TaskService {
         {
             tracing::warn!(topic, %err, "publishing an event");
         }
+    }
+
+    /// Pause and resume: `call` asks the agent for the change while the state
+    /// is locked, then the container takes `to` and `event` is published.
+    /// `doing` names the change in the error an agent failure returns.
+    async fn change_run_state<T, F>(
+        &self,
+        id: &str,
+        call: impl FnOnce(AgentClient) -> F,
+        doing: &str,
+        to: Status,
+        (topic, event): (&str, Box<dyn MessageDyn>),
+    ) -> TtrpcResult<Empty>
+    where
+        F: Future<Output = ttrpc::Result<T>>,
+    {
+        let mut state = self.state.lock().await;
+        let agent = state.agent()?;
+        let container = state.container_mut(id)?;
+        call(agent).await.map_err(agent_error(doing))?;
+        container.init.status = to;
+        drop(state);
+        self.publish(topic, event).await;
+        Ok(Empty::new())
     }
 
     /// Boots the sandbox VM for the first container of the sandbox.
@@ -726,59 +751,51 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
-        let mut state = self.state.lock().await;
-        let agent = state.agent()?;
-        let container = state.container_mut(&req.id)?;
-        agent
-            .api()
-            .pause_container(
-                context(AGENT_CALL),
-                &agent_api::PauseContainerRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(agent_error("pausing"))?;
-        container.init.status = Status::Paused;
-        drop(state);
-        self.publish(
-            TASK_PAUSED_EVENT_TOPIC,
-            Box::new(TaskPaused {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
+        let request = agent_api::PauseContainerRequest {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        let event = TaskPaused {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.change_run_state(
+            &req.id,
+            |agent| async move {
+                agent
+                    .api()
+                    .pause_container(context(AGENT_CALL), &request)
+                    .await
+            },
+            "pausing",
+            Status::Paused,
+            (TASK_PAUSED_EVENT_TOPIC, Box::new(event)),
         )
-        .await;
-        Ok(Empty::new())
+        .await
     }
 
     async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
-        let mut state = self.state.lock().await;
-        let agent = state.agent()?;
-        let container = state.container_mut(&req.id)?;
-        agent
-            .api()
-            .resume_container(
-                context(AGENT_CALL),
-                &agent_api::ResumeContainerRequest {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(agent_error("resuming"))?;
-        container.init.status = Status::Running;
-        drop(state);
-        self.publish(
-            TASK_RESUMED_EVENT_TOPIC,
-            Box::new(TaskResumed {
-                container_id: req.id.clone(),
-                ..Default::default()
-            }),
+        let request = agent_api::ResumeContainerRequest {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        let event = TaskResumed {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.change_run_state(
+            &req.id,
+            |agent| async move {
+                agent
+                    .api()
+                    .resume_container(context(AGENT_CALL), &request)
+                    .await
+            },
+            "resuming",
+            Status::Running,
+            (TASK_RESUMED_EVENT_TOPIC, Box::new(event)),
         )
-        .await;
-        Ok(Empty::new())
+        .await
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {

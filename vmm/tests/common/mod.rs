@@ -1,16 +1,142 @@
 //! What the tests that run hull-vmm under /dev/kvm share: building the test
-//! guests in tests/payload/ with gcc, and waiting for sockets to appear.
+//! guests in tests/payload/ with gcc, running hull-vmm and waiting for it,
+//! checking its serial log, and waiting for sockets to appear.
 
 #![allow(dead_code)]
 
 pub mod virtiofsd;
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const VMM: &str = env!("CARGO_BIN_EXE_hull-vmm");
+
+/// hull-vmm with `args`: stdout discarded, stderr kept for [`Vmm::wait`].
+pub fn vmm_command<S: AsRef<OsStr>>(args: &[S]) -> Command {
+    let mut command = Command::new(VMM);
+    command
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// A running hull-vmm (or a wrapper that execs it), killed and reaped on
+/// drop, also when the test fails.
+pub struct Vmm {
+    pub child: Child,
+}
+
+impl Vmm {
+    pub fn spawn<S: AsRef<OsStr>>(args: &[S]) -> Vmm {
+        Vmm::start(&mut vmm_command(args))
+    }
+
+    /// Starts `command`, made by [`vmm_command`] and set up further by the
+    /// caller (environment, working directory, descriptors).
+    pub fn start(command: &mut Command) -> Vmm {
+        Vmm {
+            child: command.spawn().expect("running hull-vmm"),
+        }
+    }
+
+    /// Waits up to `limit` for the exit; `None` if hull-vmm still runs.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Everything hull-vmm wrote to stderr; call once it exited.
+    pub fn stderr(&mut self) -> String {
+        let mut stderr = String::new();
+        let mut pipe = self.child.stderr.take().unwrap();
+        pipe.read_to_string(&mut stderr).unwrap();
+        stderr
+    }
+
+    /// Waits for the exit, with a deadline; returns the status and stderr.
+    pub fn wait(mut self, limit: Duration) -> (ExitStatus, String) {
+        let status = self
+            .wait_for(limit)
+            .unwrap_or_else(|| panic!("hull-vmm did not exit in {limit:?}"));
+        (status, self.stderr())
+    }
+
+    /// Waits for a run that must end with status 0 and returns the serial
+    /// log at `serial`. A failure shows the status, stderr, the log and
+    /// `context` (say, the log of a helper process).
+    pub fn wait_success(self, limit: Duration, serial: &Path, context: &str) -> String {
+        let (status, stderr) = self.wait(limit);
+        let log = std::fs::read_to_string(serial).unwrap_or_default();
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{status:?}: {stderr}\n{log}\n{context}"
+        );
+        log
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the serial log `log` holds every line of `expected`.
+pub fn assert_log_contains(log: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(log.contains(expected), "{expected:?} not in:\n{log}");
+    }
+}
+
+/// Runs hull-vmm with `args`, which it must refuse before building anything:
+/// exit status 2 and an error naming each of `named`.
+pub fn assert_refused_naming(args: &[&str], named: &[&str]) {
+    let (status, stderr) = Vmm::spawn(args).wait(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{args:?}: {stderr}");
+    for name in named {
+        assert!(stderr.contains(name), "{args:?}: {name:?} not in {stderr}");
+    }
+}
+
+/// hull-vmm's API socket: one request line, one answer line.
+pub struct ApiClient {
+    stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl ApiClient {
+    /// Connects once hull-vmm created the socket at `path`.
+    pub fn connect(path: &Path) -> ApiClient {
+        let stream = connect_retrying(path);
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        ApiClient { stream, reader }
+    }
+
+    /// Sends `request` and returns the answer, newline included.
+    pub fn request(&mut self, request: &str) -> String {
+        self.stream
+            .write_all(format!("{request}\n").as_bytes())
+            .unwrap();
+        let mut line = String::new();
+        self.reader.read_line(&mut line).unwrap();
+        line
+    }
+}
 
 /// Builds a payload from tests/payload/ into `dir`.
 pub fn build(source: &str, dir: &Path) -> PathBuf {
@@ -67,7 +193,6 @@ pub fn connect_retrying(path: &Path) -> UnixStream {
 /// `CONNECT 1234`, then `ping`, which it answers with `pong:ping` and a
 /// shutdown.
 pub fn vsock_ping_pong(uds: &Path) {
-    use std::io::{BufRead, BufReader, Read, Write};
     let mut stream = connect_retrying(uds);
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
@@ -92,7 +217,6 @@ pub struct HostService {
 
 /// Listens on `<uds>_5200` for one connection from the guest.
 pub fn serve_port_5200(uds: &Path) -> HostService {
-    use std::io::{Read, Write};
     let mut path = uds.as_os_str().to_owned();
     path.push("_5200");
     let path = PathBuf::from(path);

@@ -79,10 +79,20 @@ pub enum ActivateError {
     },
     #[error("Virtqueue {0} does not fit in guest memory")]
     QueueOutsideMemory(usize),
-    #[error("The device needs {expected} virtqueues, the transport gave {actual}")]
-    QueueCount { expected: usize, actual: usize },
-    #[error("The driver did not enable virtqueue {0}, which the device needs")]
-    QueueNotReady(usize),
+    #[error("The {device} device needs {expected} virtqueues, the transport gave {actual}")]
+    QueueCount {
+        device: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    #[error(
+        "The driver did not enable {device} virtqueue {index} ({queue}), which the device needs"
+    )]
+    QueueNotReady {
+        device: &'static str,
+        index: usize,
+        queue: &'static str,
+    },
     /// The process behind a vhost-user device refused or failed (the message says which).
     #[error("{0}")]
     Backend(String),
@@ -124,6 +134,45 @@ pub trait VirtioDevice: Send {
     /// The driver reset the device: drop the queues, memory and interrupt from `activate`.
     /// Also called when the device was never activated.
     fn reset(&mut self);
+}
+
+/// Takes the queues the transport handed to [`VirtioDevice::activate`]: checks there are `N`
+/// and that the driver enabled each queue of `required` (index and name); the driver may
+/// leave the others unused. Sizes and ring addresses were checked by the transport.
+/// `device` names the device in the errors.
+pub fn take_queues<const N: usize>(
+    device: &'static str,
+    queues: Vec<Queue>,
+    required: &[(usize, &'static str)],
+) -> Result<[Queue; N], ActivateError> {
+    let actual = queues.len();
+    let queues = <[Queue; N]>::try_from(queues).map_err(|_| ActivateError::QueueCount {
+        device,
+        expected: N,
+        actual,
+    })?;
+    for &(index, queue) in required {
+        if !queues[index].ready() {
+            return Err(ActivateError::QueueNotReady {
+                device,
+                index,
+                queue,
+            });
+        }
+    }
+    Ok(queues)
+}
+
+/// [`VirtioDevice::read_config`] for a device whose config space is the bytes `config`.
+pub fn read_config_space(config: &[u8], offset: u64, data: &mut [u8]) {
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start >= config.len() {
+        return;
+    }
+    let len = data.len().min(config.len() - start);
+    data[..len].copy_from_slice(&config[start..start + len]);
 }
 
 /// Interrupt state a transport shares with its device.
@@ -679,7 +728,11 @@ mod tests {
             interrupt: VirtioInterrupt,
         ) -> Result<(), ActivateError> {
             if self.refuse_activation {
-                return Err(ActivateError::QueueNotReady(1));
+                return Err(ActivateError::QueueNotReady {
+                    device: "fake",
+                    index: 1,
+                    queue: "second",
+                });
             }
             self.activated = Some(
                 queues
@@ -786,6 +839,52 @@ mod tests {
             self.write(STATUS, ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
             assert!(self.transport.is_activated());
         }
+    }
+
+    #[test]
+    fn take_queues_names_the_device_and_the_missing_queue() {
+        let queue = |ready| {
+            let mut queue = Queue::new(16).unwrap();
+            queue.set_ready(ready);
+            queue
+        };
+        let err = take_queues::<2>("virtio-test", vec![queue(true)], &[]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ActivateError::QueueCount {
+                    device: "virtio-test",
+                    expected: 2,
+                    actual: 1
+                }
+            ),
+            "{err:?}"
+        );
+        let required = [(0, "rx"), (1, "tx")];
+        let err = take_queues::<2>("virtio-test", vec![queue(true), queue(false)], &required)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("virtio-test virtqueue 1 (tx)"), "{err}");
+        // A queue no one requires may stay unused.
+        let [first, second] = take_queues::<2>(
+            "virtio-test",
+            vec![queue(true), queue(false)],
+            &required[..1],
+        )
+        .unwrap();
+        assert!(first.ready() && !second.ready());
+    }
+
+    #[test]
+    fn read_config_space_copies_what_lies_inside() {
+        let config = [1, 2, 3, 4];
+        let mut data = [0; 4];
+        read_config_space(&config, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        let mut data = [0; 2];
+        read_config_space(&config, 4, &mut data);
+        read_config_space(&config, u64::MAX, &mut data);
+        assert_eq!(data, [0, 0]);
     }
 
     #[test]

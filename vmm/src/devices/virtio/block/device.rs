@@ -14,7 +14,9 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::request::{handle_chain, Disk};
-use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::mmio::{
+    read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
+};
 
 const QUEUE_MAX_SIZE: u16 = 256;
 const QUEUE_MAX_SIZES: [u16; 1] = [QUEUE_MAX_SIZE];
@@ -129,14 +131,7 @@ impl VirtioDevice for BlockDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config.len() {
-            return;
-        }
-        let len = data.len().min(self.config.len() - start);
-        data[..len].copy_from_slice(&self.config[start..start + len]);
+        read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -153,15 +148,7 @@ impl VirtioDevice for BlockDevice {
         queues: Vec<Queue>,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
-        let Ok([queue]) = <[Queue; 1]>::try_from(queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual: self.queue_max_sizes().len(),
-            });
-        };
-        if !queue.ready() {
-            return Err(ActivateError::QueueNotReady(0));
-        }
+        let [queue] = take_queues("virtio-blk", queues, &[(0, "request")])?;
         self.active = Some(Active {
             mem,
             queue,

@@ -28,7 +28,9 @@ use super::{
     config_space, validate_queue_size, FsConfig, FsError, CONFIG_SPACE_SIZE, NUM_QUEUES,
     VIRTIO_ID_FS,
 };
-use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::mmio::{
+    read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
+};
 use crate::devices::{HostEvents, Watch};
 
 /// The virtio features the device may pass on from virtiofsd: the ones this transport and
@@ -169,14 +171,7 @@ impl VirtioDevice for FsDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config.len() {
-            return;
-        }
-        let len = data.len().min(self.config.len() - start);
-        data[..len].copy_from_slice(&self.config[start..start + len]);
+        read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -193,12 +188,8 @@ impl VirtioDevice for FsDevice {
         queues: Vec<Queue>,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                actual: queues.len(),
-            });
-        }
+        // Either queue may be left unused (`start` skips it).
+        let queues: [Queue; NUM_QUEUES] = take_queues("virtio-fs", queues, &[])?;
         let guard = mem.memory();
         if let Err(e) = self.start(&guard, &queues) {
             return Err(ActivateError::Backend(e.to_string()));

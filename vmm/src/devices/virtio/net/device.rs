@@ -26,7 +26,9 @@ use vmm_sys_util::epoll::EventSet;
 use super::frame::{gather_tx_frame, RxBuffers, MAX_FRAME_LEN, TAP_HEADER, VNET_HDR_SIZE};
 use super::mac::MacAddress;
 use super::tap::{Tap, TapError};
-use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::mmio::{
+    read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
+};
 use crate::devices::{HostEvents, Watch};
 
 /// The queue the device puts received frames on.
@@ -317,14 +319,7 @@ impl VirtioDevice for NetDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= self.config.len() {
-            return;
-        }
-        let len = data.len().min(self.config.len() - start);
-        data[..len].copy_from_slice(&self.config[start..start + len]);
+        read_config_space(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -343,17 +338,7 @@ impl VirtioDevice for NetDevice {
         queues: Vec<Queue>,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
-        let actual = queues.len();
-        let queues =
-            <[Queue; NUM_QUEUES]>::try_from(queues).map_err(|_| ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                actual,
-            })?;
-        for index in [RX_QUEUE, TX_QUEUE] {
-            if !queues[index].ready() {
-                return Err(ActivateError::QueueNotReady(index));
-            }
-        }
+        let queues = take_queues("virtio-net", queues, &[(RX_QUEUE, "rx"), (TX_QUEUE, "tx")])?;
         self.active = Some(Active {
             mem,
             queues,

@@ -17,7 +17,9 @@ use vmm_sys_util::epoll::EventSet;
 
 use super::device::{DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::VsockConfig;
-use crate::devices::virtio::mmio::{ActivateError, VirtioDevice, VirtioInterrupt};
+use crate::devices::virtio::mmio::{
+    read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
+};
 use crate::devices::{HostEvents, Watch};
 
 /// Largest virtqueue the device offers.
@@ -30,7 +32,7 @@ const AVAIL_FEATURES: u64 =
 /// What `activate` handed over; dropped on reset.
 struct Active {
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
-    queues: Vec<Queue>,
+    queues: [Queue; NUM_QUEUES],
     interrupt: VirtioInterrupt,
 }
 
@@ -120,15 +122,7 @@ impl VirtioDevice for VsockMmioDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let config = self.device.config_space();
-        let Ok(start) = usize::try_from(offset) else {
-            return;
-        };
-        if start >= config.len() {
-            return;
-        }
-        let len = data.len().min(config.len() - start);
-        data[..len].copy_from_slice(&config[start..start + len]);
+        read_config_space(&self.device.config_space(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -145,17 +139,8 @@ impl VirtioDevice for VsockMmioDevice {
         queues: Vec<Queue>,
         interrupt: VirtioInterrupt,
     ) -> Result<(), ActivateError> {
-        if queues.len() != NUM_QUEUES {
-            return Err(ActivateError::QueueCount {
-                expected: NUM_QUEUES,
-                actual: queues.len(),
-            });
-        }
-        for index in [RX_QUEUE, TX_QUEUE] {
-            if !queues[index].ready() {
-                return Err(ActivateError::QueueNotReady(index));
-            }
-        }
+        // The device never sends events, so the event queue may stay unused.
+        let queues = take_queues("vsock", queues, &[(RX_QUEUE, "rx"), (TX_QUEUE, "tx")])?;
         let mut active = Active {
             mem,
             queues,
