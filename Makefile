@@ -94,7 +94,7 @@ test: assets
 # A short run of every fuzz target (FUZZ_SECONDS each). cargo fuzz wants
 # nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.
 FUZZ_SECONDS ?= 10
-FUZZ_TARGETS := vsock_packet virtqueue config
+FUZZ_TARGETS := vsock_packet virtqueue config net_frame
 fuzz: deps
 	@mkdir -p target
 	@for target in $(FUZZ_TARGETS); do \
