@@ -148,7 +148,10 @@ fn runc(rootfs: &Path, args: &[&str]) -> Output {
         serde_json::to_vec(&spec).unwrap(),
     )
     .unwrap();
-    let id = format!("hull-test-{}", std::process::id());
+    // Unique per call: tests of this binary run runc side by side.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("hull-test-{}-{run}", std::process::id());
     let output = Command::new("runc")
         .arg("run")
         .arg("--bundle")
