@@ -79,14 +79,15 @@ bench-cri: build assets
 	@HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) HULL_TEST_INITRD=$(abspath $(INITRD)) \
 		target/release/hull-cri-bench -n $(or $(RUNS),5)
 
-# Tests find the guest assets through these variables.
+# Tests find the guest assets through these variables (real paths: runc
+# refuses a rootfs path through a symlink, and target/ may be one, see .ci/run).
 test: assets
 	@echo "test: cargo test (unit, agent-on-host, vsock, end-to-end under QEMU/TCG, CRI pods under runc and hull)"
 	@mkdir -p target
 	set -o pipefail; \
-	HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) \
-	HULL_TEST_INITRD=$(abspath $(INITRD)) \
-	HULL_TEST_ROOTFS=$(abspath $(ROOTFS)) \
+	HULL_TEST_KERNEL=$(realpath $(ASSETS)/vmlinux) \
+	HULL_TEST_INITRD=$(realpath $(INITRD)) \
+	HULL_TEST_ROOTFS=$(realpath $(ROOTFS)) \
 	cargo test --locked --workspace -- --test-threads=2 2>&1 | tee target/test.log
 	@$(MAKE) --no-print-directory fuzz
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "test: %d passed, %d failed\n", p, f }' target/test.log

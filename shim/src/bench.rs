@@ -116,8 +116,11 @@ pub async fn bench(
 fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
     let bundle = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
     std::fs::create_dir_all(&bundle).map_err(|e| BenchError::Runc(e.to_string()))?;
+    // runc refuses a relative rootfs path or one through a symlink.
+    let rootfs = std::fs::canonicalize(rootfs)
+        .map_err(|e| BenchError::Runc(format!("rootfs {}: {e}", rootfs.display())))?;
     let spec = container_spec(
-        rootfs,
+        &rootfs,
         &ProcessOptions {
             args: vec!["true".into()],
             ..Default::default()

@@ -135,7 +135,8 @@ fn runc(rootfs: &Path, args: &[&str]) -> Output {
     let bundle = tempfile::tempdir().unwrap();
     let mut spec = oci_spec::runtime::Spec::default();
     let mut root = spec.root().clone().unwrap();
-    root.set_path(rootfs.to_owned());
+    // runc refuses a rootfs path that goes through a symlink.
+    root.set_path(std::fs::canonicalize(rootfs).unwrap());
     root.set_readonly(Some(false));
     spec.set_root(Some(root));
     let mut process = spec.process().clone().unwrap();
