@@ -1,0 +1,8 @@
+//! Host primitives the rest of the shim builds on: descriptor-relative file
+//! and mount operations for directories the guest can write to, id-mapping
+//! user namespaces, and what the shim does to the processes it starts.
+
+pub mod fs;
+pub mod mount;
+pub mod process;
+pub mod userns;
