@@ -77,10 +77,19 @@ pub struct Config {
     /// itself into the sandbox's state directory.
     pub vmm_uid: u32,
     pub vmm_gid: u32,
-    /// A cgroup v2 directory under which each sandbox's hull-vmm gets a
-    /// cgroup of its own (`<vmm_cgroup_parent>/<sandbox-id>`); none: hull-vmm
-    /// stays in the shim's cgroup.
-    pub vmm_cgroup_parent: Option<PathBuf>,
+    /// The cgroup, in each cgroup hierarchy of the host, under which every
+    /// sandbox gets one of its own (`<hierarchy>/<cgroup_parent>/<sandbox-id>`)
+    /// holding its VMM, virtiofsd and vsock backend.
+    pub cgroup_parent: String,
+    /// Host memory a sandbox's processes may use beyond the VM's RAM (the
+    /// VMM's own memory, virtiofsd, the vsock backend).
+    pub sandbox_memory_overhead_mib: u32,
+    /// Host CPU a sandbox's processes may use beyond one CPU per vCPU, in
+    /// thousandths of a CPU.
+    pub sandbox_cpu_overhead_millicpus: u32,
+    /// The size at which a sandbox's console and virtiofsd logs are rotated
+    /// (each keeps at most twice this).
+    pub log_max_kib: u64,
     /// Where per-sandbox state lives (`<state_dir>/<sandbox-id>/`).
     pub state_dir: PathBuf,
     pub log_level: String,
@@ -104,7 +113,10 @@ impl Default for Config {
             vmm: PathBuf::from("hull-vmm"),
             vmm_uid: DEFAULT_VMM_ID,
             vmm_gid: DEFAULT_VMM_ID,
-            vmm_cgroup_parent: None,
+            cgroup_parent: "hull".into(),
+            sandbox_memory_overhead_mib: 128,
+            sandbox_cpu_overhead_millicpus: 250,
+            log_max_kib: 2048,
             state_dir: PathBuf::from("/run/hull"),
             log_level: "info".into(),
         }
@@ -154,11 +166,14 @@ impl Config {
                 )));
             }
         }
-        if let Some(parent) = self.vmm_cgroup_parent.as_ref().filter(|p| !p.is_absolute()) {
+        if crate::ids::validate("cgroup_parent", &self.cgroup_parent).is_err() {
             return Err(invalid(format!(
-                "vmm_cgroup_parent = {:?} is not an absolute path",
-                parent.display().to_string()
+                "cgroup_parent = {:?} must be one cgroup name (letters, digits, '.', '_', '-')",
+                self.cgroup_parent
             )));
+        }
+        if self.log_max_kib == 0 {
+            return Err(invalid("log_max_kib must be at least 1".into()));
         }
         Ok(())
     }
@@ -233,26 +248,21 @@ mod tests {
         assert_eq!(config.hypervisor, HypervisorKind::Auto);
         assert_eq!(config.vmm, PathBuf::from("hull-vmm"));
         assert_eq!((config.vmm_uid, config.vmm_gid), (65534, 65534));
-        assert_eq!(config.vmm_cgroup_parent, None);
+        assert_eq!(config.cgroup_parent, "hull");
         let config = Config::parse(
-            "hypervisor = \"builtin\"\nvmm = \"/opt/hull/bin/hull-vmm\"\nvmm_uid = 1000\nvmm_gid = 1001\nvmm_cgroup_parent = \"/sys/fs/cgroup/hull\"\n",
+            "hypervisor = \"builtin\"\nvmm = \"/opt/hull/bin/hull-vmm\"\nvmm_uid = 1000\nvmm_gid = 1001\ncgroup_parent = \"pods.hull\"\n",
             Path::new("c"),
         )
         .unwrap();
         assert_eq!(config.hypervisor, HypervisorKind::Builtin);
         assert_eq!(config.vmm, PathBuf::from("/opt/hull/bin/hull-vmm"));
         assert_eq!((config.vmm_uid, config.vmm_gid), (1000, 1001));
-        assert_eq!(
-            config.vmm_cgroup_parent,
-            Some(PathBuf::from("/sys/fs/cgroup/hull"))
-        );
+        assert_eq!(config.cgroup_parent, "pods.hull");
         for (text, named) in [
             ("vmm_uid = 0", "vmm_uid = 0"),
             ("vmm_gid = 0", "vmm_gid = 0"),
-            (
-                "vmm_cgroup_parent = \"hull\"",
-                "vmm_cgroup_parent = \"hull\"",
-            ),
+            ("cgroup_parent = \"../x\"", "cgroup_parent = \"../x\""),
+            ("log_max_kib = 0", "log_max_kib"),
             ("hypervisor = \"firecracker\"", "firecracker"),
             ("vmm_user = 5", "vmm_user"),
         ] {

@@ -170,11 +170,12 @@ pub fn context(timeout: Duration) -> ttrpc::context::Context {
     ttrpc::context::with_timeout(timeout.as_nanos() as i64)
 }
 
-/// The message of a ttrpc error, without the transport's decoration.
+/// The message of a ttrpc error, without the transport's decoration. The
+/// agent wrote it, so it is sanitized for errors and logs.
 pub fn rpc_message(err: &ttrpc::Error) -> String {
     match err {
-        ttrpc::Error::RpcStatus(status) => status.message().to_owned(),
-        other => other.to_string(),
+        ttrpc::Error::RpcStatus(status) => crate::guest_text::guest(status.message()),
+        other => crate::guest_text::guest(&other.to_string()),
     }
 }
 

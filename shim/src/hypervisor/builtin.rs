@@ -3,13 +3,13 @@
 //! The VM is described in hull-vmm's own configuration schema
 //! (`hull_vmm::config::VmConfig`), written as TOML into the sandbox's state
 //! directory, and hull-vmm runs as a child of the shim (`--config FILE`, its
-//! stderr in the console log, dying with the shim). Once it holds every host
-//! resource it jails itself: the sandbox's state directory becomes its root,
-//! it runs as a non-root uid/gid, in a cgroup of its own if one is
-//! configured (see docs/vmm.md, "Jail").
+//! stdout and stderr the console log's pipe, dying with the shim, in the
+//! sandbox's cgroups from its first instruction). Once it holds every host
+//! resource it jails itself: the sandbox's state directory becomes its
+//! root, and it runs as a non-root uid/gid (see docs/vmm.md, "Jail").
 //!
 //! Devices:
-//! - the serial console, appended to the console log;
+//! - the serial console, on its stdout (the console log's pipe);
 //! - virtio-vsock, served by hull-vmm in process on the sandbox's
 //!   hybrid-vsock socket, the one the agent client connects to (so, unlike
 //!   QEMU, no vhost-user vsock backend in the shim). It is inside the jail
@@ -21,7 +21,7 @@
 //!   the shim's open descriptor is passed as [`TAP_FD`] (`[[net]] fd = 3`).
 
 use std::os::fd::RawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,7 +30,7 @@ use hull_vmm::devices::virtio::net::MacAddress;
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
-use super::{Error, Hypervisor, VmConfig, VmExit};
+use super::{Error, Hypervisor, VmConfig, VmExit, VmmHost};
 
 /// The descriptor number hull-vmm finds the pod's tap at.
 pub const TAP_FD: RawFd = 3;
@@ -43,9 +43,6 @@ pub struct VmmJail {
     pub root: PathBuf,
     pub uid: u32,
     pub gid: u32,
-    /// A cgroup v2 directory for this VM alone: created before hull-vmm
-    /// starts, removed after it exits.
-    pub cgroup: Option<PathBuf>,
 }
 
 pub struct Builtin {
@@ -53,8 +50,6 @@ pub struct Builtin {
     /// Where the VM's configuration is written.
     config_file: PathBuf,
     jail: VmmJail,
-    /// Whether `jail.cgroup` was created here and is ours to remove.
-    cgroup_created: bool,
     process: VmmProcess,
 }
 
@@ -64,7 +59,6 @@ impl Builtin {
             binary: binary.into(),
             config_file: config_file.into(),
             jail,
-            cgroup_created: false,
             process: VmmProcess::default(),
         }
     }
@@ -109,8 +103,9 @@ impl Builtin {
                 initrd: Some(config.initrd.clone()),
                 cmdline: config.cmdline.clone(),
             },
+            // hull-vmm opens it before its jail: its stdout, the log's pipe.
             serial: vmm::SerialConfig {
-                log: Some(config.console_log.clone()),
+                log: Some(SERIAL_TO_STDOUT.into()),
             },
             vsock: Some(vmm::VsockDeviceConfig {
                 guest_cid: config.guest_cid,
@@ -127,7 +122,8 @@ impl Builtin {
                 root: self.jail.root.clone(),
                 uid: self.jail.uid,
                 gid: self.jail.gid,
-                cgroup: self.jail.cgroup.clone(),
+                // The shim moves hull-vmm into the sandbox's cgroups itself.
+                cgroup: None,
             }),
         };
         vm.validate().map_err(|e| invalid(e.to_string()))?;
@@ -142,70 +138,26 @@ impl Builtin {
         let text = toml::to_string(vm).map_err(|e| failed(e.to_string()))?;
         std::fs::write(&self.config_file, text).map_err(|e| failed(e.to_string()))
     }
-
-    fn create_cgroup(&mut self) -> Result<(), Error> {
-        let Some(cgroup) = &self.jail.cgroup else {
-            return Ok(());
-        };
-        std::fs::create_dir(cgroup).map_err(|source| Error::Cgroup {
-            path: cgroup.clone(),
-            source,
-        })?;
-        self.cgroup_created = true;
-        Ok(())
-    }
-
-    /// Removes the VM's cgroup once hull-vmm is gone.
-    async fn remove_cgroup(&mut self) {
-        if let Some(cgroup) = self.jail.cgroup.as_ref().filter(|_| self.cgroup_created) {
-            remove_cgroup(cgroup).await;
-        }
-        self.cgroup_created = false;
-    }
 }
 
-/// Removes hull-vmm's cgroup `cgroup` if it is there. The kernel may take a
-/// moment to let go of a cgroup whose last process was just reaped (or is
-/// still dying, after a shim that died too).
-pub async fn remove_cgroup(cgroup: &Path) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        match std::fs::remove_dir(cgroup) {
-            Ok(()) => return,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-            Err(err) if tokio::time::Instant::now() > deadline => {
-                tracing::warn!(cgroup = %cgroup.display(), %err, "removing hull-vmm's cgroup");
-                return;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
+/// Where hull-vmm writes the guest's serial console: its standard output.
+const SERIAL_TO_STDOUT: &str = "/dev/stdout";
 
 #[async_trait]
 impl Hypervisor for Builtin {
-    async fn start(&mut self, config: &VmConfig) -> Result<(), Error> {
+    async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error> {
         let vm = self.vm_config(config)?;
         self.write_config(&vm)?;
-        self.create_cgroup()?;
         let fds: Vec<_> = config.net.iter().map(|net| (net.tap_fd, TAP_FD)).collect();
         let args = [
             "--config".to_owned(),
             self.config_file.display().to_string(),
         ];
-        let spawned = self
-            .process
-            .spawn(&self.binary, &args, &config.console_log, &fds);
-        if spawned.is_err() {
-            self.remove_cgroup().await;
-        }
-        spawned
+        self.process.spawn(&self.binary, &args, host, fds)
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
-        let exit = self.process.stop(grace).await;
-        self.remove_cgroup().await;
-        Ok(exit)
+        Ok(self.process.stop(grace).await)
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
@@ -221,6 +173,7 @@ impl Hypervisor for Builtin {
 mod tests {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
 
     use super::super::NetDevice;
     use super::*;
@@ -241,23 +194,18 @@ mod tests {
         }
     }
 
-    fn jail(dir: &Path, cgroup: Option<PathBuf>) -> VmmJail {
+    fn jail(dir: &Path) -> VmmJail {
         VmmJail {
             root: dir.to_owned(),
             uid: 65534,
             gid: 65533,
-            cgroup,
         }
     }
 
     #[test]
     fn the_vm_config_carries_every_device_and_the_jail() {
         let dir = Path::new("/run/hull/s1");
-        let builtin = Builtin::new(
-            "hull-vmm",
-            dir.join("vmm.toml"),
-            jail(dir, Some("/sys/fs/cgroup/hull/s1".into())),
-        );
+        let builtin = Builtin::new("hull-vmm", dir.join("vmm.toml"), jail(dir));
         let config = vm_config(
             dir,
             Some(NetDevice {
@@ -277,7 +225,7 @@ mod tests {
                 cmdline: "console=ttyS0 quiet panic=-1 pci=off".into(),
             },
             serial: vmm::SerialConfig {
-                log: Some("/run/hull/s1/console.log".into()),
+                log: Some("/dev/stdout".into()),
             },
             vsock: Some(vmm::VsockDeviceConfig {
                 guest_cid: 3,
@@ -298,7 +246,7 @@ mod tests {
                 root: "/run/hull/s1".into(),
                 uid: 65534,
                 gid: 65533,
-                cgroup: Some("/sys/fs/cgroup/hull/s1".into()),
+                cgroup: None,
             }),
         };
         let vm = builtin.vm_config(&config).unwrap();
@@ -314,9 +262,9 @@ mod tests {
     }
 
     #[test]
-    fn without_a_pod_network_or_a_cgroup_there_is_no_net_device_or_cgroup() {
+    fn without_a_pod_network_there_is_no_net_device() {
         let dir = Path::new("/run/hull/s2");
-        let builtin = Builtin::new("hull-vmm", dir.join("vmm.toml"), jail(dir, None));
+        let builtin = Builtin::new("hull-vmm", dir.join("vmm.toml"), jail(dir));
         let vm = builtin.vm_config(&vm_config(dir, None)).unwrap();
         assert!(vm.net.is_empty());
         assert_eq!(vm.jail.as_ref().unwrap().cgroup, None);
@@ -331,7 +279,7 @@ mod tests {
     #[test]
     fn what_hull_vmm_cannot_take_is_refused_by_name() {
         let dir = Path::new("/run/hull/s3");
-        let builtin = Builtin::new("hull-vmm", dir.join("vmm.toml"), jail(dir, None));
+        let builtin = Builtin::new("hull-vmm", dir.join("vmm.toml"), jail(dir));
         let mut config = vm_config(dir, None);
         config.vcpus = 33;
         let err = builtin.vm_config(&config).unwrap_err().to_string();
@@ -357,7 +305,7 @@ mod tests {
             dir.join("vmm.toml"),
             VmmJail {
                 uid: 0,
-                ..jail(dir, None)
+                ..jail(dir)
             },
         );
         let err = root
@@ -368,27 +316,33 @@ mod tests {
     }
 
     /// A stand-in for hull-vmm that reports, on its stderr (the console log),
-    /// its arguments, what its descriptor 3 is, and the file it was given.
+    /// its arguments, what its descriptors 1 and 3 are, and the file it was
+    /// given.
     const FAKE_VMM: &str = "#!/bin/sh\n\
         echo \"args: $*\" >&2\n\
         echo \"fd3: $(readlink /proc/self/fd/3)\" >&2\n\
+        echo \"stdout is $(readlink /proc/self/fd/1)\"\n\
         cat \"$2\" >&2\n";
 
+    async fn console(dir: &Path) -> (VmmHost, tokio::task::JoinHandle<std::io::Result<u64>>) {
+        let log = crate::sandbox::capped_log(&dir.join("console.log"), 1 << 20).unwrap();
+        let host = VmmHost {
+            console: log.writer,
+            cgroup_procs: Vec::new(),
+        };
+        (host, log.copier)
+    }
+
     #[tokio::test]
-    async fn start_writes_the_config_passes_the_tap_as_fd_3_and_owns_the_cgroup() {
+    async fn start_writes_the_config_passes_the_tap_as_fd_3_and_the_console_pipe() {
         let dir = tempfile::tempdir().unwrap();
         let binary = dir.path().join("hull-vmm");
         std::fs::write(&binary, FAKE_VMM).unwrap();
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
         let tap = dir.path().join("tap");
         let tap_file = std::fs::File::create(&tap).unwrap();
-        let cgroup = dir.path().join("cgroup");
         let config_file = dir.path().join("vmm.toml");
-        let mut builtin = Builtin::new(
-            &binary,
-            &config_file,
-            jail(dir.path(), Some(cgroup.clone())),
-        );
+        let mut builtin = Builtin::new(&binary, &config_file, jail(dir.path()));
         let config = vm_config(
             dir.path(),
             Some(NetDevice {
@@ -396,11 +350,12 @@ mod tests {
                 mac: "02:00:00:00:00:07".into(),
             }),
         );
-        builtin.start(&config).await.unwrap();
-        assert!(cgroup.is_dir(), "the VM's cgroup exists while it runs");
+        let (host, copier) = console(dir.path()).await;
+        builtin.start(&config, host).await.unwrap();
         let mut exit = builtin.exit_watch();
         let exit = *exit.wait_for(Option::is_some).await.unwrap();
         assert_eq!(exit, Some(VmExit::Exited(Some(0))));
+        copier.await.unwrap().unwrap();
 
         let log = std::fs::read_to_string(&config.console_log).unwrap();
         assert!(
@@ -408,32 +363,30 @@ mod tests {
             "{log}"
         );
         assert!(log.contains(&format!("fd3: {}\n", tap.display())), "{log}");
+        assert!(log.contains("stdout is pipe:"), "{log}");
         let written = std::fs::read_to_string(&config_file).unwrap();
         assert!(log.contains(&written), "{log}");
         assert_eq!(
             vmm::VmConfig::parse(&written, &config_file).unwrap(),
             builtin.vm_config(&config).unwrap()
         );
-
         builtin.stop(Duration::from_secs(1)).await.unwrap();
-        assert!(!cgroup.exists(), "the VM's cgroup goes with it");
     }
 
     #[tokio::test]
-    async fn a_missing_binary_fails_the_start_and_leaves_no_cgroup() {
+    async fn a_missing_binary_fails_the_start() {
         let dir = tempfile::tempdir().unwrap();
-        let cgroup = dir.path().join("cgroup");
         let mut builtin = Builtin::new(
             dir.path().join("no-such-vmm"),
             dir.path().join("vmm.toml"),
-            jail(dir.path(), Some(cgroup.clone())),
+            jail(dir.path()),
         );
+        let (host, _copier) = console(dir.path()).await;
         let err = builtin
-            .start(&vm_config(dir.path(), None))
+            .start(&vm_config(dir.path(), None), host)
             .await
             .unwrap_err()
             .to_string();
         assert!(err.contains("no-such-vmm"), "{err}");
-        assert!(!cgroup.exists());
     }
 }

@@ -6,7 +6,7 @@ pub mod builtin;
 pub mod process;
 pub mod qemu;
 
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -30,10 +30,20 @@ pub struct VmConfig {
     /// vhost-user socket of virtiofsd and the tag the guest mounts.
     pub fs_socket: PathBuf,
     pub fs_tag: String,
-    /// The guest's serial console (kernel and agent log).
+    /// The guest's serial console log (kernel and agent), named in errors;
+    /// the VMM writes to the pipe in [`VmmHost::console`].
     pub console_log: PathBuf,
     /// The pod's NIC, if it has a network.
     pub net: Option<NetDevice>,
+}
+
+/// Host resources a VMM process starts with, besides its configuration.
+#[derive(Debug)]
+pub struct VmmHost {
+    /// Its stdout and stderr: the pipe of the capped console log.
+    pub console: OwnedFd,
+    /// `cgroup.procs` of the sandbox's cgroups, joined before it execs.
+    pub cgroup_procs: Vec<OwnedFd>,
 }
 
 /// A virtio-net device backed by an open tap.
@@ -113,12 +123,6 @@ pub enum Error {
     VmmConfig { path: PathBuf, message: String },
     #[error("Starting the vsock backend for QEMU: {0}")]
     Vsock(String),
-    #[error("Creating the cgroup {path} for hull-vmm: {source}")]
-    Cgroup {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("Cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -142,7 +146,7 @@ pub enum VmExit {
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     /// Starts the VM; returns once the VMM process runs.
-    async fn start(&mut self, config: &VmConfig) -> Result<(), Error>;
+    async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error>;
     /// Waits up to `grace` for the VM to end by itself (after the agent was
     /// told to power off), then kills it.
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error>;

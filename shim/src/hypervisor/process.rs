@@ -1,6 +1,7 @@
-//! A VMM as a child process of the shim: started with its stderr in the
-//! console log, dying with the shim (PDEATHSIG), watched for its exit, and
-//! stopped with a grace period before SIGKILL. Both backends run this way.
+//! A VMM as a child process of the shim: started with its stdout and stderr
+//! in the console log's pipe, in the sandbox's cgroups, dying with the shim
+//! (PDEATHSIG), watched for its exit, and stopped with a grace period before
+//! SIGKILL. Both backends run this way.
 
 use std::os::fd::RawFd;
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::{Error, VmExit};
+use super::{Error, VmExit, VmmHost};
 
 pub struct VmmProcess {
     pid: Option<u32>,
@@ -32,34 +33,30 @@ impl Default for VmmProcess {
 }
 
 impl VmmProcess {
-    /// Starts `binary args`, its stderr appended to `log`, with each
+    /// Starts `binary args` with `host`'s console and cgroups, with each
     /// `(fd, target)` of `fds` open in the child as descriptor `target`.
     pub fn spawn(
         &mut self,
         binary: &Path,
         args: &[String],
-        log: &Path,
-        fds: &[(RawFd, RawFd)],
+        host: VmmHost,
+        fds: Vec<(RawFd, RawFd)>,
     ) -> Result<(), Error> {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|source| Error::Spawn {
-                program: format!("{} (log {})", binary.display(), log.display()),
-                source,
-            })?;
+        let spawn_error = |source| Error::Spawn {
+            program: binary.display().to_string(),
+            source,
+        };
+        let stderr = host.console.try_clone().map_err(spawn_error)?;
         let mut command = Command::new(binary);
         command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(host.console))
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
-        crate::sandbox::die_with_parent(&mut command);
-        for &(fd, target) in fds {
-            pass_fd(&mut command, fd, target);
-        }
+        crate::sys::process::die_with_parent(&mut command);
+        crate::sys::process::join_cgroups(&mut command, host.cgroup_procs);
+        crate::sys::process::pass_fds(&mut command, fds);
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             program: binary.display().to_string(),
             source,
@@ -109,23 +106,5 @@ impl VmmProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.pid
-    }
-}
-
-/// Makes `fd` the child's descriptor `target`, open across exec.
-fn pass_fd(command: &mut Command, fd: RawFd, target: RawFd) {
-    // SAFETY: dup2 and fcntl are async-signal-safe and touch only the child.
-    unsafe {
-        command.pre_exec(move || {
-            if fd == target {
-                let flags = libc::fcntl(fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, target) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }

@@ -15,7 +15,7 @@ use hull_vmm::devices::virtio::vsock::{serve_vhost_user, VsockBackendHandle, Vso
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
-use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit};
+use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit, VmmHost};
 
 /// The descriptor number QEMU finds the pod's tap at.
 const TAP_FD: i32 = 3;
@@ -72,8 +72,15 @@ impl Qemu {
             "-no-user-config".into(),
             "-nographic".into(),
             "-no-reboot".into(),
+            // The console goes to QEMU's stdout, the capped log's pipe.
+            "-chardev".into(),
+            "stdio,id=console,signal=off".into(),
             "-serial".into(),
-            format!("file:{}", config.console_log.display()),
+            "chardev:console".into(),
+            // QEMU's own seccomp filter: no obsolete syscalls, no setuid,
+            // no exec or fork, no scheduler or resource changes.
+            "-sandbox".into(),
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
             "-kernel".into(),
             config.kernel.display().to_string(),
             "-initrd".into(),
@@ -104,7 +111,7 @@ impl Qemu {
 
 #[async_trait]
 impl Hypervisor for Qemu {
-    async fn start(&mut self, config: &VmConfig) -> Result<(), Error> {
+    async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error> {
         let vsock = serve_vhost_user(
             &self.vhost_vsock_socket,
             VsockConfig {
@@ -115,10 +122,7 @@ impl Hypervisor for Qemu {
         .map_err(|e| Error::Vsock(e.to_string()))?;
         let fds: Vec<_> = config.net.iter().map(|net| (net.tap_fd, TAP_FD)).collect();
         let args = self.args(config);
-        if let Err(err) = self
-            .process
-            .spawn(&self.binary, &args, &config.console_log, &fds)
-        {
+        if let Err(err) = self.process.spawn(&self.binary, &args, host, fds) {
             stop_vsock(vsock);
             return Err(err);
         }
@@ -180,7 +184,10 @@ mod tests {
         assert!(args.contains("-smp 2"));
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
         assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=hull"));
-        assert!(args.contains("-serial file:/run/hull/s/console.log"));
+        assert!(args.contains("-chardev stdio,id=console,signal=off -serial chardev:console"));
+        assert!(args.contains(
+            "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+        ));
         assert!(args.contains("-append console=ttyS0"));
         assert!(!args.contains("-netdev"));
     }

@@ -5,6 +5,8 @@
 //! (the assets, the programs, whether the chosen backend can run on this
 //! host) is checked before the state directory exists.
 
+mod cgroup;
+mod log;
 mod virtiofsd;
 
 use std::os::fd::AsRawFd;
@@ -16,17 +18,21 @@ use hull_protocols::agent::{
     UpdateInterfaceRequest, UpdateRoutesRequest,
 };
 
-pub use self::virtiofsd::find_program;
+pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
+pub use self::log::{capped_log, rotated_path, LogPipe};
 use self::virtiofsd::Virtiofsd;
 use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
 use crate::hypervisor::builtin::{Builtin, VmmJail};
 use crate::hypervisor::qemu::Qemu;
-use crate::hypervisor::{self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig};
+use crate::hypervisor::{
+    self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig, VmmHost,
+};
 use crate::network::{self, format_mac, PodNetwork, TapHeader, GUEST_INTERFACE};
 use crate::pod::VmSize;
-use crate::rootfs::{self, RootfsMount};
+use crate::rootfs::{self, RootfsMountSpec, SharedDir};
+pub use crate::sys::process::find_program;
 
 /// virtio-fs tag of the sandbox share, and where the guest mounts it.
 pub const SHARE_TAG: &str = "hull";
@@ -87,7 +93,11 @@ pub enum Error {
     #[error("Setting up the sandbox in the guest: {message}; guest console log: {log}", log = log.display())]
     Agent { message: String, log: PathBuf },
     #[error(transparent)]
-    Rootfs(#[from] rootfs::Error),
+    Share(#[from] rootfs::ShareError),
+    #[error("The sandbox's host cgroup: {0}")]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    InvalidId(#[from] crate::ids::InvalidId),
     #[error(transparent)]
     Network(#[from] network::Error),
 }
@@ -203,7 +213,10 @@ pub struct SandboxVm {
     network: Option<PodNetwork>,
     hypervisor: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
-    mounts: Vec<RootfsMount>,
+    share: Option<SharedDir>,
+    cgroup: Option<SandboxCgroup>,
+    /// The copiers of the console and virtiofsd logs.
+    logs: Vec<tokio::task::JoinHandle<std::io::Result<u64>>>,
     agent: Option<AgentClient>,
 }
 
@@ -251,22 +264,14 @@ impl Launch {
     }
 }
 
-/// hull-vmm's jail: the sandbox directory, the configured uid/gid, and a
-/// cgroup per sandbox under `vmm_cgroup_parent` if there is one.
+/// hull-vmm's jail: the sandbox directory, the configured uid/gid.
 fn builtin_jail(config: &Config, paths: &SandboxPaths) -> VmmJail {
-    let id = paths.dir.file_name().expect("a sandbox dir has a name");
     VmmJail {
         // hull-vmm wants it absolute; a relative `state_dir` is the shim's.
         root: std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone()),
         uid: config.vmm_uid,
         gid: config.vmm_gid,
-        cgroup: vmm_cgroup(config, &id.to_string_lossy()),
     }
-}
-
-/// The cgroup of sandbox `id`'s hull-vmm, if hull-vmm gets one.
-pub fn vmm_cgroup(config: &Config, id: &str) -> Option<PathBuf> {
-    config.vmm_cgroup_parent.as_ref().map(|p| p.join(id))
 }
 
 /// Hull's kernel command line for `backend`.
@@ -297,20 +302,20 @@ impl SandboxVm {
         options: &SandboxOptions,
         progress: &Progress,
     ) -> Result<Self, Error> {
+        crate::ids::validate("sandbox id", id)?;
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
         let launch = Launch::prepare(config, &paths, options, Virtualization::detect())?;
-        std::fs::create_dir_all(&paths.shared).map_err(|source| Error::Io {
-            what: format!("creating {}", paths.shared.display()),
-            source,
-        })?;
+        create_state_dir(&config.state_dir, &paths.dir)?;
         let mut vm = SandboxVm {
             id: id.to_owned(),
             paths,
             network: None,
             hypervisor: None,
             virtiofsd: None,
-            mounts: Vec::new(),
+            share: None,
+            cgroup: None,
+            logs: Vec::new(),
             agent: None,
         };
         match vm.boot(config, options, launch, progress).await {
@@ -334,16 +339,25 @@ impl SandboxVm {
             mut hypervisor,
             virtiofsd,
         } = launch;
-        self.virtiofsd = Some(
-            Virtiofsd::start(
-                &virtiofsd,
-                &self.paths.virtiofsd,
-                &self.paths.shared,
-                &self.paths.virtiofsd_log,
-            )
-            .await?,
-        );
-        progress.step("virtiofsd ready");
+        let cgroup = SandboxCgroup::create(
+            &Hierarchies::detect()?,
+            &config.cgroup_parent,
+            &self.id,
+            host_limits(config, &options.size),
+        )?;
+        let cgroup_procs = cgroup.procs_files();
+        self.cgroup = Some(cgroup);
+        self.share = Some(SharedDir::create(&self.paths.dir, SHARED_DIR_NAME, None)?);
+        let log_max = config.log_max_kib << 10;
+        let virtiofsd_log = self.log_pipe(&self.paths.virtiofsd_log.clone(), log_max)?;
+        self.virtiofsd = Some(Virtiofsd::start(
+            &virtiofsd,
+            &self.paths.virtiofsd,
+            &self.paths.shared,
+            virtiofsd_log,
+            cgroup_procs?,
+        )?);
+        progress.step("virtiofsd started");
 
         if let Some(netns) = &options.netns {
             let header = match backend {
@@ -370,8 +384,12 @@ impl SandboxVm {
                 mac: format_mac(&network.interface.mac),
             }),
         };
+        let host = VmmHost {
+            console: self.log_pipe(&self.paths.console_log.clone(), log_max)?,
+            cgroup_procs: self.cgroup.as_ref().expect("made above").procs_files()?,
+        };
         // Kept before it runs, so that a failed start is stopped with the rest.
-        let started = hypervisor.start(&vm_config).await;
+        let started = hypervisor.start(&vm_config, host).await;
         self.hypervisor = Some(hypervisor);
         started?;
         progress.milestone(Milestone::VmStarted, &format!("{backend} started"));
@@ -451,23 +469,43 @@ impl SandboxVm {
         }
     }
 
-    /// The host processes of this sandbox (VMM, virtiofsd), for accounting.
+    /// The host processes of this sandbox (VMM, virtiofsd and what they
+    /// forked, the vsock backend), for accounting.
     pub fn pids(&self) -> Vec<u32> {
-        let mut pids: Vec<u32> = self.hypervisor.iter().filter_map(|h| h.pid()).collect();
-        pids.extend(self.virtiofsd.as_ref().and_then(|v| v.pid()));
-        pids
+        match &self.cgroup {
+            Some(cgroup) => cgroup.pids(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Starts a capped log at `path`; the pipe's write end is for a helper.
+    fn log_pipe(&mut self, path: &Path, max_bytes: u64) -> Result<std::os::fd::OwnedFd, Error> {
+        let LogPipe { writer, copier } =
+            capped_log(path, max_bytes).map_err(|source| Error::Io {
+                what: format!("creating the log {}", path.display()),
+                source,
+            })?;
+        self.logs.push(copier);
+        Ok(writer)
     }
 
     pub fn agent(&self) -> &AgentClient {
         self.agent.as_ref().expect("a started sandbox has an agent")
     }
 
+    /// The sandbox's virtio-fs share on the host.
+    pub fn share(&self) -> &SharedDir {
+        self.share
+            .as_ref()
+            .expect("a started sandbox has its share")
+    }
+
     /// Shares a host directory with the guest as `<share>/<name>/rootfs`;
     /// returns the guest path.
     pub fn share_rootfs(&mut self, name: &str, source: &Path) -> Result<PathBuf, Error> {
-        let relative = Path::new(name).join("rootfs");
-        let mount = RootfsMount::bind(source, &self.paths.shared.join(&relative))?;
-        self.mounts.push(mount);
+        let relative = self
+            .share()
+            .mount_rootfs(name, &[RootfsMountSpec::bind(source)])?;
         Ok(Path::new(GUEST_SHARE_DIR).join(relative))
     }
 
@@ -503,13 +541,26 @@ impl SandboxVm {
         if let Some(virtiofsd) = self.virtiofsd.take() {
             virtiofsd.stop(Duration::from_secs(2)).await;
         }
-        for mut mount in self.mounts.drain(..) {
-            if let Err(err) = mount.unmount() {
-                tracing::warn!(sandbox = %self.id, target = %mount.target().display(), %err, "unmounting");
-            }
+        // Whatever is left of the sandbox's processes (virtiofsd's sandboxed
+        // child among them) dies with its cgroup.
+        if let Some(cgroup) = self.cgroup.take() {
+            cgroup.destroy().await;
         }
+        for copier in self.logs.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(2), copier).await;
+        }
+        self.share = None;
         remove_state(&self.paths, keep_logs);
     }
+}
+
+/// What the sandbox's host processes may use together: the VM's RAM and
+/// vCPUs plus the configured overheads.
+fn host_limits(config: &Config, size: &VmSize) -> CgroupLimits {
+    CgroupLimits::new(
+        u64::from(size.memory_mib) + u64::from(config.sandbox_memory_overhead_mib),
+        u64::from(size.vcpus) * 1000 + u64::from(config.sandbox_cpu_overhead_millicpus),
+    )
 }
 
 /// Gives the guest NIC the pod interface's MAC, MTU, addresses and routes.
@@ -563,80 +614,70 @@ async fn configure_guest_network(
     Ok(())
 }
 
-/// Removes the state directory; with `keep_logs`, leaves the console and
-/// virtiofsd logs. Mounts under it are detached first, and the shared
-/// directory is only ever removed when empty: a mount that would not go
-/// away must not let us delete a container's files through it.
-pub fn remove_state(paths: &SandboxPaths, keep_logs: bool) {
-    unmount_under(&paths.dir);
-    let keep = [&paths.console_log, &paths.virtiofsd_log];
-    if let Ok(entries) = std::fs::read_dir(&paths.dir) {
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if keep_logs && keep.contains(&&path) {
-                continue;
+/// The name of the share in the sandbox's state directory.
+const SHARED_DIR_NAME: &str = "shared";
+
+/// Creates `state_dir` (if missing) and the sandbox's directory `dir` in
+/// it, both 0711: root's, and only traversable by others (a jailed VMM
+/// reaches its sockets by name in them).
+fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    for (path, recursive) in [(state_dir, true), (dir, false)] {
+        let made = std::fs::DirBuilder::new()
+            .recursive(recursive)
+            .mode(0o711)
+            .create(path);
+        match made {
+            Err(err) if !(recursive && err.kind() == std::io::ErrorKind::AlreadyExists) => {
+                return Err(Error::Io {
+                    what: format!("creating {}", path.display()),
+                    source: err,
+                });
             }
-            let _ = if path == paths.shared {
-                remove_empty_tree(&path)
-            } else if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes the sandbox's state directory; with `keep_logs`, leaves the
+/// console and virtiofsd logs. Every mount below it (the share, and what is
+/// mounted in the share) is detached first, by descriptor; removal then
+/// never follows a symlink or enters a mount that stayed, so a mount that
+/// would not go away cannot make us delete a volume's files through it.
+pub fn remove_state(paths: &SandboxPaths, keep_logs: bool) {
+    let dir = match std::fs::File::open(&paths.dir) {
+        Ok(dir) => std::os::fd::OwnedFd::from(dir),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+        Err(err) => {
+            tracing::warn!(dir = %paths.dir.display(), %err, "opening the state directory");
+            return;
+        }
+    };
+    use std::os::fd::AsFd;
+    for (mount, err) in crate::sys::mount::detach_below(dir.as_fd(), &paths.dir, Path::new("")) {
+        tracing::warn!(mount = %mount.display(), %err, "not detached");
+    }
+    let keep: Vec<&std::ffi::OsStr> = [&paths.console_log, &paths.virtiofsd_log]
+        .iter()
+        .filter_map(|p| p.file_name())
+        .collect();
+    let names: Vec<std::ffi::OsString> = match std::fs::read_dir(&paths.dir) {
+        Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
+        Err(_) => Vec::new(),
+    };
+    for name in names {
+        if keep_logs && keep.contains(&name.as_os_str()) {
+            continue;
+        }
+        let leftovers = crate::sys::fs::remove_beneath(dir.as_fd(), &name);
+        if !leftovers.is_empty() {
+            tracing::warn!(dir = %paths.dir.display(), ?leftovers, "left in the state directory");
         }
     }
     if !keep_logs {
         let _ = std::fs::remove_dir(&paths.dir);
     }
-}
-
-/// Detaches every mount at or below `dir`, deepest first.
-pub fn unmount_under(dir: &Path) {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
-        return;
-    };
-    let mut targets: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|line| line.split_whitespace().nth(1))
-        .map(unescape_mount_path)
-        .filter(|target| target.starts_with(dir))
-        .collect();
-    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
-    for target in targets {
-        if let Err(err) = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH) {
-            tracing::warn!(target = %target.display(), %err, "unmounting");
-        }
-    }
-}
-
-/// /proc/self/mounts escapes spaces, tabs, newlines and backslashes as octal.
-fn unescape_mount_path(field: &str) -> PathBuf {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(u8::is_ascii_digit)
-        {
-            let octal = std::str::from_utf8(&bytes[i + 1..i + 4]).unwrap_or("0");
-            out.push(u8::from_str_radix(octal, 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
-}
-
-fn remove_empty_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        if entry.file_type()?.is_dir() {
-            remove_empty_tree(&entry.path())?;
-        }
-    }
-    std::fs::remove_dir(dir)
 }
 
 fn check_assets(config: &Config) -> Result<(), Error> {
@@ -655,20 +696,6 @@ fn check_assets(config: &Config) -> Result<(), Error> {
         });
     }
     Ok(())
-}
-
-/// Makes a helper process die with us, so a crashed `hull` or shim cannot
-/// leak a VM or a virtiofsd.
-pub fn die_with_parent(command: &mut tokio::process::Command) {
-    // SAFETY: prctl is async-signal-safe and touches only the child.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 #[cfg(test)]
@@ -759,8 +786,8 @@ mod tests {
     }
 
     #[test]
-    fn hull_vmm_is_jailed_in_the_sandbox_dir_with_a_cgroup_per_sandbox() {
-        let mut config = Config {
+    fn hull_vmm_is_jailed_in_the_sandbox_dir() {
+        let config = Config {
             vmm_uid: 1000,
             vmm_gid: 1001,
             ..Config::default()
@@ -772,13 +799,7 @@ mod tests {
                 root: "/run/hull/pod-1".into(),
                 uid: 1000,
                 gid: 1001,
-                cgroup: None,
             }
-        );
-        config.vmm_cgroup_parent = Some("/sys/fs/cgroup/hull".into());
-        assert_eq!(
-            builtin_jail(&config, &paths).cgroup,
-            Some(PathBuf::from("/sys/fs/cgroup/hull/pod-1"))
         );
         // The sockets hull-vmm keeps using after the jail are inside it.
         assert!(paths.vsock.starts_with(&paths.dir));
@@ -789,6 +810,20 @@ mod tests {
             "{root:?}"
         );
         assert!(paths.vmm_config.starts_with(&paths.dir));
+    }
+
+    #[test]
+    fn host_limits_are_the_vm_plus_the_overheads() {
+        let config = Config {
+            sandbox_memory_overhead_mib: 100,
+            sandbox_cpu_overhead_millicpus: 250,
+            ..Config::default()
+        };
+        let size = VmSize {
+            vcpus: 2,
+            memory_mib: 640,
+        };
+        assert_eq!(host_limits(&config, &size), CgroupLimits::new(740, 2250));
     }
 
     #[test]
@@ -816,6 +851,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let paths = SandboxPaths::new(dir.path(), "s1");
         std::fs::create_dir_all(paths.shared.join("c/rootfs")).unwrap();
+        std::os::unix::fs::symlink("/etc", paths.dir.join("planted")).unwrap();
         std::fs::write(&paths.console_log, "boot").unwrap();
         std::fs::write(&paths.vsock, "").unwrap();
         remove_state(&paths, true);
@@ -826,26 +862,41 @@ mod tests {
         assert!(!paths.dir.exists());
     }
 
+    // Needs root (mounts), as the suite does.
     #[test]
-    fn a_non_empty_share_is_never_deleted() {
+    fn removal_detaches_the_share_and_keeps_volume_files_and_symlink_targets() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "s1");
-        let user_file = paths.shared.join("c/rootfs/data");
-        std::fs::create_dir_all(user_file.parent().unwrap()).unwrap();
-        std::fs::write(&user_file, "precious").unwrap();
-        remove_state(&paths, true);
-        assert!(user_file.exists());
-        remove_state(&paths, false);
-        assert!(user_file.exists());
-    }
+        let paths = SandboxPaths::new(&dir.path().join("state"), "s1");
+        create_state_dir(&dir.path().join("state"), &paths.dir).unwrap();
+        let volume = dir.path().join("volume");
+        let victim = dir.path().join("victim");
+        for d in [&volume, &victim] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("precious"), "data").unwrap();
+        }
+        let share = SharedDir::create(&paths.dir, SHARED_DIR_NAME, None).unwrap();
+        let bind = crate::rootfs::ShareBind {
+            source: volume.clone(),
+            read_only: false,
+            recursive: true,
+        };
+        share.bind(&bind, Path::new("c/mounts/0")).unwrap();
+        // What a guest can plant in the share.
+        std::os::unix::fs::symlink(&victim, paths.shared.join("c/escape")).unwrap();
+        std::os::unix::fs::symlink(&victim, paths.shared.join("escape")).unwrap();
+        std::fs::write(&paths.console_log, "boot").unwrap();
+        drop(share);
 
-    #[test]
-    fn mount_paths_are_unescaped() {
-        assert_eq!(
-            unescape_mount_path("/run/hull/a\\040b"),
-            PathBuf::from("/run/hull/a b")
-        );
-        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
+        remove_state(&paths, true);
+        assert!(paths.console_log.exists());
+        assert!(!paths.shared.exists());
+        remove_state(&paths, false);
+        assert!(!paths.dir.exists());
+        for d in [&volume, &victim] {
+            assert_eq!(std::fs::read_to_string(d.join("precious")).unwrap(), "data");
+        }
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!table.contains(dir.path().to_str().unwrap()), "{table}");
     }
 
     #[test]

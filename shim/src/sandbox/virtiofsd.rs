@@ -1,81 +1,92 @@
-//! virtiofsd (the Rust daemon) serving a sandbox's shared directory.
+//! virtiofsd (the Rust daemon) serving a sandbox's share. It parses every
+//! FUSE request the guest sends, so it runs in its own sandbox
+//! (`--sandbox namespace`: new mount, PID and network namespaces, the share
+//! pivoted to as its root, so a `..` in a guest's name cannot leave it),
+//! under its own seccomp filter, without the capabilities it does not
+//! need: no CAP_DAC_READ_SEARCH (file handles are off: `open_by_handle_at`
+//! reaches any file of a filesystem, whatever the namespace), no CAP_MKNOD
+//! (the guest cannot make device nodes on the host), no CAP_SETFCAP.
+//!
+//! Its vhost-user socket is bound by the shim and passed as a listening
+//! descriptor (`--fd`): no waiting for a socket file to appear, and no
+//! stale one from an earlier sandbox can count as ready.
 
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
 use super::Error;
+use crate::sys::process::{die_with_parent, pass_fds};
+
+/// The descriptor virtiofsd finds its listening socket at.
+const LISTEN_FD: i32 = 3;
+
+/// virtiofsd's arguments for the share `shared`, listening on [`LISTEN_FD`].
+pub fn arguments(shared: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "--fd".into(),
+        LISTEN_FD.to_string(),
+        "--shared-dir".into(),
+        shared.display().to_string(),
+    ];
+    args.extend(
+        [
+            "--sandbox",
+            "namespace",
+            "--seccomp",
+            "kill",
+            "--inode-file-handles=never",
+            "--modcaps=-mknod:-setfcap",
+            "--cache",
+            "auto",
+            "--announce-submounts",
+            "--log-level",
+            "warn",
+        ]
+        .map(String::from),
+    );
+    args
+}
 
 pub struct Virtiofsd {
     child: Child,
 }
 
 impl Virtiofsd {
-    /// Starts virtiofsd on `shared` and waits until its socket exists.
-    pub async fn start(
+    /// Binds `socket` and starts virtiofsd on `shared` with it. The VMM can
+    /// connect at once: the connection waits in the listen queue.
+    pub fn start(
         binary: &Path,
         socket: &Path,
         shared: &Path,
-        log: &Path,
+        log: OwnedFd,
+        cgroup_procs: Vec<OwnedFd>,
     ) -> Result<Self, Error> {
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(|source| Error::Io {
-                what: format!("opening {}", log.display()),
-                source,
-            })?;
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket).map_err(|source| Error::Io {
+            what: format!("binding virtiofsd's socket {}", socket.display()),
+            source,
+        })?;
         let mut command = Command::new(binary);
         command
-            .arg("--socket-path")
-            .arg(socket)
-            .arg("--shared-dir")
-            .arg(shared)
-            // The shim is the jail for now: virtiofsd's own sandbox needs
-            // namespaces that the shim sets up itself later.
-            .args([
-                "--sandbox",
-                "none",
-                "--cache",
-                "auto",
-                "--announce-submounts",
-            ])
-            .args(["--log-level", "warn"])
+            .args(arguments(shared))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log_file))
+            .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        super::die_with_parent(&mut command);
-        let mut child = command.spawn().map_err(|source| Error::Spawn {
+        die_with_parent(&mut command);
+        crate::sys::process::join_cgroups(&mut command, cgroup_procs);
+        pass_fds(&mut command, vec![(listener.as_raw_fd(), LISTEN_FD)]);
+        let child = command.spawn().map_err(|source| Error::Spawn {
             program: binary.display().to_string(),
             hint: "install it with `make deps` (cargo install virtiofsd)",
             source,
         })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !socket.exists() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(Error::Exited {
-                    program: "virtiofsd".into(),
-                    status: status.to_string(),
-                    log: log.to_owned(),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(Error::NotReady {
-                    program: "virtiofsd".into(),
-                    log: log.to_owned(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
         Ok(Virtiofsd { child })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
     }
 
     /// Waits for virtiofsd to exit (it does when the VMM disconnects), and
@@ -89,22 +100,4 @@ impl Virtiofsd {
             let _ = self.child.wait().await;
         }
     }
-}
-
-/// Finds `name` as given, else on PATH, else in cargo's bin directory (where
-/// `cargo install` puts virtiofsd).
-pub fn find_program(name: &Path) -> Option<PathBuf> {
-    if name.components().count() > 1 {
-        return name.exists().then(|| name.to_owned());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|d| d.join("bin"));
-    std::env::split_paths(&path)
-        .chain(["/usr/local/bin".into()])
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
 }

@@ -56,9 +56,13 @@ impl Shim for HullShim {
 
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
         // containerd runs `start` in the container's bundle.
+        // An invalid sandbox id is refused by Create, naming it; until then
+        // the container is grouped on its own.
         let grouping = oci_spec::runtime::Spec::load("config.json")
             .map(|spec| crate::spec::sandbox_id(&spec, &opts.id))
-            .unwrap_or_else(|_| opts.id.clone());
+            .ok()
+            .filter(|id| crate::ids::validate("sandbox id", id).is_ok())
+            .unwrap_or_else(|| opts.id.clone());
         let address = spawn(opts, &grouping, Vec::new()).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)
@@ -75,12 +79,29 @@ impl Shim for HullShim {
             .unwrap_or_else(|| self.id.clone());
         if let Ok(config) = Config::load(None) {
             let paths = SandboxPaths::new(&config.state_dir, &sandbox_id);
-            crate::sandbox::unmount_under(&paths.shared.join(&self.id));
-            let _ = std::fs::remove_dir_all(paths.shared.join(&self.id));
-            if sandbox_id == self.id {
-                crate::sandbox::remove_state(&paths, false);
-                if let Some(cgroup) = crate::sandbox::vmm_cgroup(&config, &sandbox_id) {
-                    crate::hypervisor::builtin::remove_cgroup(&cgroup).await;
+            if crate::ids::validate("sandbox id", &sandbox_id).is_ok()
+                && crate::ids::validate("container id", &self.id).is_ok()
+            {
+                if let Ok(share) = std::fs::File::open(&paths.shared) {
+                    use std::os::fd::AsFd;
+                    crate::sys::mount::detach_below(
+                        share.as_fd(),
+                        &paths.shared,
+                        std::path::Path::new(&self.id),
+                    );
+                    crate::sys::fs::remove_beneath(share.as_fd(), std::ffi::OsStr::new(&self.id));
+                }
+                if sandbox_id == self.id {
+                    if let Ok(hierarchies) = crate::sandbox::Hierarchies::detect() {
+                        crate::sandbox::SandboxCgroup::at(
+                            &hierarchies,
+                            &config.cgroup_parent,
+                            &sandbox_id,
+                        )
+                        .destroy()
+                        .await;
+                    }
+                    crate::sandbox::remove_state(&paths, false);
                 }
             }
         }

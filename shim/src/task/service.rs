@@ -28,7 +28,7 @@ use crate::agent_client::{context, rpc_message, AgentClient};
 use crate::config::Config;
 use crate::hypervisor::VmExit;
 use crate::pod::{network_namespace, vm_size, Role};
-use crate::rootfs::bind_share;
+use crate::rootfs::{RootfsMountSpec, ShareBind};
 use crate::sandbox::{Progress, SandboxOptions, SandboxVm, GUEST_SHARE_DIR};
 use crate::spec::{
     guest_spec, is_memory_volume, rootfs_in_share, sandbox_id, shm_source, PodContext,
@@ -43,6 +43,10 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 
 fn status(code: Code, message: impl Into<String>) -> ttrpc::Error {
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, message.into()))
+}
+
+fn invalid_id(err: crate::ids::InvalidId) -> ttrpc::Error {
+    status(Code::INVALID_ARGUMENT, format!("Hull: {err}"))
 }
 
 fn agent_error(what: &str) -> impl FnOnce(ttrpc::Error) -> ttrpc::Error + '_ {
@@ -64,8 +68,6 @@ struct Sandbox {
 
 struct Container {
     bundle: String,
-    /// `<shared>/<id>`: the rootfs and the container's host shares.
-    share: PathBuf,
     init: Process,
     execs: HashMap<String, Process>,
 }
@@ -116,6 +118,33 @@ impl State {
             .as_ref()
             .map(|s| s.agent.clone())
             .ok_or_else(|| status(Code::FAILED_PRECONDITION, "the sandbox VM is not running"))
+    }
+}
+
+/// The shortest time between two TaskOOM events for one container.
+const OOM_EVENT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the OOM watch waits after a report it dropped.
+const OOM_FLOOD_PAUSE: Duration = Duration::from_millis(100);
+
+/// Which of the agent's OOM reports are published.
+#[derive(Default)]
+struct OomFilter {
+    last: HashMap<String, std::time::Instant>,
+}
+
+impl OomFilter {
+    fn admit(&mut self, id: &str, known: bool, now: std::time::Instant) -> bool {
+        if !known {
+            self.last.remove(id);
+            return false;
+        }
+        match self.last.get(id) {
+            Some(&at) if now.duration_since(at) < OOM_EVENT_INTERVAL => false,
+            _ => {
+                self.last.insert(id.to_owned(), now);
+                true
+            }
+        }
     }
 }
 
@@ -201,16 +230,29 @@ impl TaskService {
         Ok(sandbox)
     }
 
+    /// Turns the agent's OOM reports into TaskOOM events, for containers of
+    /// this shim only and at most one per container per
+    /// [`OOM_EVENT_INTERVAL`]: a compromised agent could otherwise flood
+    /// containerd with events for any id. After a dropped report the next
+    /// poll waits, so a flood costs little.
     fn watch_oom(&self, agent: AgentClient) {
         let service = self.clone();
         tokio::spawn(async move {
             let request = agent_api::GetOOMEventRequest::default();
+            let mut filter = OomFilter::default();
             while let Ok(event) = agent
                 .api()
                 .get_oom_event(context(Duration::ZERO), &request)
                 .await
             {
-                service.publish_oom(&event.container_id).await;
+                let id = event.container_id;
+                let known = service.state.lock().await.containers.contains_key(&id);
+                if filter.admit(&id, known, std::time::Instant::now()) {
+                    service.publish_oom(&id).await;
+                } else {
+                    tracing::debug!(container = %crate::guest_text::guest(&id), known, "OOM report dropped");
+                    tokio::time::sleep(OOM_FLOOD_PAUSE).await;
+                }
             }
         });
     }
@@ -342,51 +384,32 @@ fn load_config(options: &protobuf::MessageField<Any>) -> TtrpcResult<Config> {
         .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))
 }
 
-/// Mounts containerd's rootfs mounts (or binds the bundle's rootfs) on
-/// `target`, inside the sandbox's shared directory.
-async fn mount_rootfs(
-    request: &CreateTaskRequest,
-    spec_root: &Path,
-    target: &Path,
-) -> TtrpcResult<()> {
-    std::fs::create_dir_all(target).map_err(|e| {
-        status(
-            Code::INTERNAL,
-            format!("creating {}: {e}", target.display()),
-        )
-    })?;
+/// containerd's rootfs mounts for `request`, or a bind of the bundle's
+/// rootfs when it sends none (`ctr run --rootfs`).
+fn rootfs_mounts(request: &CreateTaskRequest, spec_root: &Path) -> Vec<RootfsMountSpec> {
     if request.rootfs.is_empty() {
-        let source = Path::new(&request.bundle).join(spec_root);
-        let source_s = source.to_string_lossy().into_owned();
-        let bind = Mount {
-            type_: "bind".into(),
-            source: source_s,
-            options: vec!["rbind".into(), "rw".into()],
-            ..Default::default()
-        };
-        return containerd_shim::asynchronous::util::mount_rootfs(&bind, target)
-            .await
-            .map_err(|e| status(Code::INTERNAL, format!("binding the rootfs: {e}")));
+        return vec![RootfsMountSpec::bind(
+            &Path::new(&request.bundle).join(spec_root),
+        )];
     }
-    for mount in &request.rootfs {
-        containerd_shim::asynchronous::util::mount_rootfs(mount, target)
-            .await
-            .map_err(|e| {
-                status(
-                    Code::INTERNAL,
-                    format!("mounting the rootfs ({}): {e}", mount.type_),
-                )
-            })?;
-    }
-    Ok(())
+    request
+        .rootfs
+        .iter()
+        .map(|m| RootfsMountSpec {
+            kind: m.type_.clone(),
+            source: m.source.clone().into(),
+            options: m.options.clone(),
+        })
+        .collect()
 }
 
-/// Unmounts a container's rootfs and shares, then removes the mount points
-/// Hull made: empty directories and the empty files single-file binds
-/// were mounted on. Nothing is removed through a mount.
-fn unmount_container_share(share: &Path) {
-    crate::sandbox::unmount_under(share);
-    crate::rootfs::remove_mount_points(share);
+/// Undoes a container's rootfs and host shares in the sandbox's share and
+/// removes what it had there, never through a mount or a symlink.
+fn remove_container_share(sandbox: &Sandbox, id: &str) {
+    let leftovers = sandbox.vm.share().remove_container(id);
+    if !leftovers.is_empty() {
+        tracing::warn!(container = %id, ?leftovers, "left in the share");
+    }
 }
 
 #[async_trait]
@@ -413,6 +436,12 @@ impl Task for TaskService {
             )
         })?;
         let sandbox_id = sandbox_id(&spec, &req.id);
+        crate::ids::validate("container id", &req.id).map_err(invalid_id)?;
+        crate::ids::validate(
+            "sandbox id (annotation io.kubernetes.cri.sandbox-id)",
+            &sandbox_id,
+        )
+        .map_err(invalid_id)?;
         let config = load_config(&req.options)?;
         let role = Role::of(&spec);
         let spec_root = spec
@@ -458,16 +487,23 @@ impl Task for TaskService {
                 ),
             ));
         }
-        let container_share = sandbox.vm.paths.shared.join(&req.id);
-        let target = sandbox.vm.paths.shared.join(rootfs_in_share(&req.id));
         let agent = sandbox.agent.clone();
 
         let created = async {
-            mount_rootfs(&req, &spec_root, &target).await?;
-            for share in &guest.shares {
-                let at = sandbox.vm.paths.shared.join(&share.share_path);
-                bind_share(share, &at)
-                    .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+            let share = sandbox.vm.share();
+            let rootfs = share
+                .mount_rootfs(&req.id, &rootfs_mounts(&req, &spec_root))
+                .map_err(|e| status(Code::INTERNAL, format!("Hull: {e}")))?;
+            debug_assert_eq!(rootfs, rootfs_in_share(&req.id));
+            for host in &guest.shares {
+                let bind = ShareBind {
+                    source: host.source.clone(),
+                    read_only: host.read_only,
+                    recursive: host.recursive,
+                };
+                share
+                    .bind(&bind, &host.share_path)
+                    .map_err(|e| status(Code::INVALID_ARGUMENT, format!("Hull: {e}")))?;
             }
             let response = agent
                 .api()
@@ -491,7 +527,9 @@ impl Task for TaskService {
         let (pid, io) = match created {
             Ok(created) => created,
             Err(err) => {
-                unmount_container_share(&container_share);
+                if let Some(sandbox) = &state.sandbox {
+                    remove_container_share(sandbox, &req.id);
+                }
                 if state.containers.is_empty() {
                     Self::shutdown_sandbox(&mut state).await;
                 }
@@ -511,7 +549,6 @@ impl Task for TaskService {
             req.id.clone(),
             Container {
                 bundle: req.bundle.clone(),
-                share: container_share,
                 init,
                 execs: HashMap::new(),
             },
@@ -693,7 +730,9 @@ impl Task for TaskService {
             }
         }
         let container = state.containers.remove(&req.id).expect("checked above");
-        unmount_container_share(&container.share);
+        if let Some(sandbox) = &state.sandbox {
+            remove_container_share(sandbox, &req.id);
+        }
         let exit = container.init.exit().unwrap_or(Exit::now(UNKNOWN_EXIT));
         let own_sandbox = state.sandbox.as_ref().is_some_and(|s| s.id == req.id);
         if own_sandbox || state.containers.is_empty() {
@@ -834,6 +873,7 @@ impl Task for TaskService {
         stdio
             .validate()
             .map_err(|e| status(Code::INVALID_ARGUMENT, e.to_string()))?;
+        crate::ids::validate("exec id", &req.exec_id).map_err(invalid_id)?;
         let spec = req
             .spec
             .as_ref()
@@ -1057,5 +1097,29 @@ impl Task for TaskService {
         Self::shutdown_sandbox(&mut state).await;
         self.exit.signal();
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn oom_reports_pass_only_for_known_containers_once_a_second() {
+        let mut filter = OomFilter::default();
+        let start = Instant::now();
+        assert!(!filter.admit("not-ours", false, start));
+        assert!(filter.admit("c1", true, start));
+        for ms in [1, 10, 500, 999] {
+            assert!(!filter.admit("c1", true, start + Duration::from_millis(ms)));
+        }
+        assert!(filter.admit("c2", true, start + Duration::from_millis(1)));
+        assert!(filter.admit("c1", true, start + Duration::from_millis(1000)));
+        // A flood of unknown ids keeps nothing.
+        for n in 0..10_000 {
+            assert!(!filter.admit(&format!("x{n}"), false, start));
+        }
+        assert_eq!(filter.last.len(), 2);
     }
 }
