@@ -2,7 +2,7 @@
 //! API on them. Transport-free, so host-mode tests drive the same code.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -240,6 +240,19 @@ impl Sandbox {
             .cgroups_path()
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/hull/{id}")));
+        // The agent makes the cgroup's parents: they must be under the root.
+        if cgroups_path
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            return Err(AgentError::InvalidArgument {
+                what: "OCI spec",
+                reason: format!(
+                    "linux.cgroupsPath {} has . or .. in it",
+                    cgroups_path.display()
+                ),
+            });
+        }
         linux.set_cgroups_path(Some(cgroups_path.clone()));
         spec.set_linux(Some(linux));
 
@@ -267,6 +280,11 @@ impl Sandbox {
         let config = serde_json::to_vec_pretty(spec).expect("a parsed spec serializes");
         std::fs::write(bundle.join("config.json"), config)
             .map_err(io_error("writing config.json"))?;
+        let cgroup = cgroup::cgroup_dir(&cgroups_path);
+        cgroup::create_parents(&cgroup).map_err(io_error(format!(
+            "creating the parents of cgroup {}",
+            cgroup.display()
+        )))?;
         let (io, child_stdio) = ProcessIo::new(stdio).map_err(io_error("creating stdio"))?;
         let pid_file = bundle.join("init.pid");
         let console = stdio.terminal.then(|| self.console_socket());
@@ -292,7 +310,6 @@ impl Sandbox {
         if let Some(master) = spawned.terminal {
             io.set_terminal(master);
         }
-        let cgroup = cgroup::cgroup_dir(&cgroups_path);
         let oom_watch = tokio::spawn(watch_oom(
             id.to_owned(),
             cgroup.clone(),

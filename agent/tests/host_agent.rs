@@ -1153,3 +1153,79 @@ async fn network_errors_name_what_was_wrong() {
         "{message}"
     );
 }
+
+/// Containers created at once whose cgroups share a parent that does not
+/// exist yet: libcgroups makes each missing directory with exists() then
+/// create_dir, so two creates raced to make the parent and the loser failed
+/// with "File exists" (here in nearly every run), until the agent made the
+/// parents itself.
+#[tokio::test]
+async fn concurrent_creates_share_a_new_cgroup_parent() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    // A parent this run alone uses, and deep: a create that finds a level
+    // made only looks at it, so it catches up with the one making them,
+    // and the two race for the next level.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let top = format!("hull-race-{}-{stamp}", std::process::id());
+    let levels: Vec<String> = (0..400).map(|level| format!("l{level}")).collect();
+    let parent = format!("/{top}/{}", levels.join("/"));
+    let ids: Vec<String> = (0..16).map(|i| format!("race{i}")).collect();
+    let creates = ids.iter().map(|id| {
+        let mut spec = spec(&rootfs, &["true"], false);
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_cgroups_path(Some(format!("{parent}/{id}").into()));
+        spec.set_linux(Some(linux));
+        let agent = &agent;
+        async move { (id, agent.create(id, &spec, pipes(false)).await) }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    for (id, result) in &results {
+        if result.is_ok() {
+            agent.start(id).await;
+            assert_eq!(agent.wait(id, "").await, 0);
+            agent.remove(id).await;
+        }
+    }
+    // The cgroups of the removed containers are gone; their parents are
+    // left to whoever made them, here the test.
+    let cgroup_root = PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", agent.agent_pid()));
+    let mut dir = cgroup_root.join(parent.trim_start_matches('/'));
+    while dir != cgroup_root {
+        let _ = std::fs::remove_dir(&dir);
+        dir.pop();
+    }
+    for (id, result) in results {
+        if let Err(err) = result {
+            panic!("creating {id}: {err:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cgroups_path_must_stay_under_the_cgroup_root() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let mut spec = spec(&rootfs, &["true"], false);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_cgroups_path(Some("/hull/../../escape/c1".into()));
+    spec.set_linux(Some(linux));
+    match agent
+        .create("escape", &spec, pipes(false))
+        .await
+        .unwrap_err()
+    {
+        ttrpc::Error::RpcStatus(status) => {
+            assert_eq!(status.code(), ttrpc::Code::INVALID_ARGUMENT);
+            assert!(
+                status.message().contains("cgroupsPath"),
+                "{}",
+                status.message()
+            );
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
+}
