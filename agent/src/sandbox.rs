@@ -233,6 +233,15 @@ impl Sandbox {
                 reason: "terminal must match the spec's process.terminal".into(),
             });
         }
+        // libcontainer 0.7 loads the init's seccomp filter before dropping
+        // capabilities only when noNewPrivileges is absent; when it is false
+        // it loads it after, without CAP_SYS_ADMIN, and fails. Both mean the
+        // same (containerd leaves a false one out), so false becomes absent.
+        if let Some(process) = spec.process_mut() {
+            if process.no_new_privileges() == Some(false) {
+                process.set_no_new_privileges(None);
+            }
+        }
 
         // Every container gets a cgroup, so stats, pause and kill-all work.
         let mut linux = spec.linux().clone().unwrap_or_default();

@@ -567,7 +567,9 @@ async fn confinement_follows_the_spec() {
 const BOUNDED: u64 = 1 << 0 | 1 << 1 | 1 << 5 | 1 << 10;
 const AMBIENT: u64 = 1 << 10;
 
-fn confined_process(args: &[&str], uid: u32, no_new_privs: bool) -> serde_json::Value {
+/// `no_new_privs` is the process's noNewPrivileges; `None` leaves it out,
+/// as containerd does when it is false.
+fn confined_process(args: &[&str], uid: u32, no_new_privs: Option<bool>) -> serde_json::Value {
     let bounded = [
         "CAP_CHOWN",
         "CAP_DAC_OVERRIDE",
@@ -587,9 +589,8 @@ fn confined_process(args: &[&str], uid: u32, no_new_privs: bool) -> serde_json::
             "ambient": ["CAP_NET_BIND_SERVICE"],
         },
     });
-    // containerd leaves a false noNewPrivileges out (Go's omitempty).
-    if no_new_privs {
-        process["noNewPrivileges"] = true.into();
+    if let Some(no_new_privs) = no_new_privs {
+        process["noNewPrivileges"] = no_new_privs.into();
     }
     process
 }
@@ -724,8 +725,12 @@ impl HostAgent {
 async fn exec_gets_the_containers_seccomp_profile() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
-    for (uid, no_new_privs) in [(0, true), (0, false), (65534, true), (65534, false)] {
-        let id = format!("seccomp-{uid}-{no_new_privs}");
+    let cases = [0, 65534]
+        .into_iter()
+        .flat_map(|uid| [Some(true), Some(false), None].map(|no_new_privs| (uid, no_new_privs)));
+    for (uid, no_new_privs) in cases {
+        let nnp = no_new_privs.map_or("omitted".to_owned(), |set| set.to_string());
+        let id = format!("seccomp-{uid}-nnp-{nnp}");
         let init = confined_process(&["sleep", "1000"], uid, no_new_privs);
         let spec = sleeper_spec(&rootfs, init, Some(no_chmod_profile()));
         agent.create(&id, &spec, pipes(false)).await.unwrap();
@@ -737,10 +742,10 @@ async fn exec_gets_the_containers_seccomp_profile() {
         exec["rlimits"] =
             serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1234, "hard": 2345}]);
         let (status, out) = agent.exec_to_end(&id, "report", &exec).await;
-        let case = format!("uid {uid}, no_new_privs {no_new_privs}: {out}");
+        let case = format!("uid {uid}, noNewPrivileges {no_new_privs:?}: {out}");
         let sections: Vec<&str> = out.split("==\n").collect();
         assert_eq!(sections.len(), 4, "{case}");
-        let expected = expected_confinement(true, uid, no_new_privs);
+        let expected = expected_confinement(true, uid, no_new_privs == Some(true));
         assert_eq!(confinement(sections[1]), expected, "the init, {case}");
         assert_eq!(confinement(sections[0]), expected, "the exec, {case}");
         assert_eq!(
@@ -764,17 +769,13 @@ async fn exec_gets_the_containers_seccomp_profile() {
 async fn exec_without_a_seccomp_profile_is_not_filtered() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
-    let spec = sleeper_spec(
-        &rootfs,
-        confined_process(&["sleep", "1000"], 0, false),
-        None,
-    );
+    let spec = sleeper_spec(&rootfs, confined_process(&["sleep", "1000"], 0, None), None);
     agent
         .create("unfiltered", &spec, pipes(false))
         .await
         .unwrap();
     agent.start("unfiltered").await;
-    let exec = confined_process(&["sh", "-c", REPORT], 0, false);
+    let exec = confined_process(&["sh", "-c", REPORT], 0, None);
     let (status, out) = agent.exec_to_end("unfiltered", "report", &exec).await;
     let sections: Vec<&str> = out.split("==\n").collect();
     assert_eq!(sections.len(), 4, "{out}");
@@ -809,7 +810,7 @@ async fn exec_refuses_a_profile_that_notifies() {
     .unwrap();
     let spec = sleeper_spec(
         &rootfs,
-        confined_process(&["sleep", "1000"], 0, true),
+        confined_process(&["sleep", "1000"], 0, Some(true)),
         Some(profile),
     );
     agent
@@ -819,7 +820,7 @@ async fn exec_refuses_a_profile_that_notifies() {
     agent.start("notifying").await;
     assert!(!seccomp_agent.join().unwrap().is_empty());
 
-    let exec = confined_process(&["true"], 0, true);
+    let exec = confined_process(&["true"], 0, Some(true));
     let err = agent.exec("notifying", "e1", &exec).await.unwrap_err();
     assert!(format!("{err:?}").contains("SCMP_ACT_NOTIFY"), "{err:?}");
 }
