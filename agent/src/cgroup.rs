@@ -1,5 +1,6 @@
 //! Reading a container's cgroup v2 files: stats, processes and OOM kills.
-//! libcontainer creates and removes the cgroup; the agent only reads it.
+//! libcontainer creates and removes the cgroup; the agent only makes its
+//! parents and reads it.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +12,18 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The directory of the cgroup at `cgroups_path` (an OCI `linux.cgroupsPath`).
 pub fn cgroup_dir(cgroups_path: &Path) -> PathBuf {
     Path::new(CGROUP_ROOT).join(cgroups_path.strip_prefix("/").unwrap_or(cgroups_path))
+}
+
+/// Makes the directories above the cgroup `dir`. libcgroups makes each
+/// missing directory of a cgroup path with exists() and then create_dir, so
+/// two containers created at once under a new parent (`hull`, a pod's) race
+/// to make it and the loser fails with "File exists"; create_dir_all takes
+/// a directory someone else made as made.
+pub fn create_parents(dir: &Path) -> std::io::Result<()> {
+    match dir.parent() {
+        Some(parent) => std::fs::create_dir_all(parent),
+        None => Ok(()),
+    }
 }
 
 /// Parses a flat-keyed file (`cpu.stat`, `memory.stat`, `memory.events`).

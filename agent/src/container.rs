@@ -158,13 +158,7 @@ pub async fn run_runtime(
         if let Some(task) = console {
             task.abort();
         }
-        let message = errors.trim();
-        let message = message.strip_prefix("hull-agent: ").unwrap_or(message);
-        return Err(RuntimeError::Failed(if message.is_empty() {
-            format!("hull-agent runtime exited with status {status}")
-        } else {
-            message.to_owned()
-        }));
+        return Err(RuntimeError::Failed(failure_message(&errors, status)));
     }
 
     let terminal = match console {
@@ -197,6 +191,20 @@ pub async fn run_runtime(
         exited: reaper.watch(pid),
         terminal,
     })
+}
+
+/// What `hull-agent runtime` that exited with `status` printed, as the
+/// agent reports it.
+fn failure_message(stderr: &str, status: i32) -> String {
+    // libcontainer 0.7 pads the error of a failed exec with NULs.
+    let stderr = stderr.replace('\0', "");
+    let message = stderr.trim();
+    let message = message.strip_prefix("hull-agent: ").unwrap_or(message);
+    if message.is_empty() {
+        format!("hull-agent runtime exited with status {status}")
+    } else {
+        message.to_owned()
+    }
 }
 
 /// Accepts libcontainer's connection on the console socket and receives the
@@ -243,5 +251,25 @@ async fn receive_terminal(listener: UnixListener) -> std::io::Result<OwnedFd> {
             }
             _ => continue,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_message;
+
+    #[test]
+    fn failure_messages_are_plain_text() {
+        assert_eq!(
+            failure_message(
+                "hull-agent: starting a process: failed to unix syscall\0\0\n",
+                1
+            ),
+            "starting a process: failed to unix syscall"
+        );
+        assert_eq!(
+            failure_message("\n", 101),
+            "hull-agent runtime exited with status 101"
+        );
     }
 }

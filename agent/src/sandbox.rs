@@ -2,7 +2,7 @@
 //! API on them. Transport-free, so host-mode tests drive the same code.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -233,6 +233,15 @@ impl Sandbox {
                 reason: "terminal must match the spec's process.terminal".into(),
             });
         }
+        // libcontainer 0.7 loads the init's seccomp filter before dropping
+        // capabilities only when noNewPrivileges is absent; when it is false
+        // it loads it after, without CAP_SYS_ADMIN, and fails. Both mean the
+        // same (containerd leaves a false one out), so false becomes absent.
+        if let Some(process) = spec.process_mut() {
+            if process.no_new_privileges() == Some(false) {
+                process.set_no_new_privileges(None);
+            }
+        }
 
         // Every container gets a cgroup, so stats, pause and kill-all work.
         let mut linux = spec.linux().clone().unwrap_or_default();
@@ -240,6 +249,19 @@ impl Sandbox {
             .cgroups_path()
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("/hull/{id}")));
+        // The agent makes the cgroup's parents: they must be under the root.
+        if cgroups_path
+            .components()
+            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
+        {
+            return Err(AgentError::InvalidArgument {
+                what: "OCI spec",
+                reason: format!(
+                    "linux.cgroupsPath {} has . or .. in it",
+                    cgroups_path.display()
+                ),
+            });
+        }
         linux.set_cgroups_path(Some(cgroups_path.clone()));
         spec.set_linux(Some(linux));
 
@@ -267,6 +289,11 @@ impl Sandbox {
         let config = serde_json::to_vec_pretty(spec).expect("a parsed spec serializes");
         std::fs::write(bundle.join("config.json"), config)
             .map_err(io_error("writing config.json"))?;
+        let cgroup = cgroup::cgroup_dir(&cgroups_path);
+        cgroup::create_parents(&cgroup).map_err(io_error(format!(
+            "creating the parents of cgroup {}",
+            cgroup.display()
+        )))?;
         let (io, child_stdio) = ProcessIo::new(stdio).map_err(io_error("creating stdio"))?;
         let pid_file = bundle.join("init.pid");
         let console = stdio.terminal.then(|| self.console_socket());
@@ -292,7 +319,6 @@ impl Sandbox {
         if let Some(master) = spawned.terminal {
             io.set_terminal(master);
         }
-        let cgroup = cgroup::cgroup_dir(&cgroups_path);
         let oom_watch = tokio::spawn(watch_oom(
             id.to_owned(),
             cgroup.clone(),

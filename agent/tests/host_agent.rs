@@ -556,6 +556,275 @@ async fn confinement_follows_the_spec() {
     );
 }
 
+// Exec'd processes and the container's seccomp profile: runc gives an exec'd
+// process the container's `linux.seccomp`, and its own capabilities,
+// no_new_privs and rlimits from the exec's `process`.
+
+/// The capability bits of the confined processes: CAP_CHOWN, CAP_DAC_OVERRIDE,
+/// CAP_KILL and CAP_NET_BIND_SERVICE bounding, effective and permitted;
+/// CAP_NET_BIND_SERVICE inheritable and ambient. No CAP_SYS_ADMIN, so a
+/// filter without no_new_privs needs the agent to hold it for a moment.
+const BOUNDED: u64 = 1 << 0 | 1 << 1 | 1 << 5 | 1 << 10;
+const AMBIENT: u64 = 1 << 10;
+
+/// `no_new_privs` is the process's noNewPrivileges; `None` leaves it out,
+/// as containerd does when it is false.
+fn confined_process(args: &[&str], uid: u32, no_new_privs: Option<bool>) -> serde_json::Value {
+    let bounded = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_KILL",
+        "CAP_NET_BIND_SERVICE",
+    ];
+    let mut process = serde_json::json!({
+        "args": args,
+        "env": ["PATH=/bin"],
+        "cwd": "/",
+        "user": {"uid": uid, "gid": uid},
+        "capabilities": {
+            "bounding": bounded,
+            "effective": bounded,
+            "permitted": bounded,
+            "inheritable": ["CAP_NET_BIND_SERVICE"],
+            "ambient": ["CAP_NET_BIND_SERVICE"],
+        },
+    });
+    if let Some(no_new_privs) = no_new_privs {
+        process["noNewPrivileges"] = no_new_privs.into();
+    }
+    process
+}
+
+/// Allows every syscall but those that change a file's mode: EPERM.
+fn no_chmod_profile() -> oci_spec::runtime::LinuxSeccomp {
+    serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{
+            "names": ["chmod", "fchmod", "fchmodat", "fchmodat2"],
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": 1
+        }]
+    }))
+    .unwrap()
+}
+
+/// A container sleeping as `process`, with a tmpfs /tmp anyone may write
+/// and, if given, a seccomp profile.
+fn sleeper_spec(
+    rootfs: &Path,
+    process: serde_json::Value,
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+) -> oci_spec::runtime::Spec {
+    let mut spec = spec(rootfs, &[], false);
+    spec.set_process(Some(serde_json::from_value(process).unwrap()));
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_seccomp(seccomp);
+    spec.set_linux(Some(linux));
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        serde_json::from_value(serde_json::json!({
+            "destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "mode=1777"]
+        }))
+        .unwrap(),
+    );
+    spec.set_mounts(Some(mounts));
+    spec
+}
+
+/// Prints the exec'd shell's /proc status, the container init's, the
+/// exec's RLIMIT_NOFILE and what chmod says, sections split by "==".
+const REPORT: &str = "cat /proc/$$/status; echo ==; cat /proc/1/status; echo ==; \
+                      grep 'Max open files' /proc/$$/limits; echo ==; \
+                      touch /tmp/f && chmod 600 /tmp/f 2>&1 && echo chmod-allowed";
+
+/// The confinement fields of a /proc/<pid>/status.
+fn confinement(status: &str) -> std::collections::BTreeMap<String, String> {
+    const FIELDS: [&str; 8] = [
+        "Seccomp",
+        "Seccomp_filters",
+        "NoNewPrivs",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+    ];
+    status
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .filter(|(key, _)| FIELDS.contains(key))
+        .map(|(key, value)| (key.to_owned(), value.trim().to_owned()))
+        .collect()
+}
+
+fn expected_confinement(
+    seccomp: bool,
+    uid: u32,
+    no_new_privs: bool,
+) -> std::collections::BTreeMap<String, String> {
+    let caps = |mask: u64| format!("{mask:016x}");
+    // Without file capabilities, exec gives root the bounding set and
+    // other users only their ambient capabilities.
+    let permitted = if uid == 0 { BOUNDED } else { AMBIENT };
+    [
+        ("Seccomp", if seccomp { "2" } else { "0" }.to_owned()),
+        (
+            "Seccomp_filters",
+            if seccomp { "1" } else { "0" }.to_owned(),
+        ),
+        ("NoNewPrivs", (no_new_privs as u8).to_string()),
+        ("CapInh", caps(AMBIENT)),
+        ("CapPrm", caps(permitted)),
+        ("CapEff", caps(permitted)),
+        ("CapBnd", caps(BOUNDED)),
+        ("CapAmb", caps(AMBIENT)),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
+impl HostAgent {
+    async fn exec(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+    ) -> ttrpc::Result<ExecProcessResponse> {
+        self.client
+            .exec_process(
+                ctx(),
+                &ExecProcessRequest {
+                    container_id: id.into(),
+                    exec_id: exec_id.into(),
+                    process: serde_json::to_vec(process).unwrap(),
+                    stdio: Some(pipes(false)).into(),
+                    ..Default::default()
+                },
+            )
+            .await
+    }
+
+    /// Runs an exec process to its end: its exit status and stdout.
+    async fn exec_to_end(
+        &self,
+        id: &str,
+        exec_id: &str,
+        process: &serde_json::Value,
+    ) -> (i32, String) {
+        self.exec(id, exec_id, process).await.expect("exec");
+        let out = self.read_all(id, exec_id, StreamKind::Stdout).await;
+        let status = self.wait(id, exec_id).await;
+        (status, String::from_utf8(out.await.unwrap()).unwrap())
+    }
+}
+
+#[tokio::test]
+async fn exec_gets_the_containers_seccomp_profile() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let cases = [0, 65534]
+        .into_iter()
+        .flat_map(|uid| [Some(true), Some(false), None].map(|no_new_privs| (uid, no_new_privs)));
+    for (uid, no_new_privs) in cases {
+        let nnp = no_new_privs.map_or("omitted".to_owned(), |set| set.to_string());
+        let id = format!("seccomp-{uid}-nnp-{nnp}");
+        let init = confined_process(&["sleep", "1000"], uid, no_new_privs);
+        let spec = sleeper_spec(&rootfs, init, Some(no_chmod_profile()));
+        agent.create(&id, &spec, pipes(false)).await.unwrap();
+        agent.start(&id).await;
+
+        // The exec's own process, as containerd sends it: the init's
+        // settings, other args, and here a limit of its own.
+        let mut exec = confined_process(&["sh", "-c", REPORT], uid, no_new_privs);
+        exec["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_NOFILE", "soft": 1234, "hard": 2345}]);
+        let (status, out) = agent.exec_to_end(&id, "report", &exec).await;
+        let case = format!("uid {uid}, noNewPrivileges {no_new_privs:?}: {out}");
+        let sections: Vec<&str> = out.split("==\n").collect();
+        assert_eq!(sections.len(), 4, "{case}");
+        let expected = expected_confinement(true, uid, no_new_privs == Some(true));
+        assert_eq!(confinement(sections[1]), expected, "the init, {case}");
+        assert_eq!(confinement(sections[0]), expected, "the exec, {case}");
+        assert_eq!(
+            sections[2].split_whitespace().collect::<Vec<_>>(),
+            ["Max", "open", "files", "1234", "2345", "files"],
+            "{case}"
+        );
+        assert_eq!(
+            sections[3], "chmod: /tmp/f: Operation not permitted\n",
+            "{case}"
+        );
+        assert_ne!(status, 0, "{case}");
+
+        agent.signal(&id, "", libc::SIGKILL, false).await.unwrap();
+        agent.wait(&id, "").await;
+        agent.remove(&id).await;
+    }
+}
+
+#[tokio::test]
+async fn exec_without_a_seccomp_profile_is_not_filtered() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let spec = sleeper_spec(&rootfs, confined_process(&["sleep", "1000"], 0, None), None);
+    agent
+        .create("unfiltered", &spec, pipes(false))
+        .await
+        .unwrap();
+    agent.start("unfiltered").await;
+    let exec = confined_process(&["sh", "-c", REPORT], 0, None);
+    let (status, out) = agent.exec_to_end("unfiltered", "report", &exec).await;
+    let sections: Vec<&str> = out.split("==\n").collect();
+    assert_eq!(sections.len(), 4, "{out}");
+    let expected = expected_confinement(false, 0, false);
+    assert_eq!(confinement(sections[1]), expected, "the init: {out}");
+    assert_eq!(confinement(sections[0]), expected, "the exec: {out}");
+    assert_eq!(sections[3], "chmod-allowed\n", "{out}");
+    assert_eq!(status, 0, "{out}");
+}
+
+/// Hull has no seccomp agent to give an exec'd process's notify fd to, so
+/// it refuses such an exec rather than run it unconfined.
+#[tokio::test]
+async fn exec_refuses_a_profile_that_notifies() {
+    use std::io::Read;
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    // libcontainer hands the init's notify fd to this listener.
+    let listener_path = agent.dir.path().join("seccomp-agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&listener_path).unwrap();
+    let seccomp_agent = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut message = Vec::new();
+        stream.read_to_end(&mut message).unwrap();
+        message
+    });
+    let profile = serde_json::from_value(serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "listenerPath": listener_path,
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_NOTIFY"}]
+    }))
+    .unwrap();
+    let spec = sleeper_spec(
+        &rootfs,
+        confined_process(&["sleep", "1000"], 0, Some(true)),
+        Some(profile),
+    );
+    agent
+        .create("notifying", &spec, pipes(false))
+        .await
+        .unwrap();
+    agent.start("notifying").await;
+    assert!(!seccomp_agent.join().unwrap().is_empty());
+
+    let exec = confined_process(&["true"], 0, Some(true));
+    let err = agent.exec("notifying", "e1", &exec).await.unwrap_err();
+    assert!(format!("{err:?}").contains("SCMP_ACT_NOTIFY"), "{err:?}");
+}
+
 // The guest network: UpdateInterface and UpdateRoutes on a veth standing in
 // for the guest's virtio-net NIC (this kernel may lack the dummy driver).
 
@@ -884,4 +1153,80 @@ async fn network_errors_name_what_was_wrong() {
             .contains("adding the route default via 10.200.0.1 dev eth0: Network is unreachable"),
         "{message}"
     );
+}
+
+/// Containers created at once whose cgroups share a parent that does not
+/// exist yet: libcgroups makes each missing directory with exists() then
+/// create_dir, so two creates raced to make the parent and the loser failed
+/// with "File exists" (here in nearly every run), until the agent made the
+/// parents itself.
+#[tokio::test]
+async fn concurrent_creates_share_a_new_cgroup_parent() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    // A parent this run alone uses, and deep: a create that finds a level
+    // made only looks at it, so it catches up with the one making them,
+    // and the two race for the next level.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let top = format!("hull-race-{}-{stamp}", std::process::id());
+    let levels: Vec<String> = (0..400).map(|level| format!("l{level}")).collect();
+    let parent = format!("/{top}/{}", levels.join("/"));
+    let ids: Vec<String> = (0..16).map(|i| format!("race{i}")).collect();
+    let creates = ids.iter().map(|id| {
+        let mut spec = spec(&rootfs, &["true"], false);
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_cgroups_path(Some(format!("{parent}/{id}").into()));
+        spec.set_linux(Some(linux));
+        let agent = &agent;
+        async move { (id, agent.create(id, &spec, pipes(false)).await) }
+    });
+    let results = futures_util::future::join_all(creates).await;
+    for (id, result) in &results {
+        if result.is_ok() {
+            agent.start(id).await;
+            assert_eq!(agent.wait(id, "").await, 0);
+            agent.remove(id).await;
+        }
+    }
+    // The cgroups of the removed containers are gone; their parents are
+    // left to whoever made them, here the test.
+    let cgroup_root = PathBuf::from(format!("/proc/{}/root/sys/fs/cgroup", agent.agent_pid()));
+    let mut dir = cgroup_root.join(parent.trim_start_matches('/'));
+    while dir != cgroup_root {
+        let _ = std::fs::remove_dir(&dir);
+        dir.pop();
+    }
+    for (id, result) in results {
+        if let Err(err) = result {
+            panic!("creating {id}: {err:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn cgroups_path_must_stay_under_the_cgroup_root() {
+    let agent = HostAgent::launch().await;
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let mut spec = spec(&rootfs, &["true"], false);
+    let mut linux = spec.linux().clone().unwrap();
+    linux.set_cgroups_path(Some("/hull/../../escape/c1".into()));
+    spec.set_linux(Some(linux));
+    match agent
+        .create("escape", &spec, pipes(false))
+        .await
+        .unwrap_err()
+    {
+        ttrpc::Error::RpcStatus(status) => {
+            assert_eq!(status.code(), ttrpc::Code::INVALID_ARGUMENT);
+            assert!(
+                status.message().contains("cgroupsPath"),
+                "{}",
+                status.message()
+            );
+        }
+        other => panic!("unexpected error {other:?}"),
+    }
 }

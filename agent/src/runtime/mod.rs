@@ -11,13 +11,16 @@
 //! whose master goes to the console socket); errors go to our stderr, which
 //! the agent reads.
 
+mod exec_seccomp;
+
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::{Process, Spec};
 
 /// The fd numbers at which the agent hands the process's stdio to us.
 pub const STDIO_FDS: [i32; 3] = [3, 4, 5];
@@ -85,16 +88,55 @@ pub fn main(args: RuntimeArgs) -> Result<()> {
                 .with_context(|| format!("creating container {}", common.id))?;
         }
         Operation::Exec { common, process } => {
-            let builder = builder(&common)?;
-            builder
-                .as_tenant()
-                .with_process(Some(&process))
-                .with_detach(true)
-                .build()
+            exec(&common, &process)
                 .with_context(|| format!("starting a process in container {}", common.id))?;
         }
     }
     Ok(())
+}
+
+/// Starts the process of the file `process_file` in the container, with
+/// the container's seccomp profile, which libcontainer's exec leaves out.
+fn exec(common: &Common, process_file: &Path) -> Result<()> {
+    let process: Process =
+        serde_json::from_slice(&std::fs::read(process_file).context("reading the process file")?)
+            .context("parsing the process file")?;
+    let Some(seccomp) = exec_seccomp::plan(&container_spec(common)?, &process)? else {
+        builder(common)?
+            .as_tenant()
+            .with_process(Some(process_file))
+            .with_detach(true)
+            .build()?;
+        return Ok(());
+    };
+    // Beside the agent's `exec-<id>.json`, under a name no exec id makes.
+    let file_name = process_file
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let seccomp_process_file = process_file.with_file_name(format!("seccomp-{file_name}"));
+    std::fs::write(
+        &seccomp_process_file,
+        serde_json::to_vec(&seccomp.process).expect("a parsed process serializes"),
+    )
+    .context("writing the process file for libcontainer")?;
+    let result = builder(common)?
+        .with_executor(seccomp.executor)
+        .as_tenant()
+        .with_process(Some(&seccomp_process_file))
+        .with_detach(true)
+        .build();
+    let _ = std::fs::remove_file(&seccomp_process_file);
+    result?;
+    Ok(())
+}
+
+/// The spec of a created container: the config.json of its bundle.
+fn container_spec(common: &Common) -> Result<Spec> {
+    let container = libcontainer::container::Container::load(common.root.join(&common.id))
+        .context("loading the container's state")?;
+    let config = container.bundle().join("config.json");
+    Spec::load(&config).with_context(|| format!("reading {}", config.display()))
 }
 
 fn builder(common: &Common) -> Result<ContainerBuilder> {
