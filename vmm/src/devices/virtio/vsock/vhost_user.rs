@@ -5,7 +5,8 @@
 //! sockets and queue kicks are handled by the same worker thread.
 
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -24,6 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{DeviceError, VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::VsockConfig;
@@ -184,15 +186,42 @@ fn lock(control: &Mutex<Control>) -> MutexGuard<'_, Control> {
 /// time out), binds the vhost-user socket at `vhost_user_socket` (QEMU connects to it as a
 /// client with `-chardev socket,id=x,path=...` + `-device vhost-user-vsock-device,chardev=x`),
 /// and serves in background threads until QEMU disconnects or the handle is stopped or dropped.
+/// Both socket files are removed when serving ends.
 pub fn serve_vhost_user(
     vhost_user_socket: &Path,
     config: VsockConfig,
 ) -> Result<VsockBackendHandle, VsockBackendError> {
     let device = VsockDevice::new(&config)?;
+    // The vhost crate's listener removes a stale file first, and its file when dropped.
+    let listener =
+        Listener::new(vhost_user_socket, true).map_err(|source| VsockBackendError::Bind {
+            path: vhost_user_socket.to_owned(),
+            source,
+        })?;
+    start(device, listener, config.guest_cid)
+}
+
+/// Serves the device on sockets the caller bound and listens on (`hull-vmm vsock`): QEMU
+/// connects to `vhost_user`, host clients to `hybrid`, whose path is `config.uds_path`
+/// (guest-initiated connections go to `<uds_path>_P`). The caller removes the socket files.
+pub fn serve_vhost_user_on(
+    vhost_user: UnixListener,
+    hybrid: UnixListener,
+    config: VsockConfig,
+) -> Result<VsockBackendHandle, VsockBackendError> {
+    let device = VsockDevice::with_listener(&config, hybrid)?;
+    start(device, Listener::from(vhost_user), config.guest_cid)
+}
+
+fn start(
+    device: VsockDevice,
+    listener: Listener,
+    guest_cid: u64,
+) -> Result<VsockBackendHandle, VsockBackendError> {
     let host_events_fd = device.host_events_fd();
     let backend = Arc::new(Mutex::new(VhostUserVsock { device, mem: None }));
     let daemon = VhostUserDaemon::new(
-        format!("hull-vsock-{}", config.guest_cid),
+        format!("hull-vsock-{guest_cid}"),
         backend,
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
@@ -203,20 +232,32 @@ pub fn serve_vhost_user(
             .register_listener(host_events_fd, EventSet::IN, u64::from(HOST_EVENTS))
             .map_err(VsockBackendError::WatchHostSockets)?;
     }
-    let listener =
-        Listener::new(vhost_user_socket, true).map_err(|source| VsockBackendError::Bind {
-            path: vhost_user_socket.to_owned(),
-            source,
-        })?;
+    // Shutting the listening socket down ends an accept that still waits for QEMU.
+    let accepting = nix::unistd::dup(listener.as_raw_fd())
+        .map(|fd| {
+            // SAFETY: dup returned a new descriptor nobody else owns.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .map_err(|e| VsockBackendError::Spawn(e.into()))?;
     let control = Arc::new(Mutex::new(Control::default()));
     let thread_control = control.clone();
+    let finished = Arc::new(
+        EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(VsockBackendError::Spawn)?,
+    );
+    let thread_finished = finished.clone();
     let thread = thread::Builder::new()
-        .name(format!("hull-vsock-{}", config.guest_cid))
-        .spawn(move || serve(daemon, listener, &thread_control))
+        .name(format!("hull-vsock-{guest_cid}"))
+        .spawn(move || {
+            let result = serve(daemon, listener, &thread_control);
+            let _ = thread_finished.write(1);
+            result
+        })
         .map_err(VsockBackendError::Spawn)?;
     Ok(VsockBackendHandle {
-        socket_path: vhost_user_socket.to_owned(),
+        guest_cid,
+        accepting,
         control,
+        finished,
         thread: Some(thread),
     })
 }
@@ -260,11 +301,15 @@ fn serve(
 }
 
 /// A running vhost-user vsock backend. Stopping (or dropping) it disconnects QEMU, stops the
-/// threads and removes the vhost-user and hybrid vsock socket files (not the `<uds>_P` sockets:
+/// threads and removes the socket files `serve_vhost_user` bound (not the `<uds>_P` sockets:
 /// those belong to their listeners).
 pub struct VsockBackendHandle {
-    socket_path: PathBuf,
+    guest_cid: u64,
+    /// The vhost-user listening socket.
+    accepting: OwnedFd,
     control: Arc<Mutex<Control>>,
+    /// Written once serving has ended.
+    finished: Arc<EventFd>,
     thread: Option<JoinHandle<Result<(), VsockBackendError>>>,
 }
 
@@ -279,6 +324,12 @@ impl VsockBackendHandle {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
+    /// An eventfd that becomes readable once serving has ended, to wait for that along with
+    /// other events.
+    pub fn finished_fd(&self) -> RawFd {
+        self.finished.as_raw_fd()
+    }
+
     fn shutdown(&mut self) -> Result<(), VsockBackendError> {
         let Some(thread) = self.thread.take() else {
             return Ok(());
@@ -288,9 +339,14 @@ impl VsockBackendHandle {
             control.stopping = true;
             match &control.frontend {
                 Some(frontend) => frontend.shutdown(),
-                // Still waiting for QEMU: a throwaway connection ends the accept. It fails
-                // harmlessly if the thread is already past it.
-                None => drop(UnixStream::connect(&self.socket_path)),
+                // Still waiting for QEMU: a listening Unix socket shut down for reading ends
+                // the accept (EINVAL). Harmless if the thread is already past it.
+                None => {
+                    let _ = nix::sys::socket::shutdown(
+                        self.accepting.as_raw_fd(),
+                        nix::sys::socket::Shutdown::Read,
+                    );
+                }
             }
         }
         thread.join().map_err(|_| VsockBackendError::Panicked)?
@@ -308,7 +364,7 @@ impl Drop for VsockBackendHandle {
 impl std::fmt::Debug for VsockBackendHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VsockBackendHandle")
-            .field("socket_path", &self.socket_path)
+            .field("guest_cid", &self.guest_cid)
             .field("running", &!self.is_finished())
             .finish()
     }
@@ -317,6 +373,7 @@ impl std::fmt::Debug for VsockBackendHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
     use vhost::vhost_user::message::VhostUserConfigFlags;
     use vhost::vhost_user::{Frontend, VhostUserFrontend};
