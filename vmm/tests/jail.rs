@@ -1,6 +1,8 @@
 //! hull-vmm's jail (`hull_vmm::jail`), seen from outside through /proc: the
-//! 64-bit test guest runs with the VMM pivoted into a directory, as uid and
-//! gid 65534, in a cgroup the test creates, and still answers the host over
+//! 64-bit test guest runs with the VMM pivoted into a directory, in network
+//! namespace of its own, as uid and gid 65534, in a cgroup the test creates,
+//! with its open files bounded, no core dumps and none of the descriptors
+//! its caller leaked, and still answers the host over
 //! the hybrid-vsock socket inside the jail and connects out to a host
 //! service there. The virtio-fs guest, jailed, speaks FUSE to a virtiofsd
 //! outside the jail over the session opened before it. Bad jail input is
@@ -10,6 +12,7 @@
 //! writable cgroup v2 hierarchy at /sys/fs/cgroup (or
 //! /sys/fs/cgroup/unified, in systemd's hybrid layout).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -82,6 +85,43 @@ fn status_field(pid: u32, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
 }
 
+/// Soft and hard value of the line `name` of /proc/<pid>/limits.
+fn limit(pid: u32, name: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/limits"));
+    let mut values = line.split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+/// What every descriptor of `pid` refers to.
+fn open_files_of(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .collect()
+}
+
+/// Makes `fd` the child's descriptor `number`, open across exec.
+fn pass_fd(command: &mut std::process::Command, fd: i32, number: i32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: dup2 is async-signal-safe and touches only the child; dup2 leaves the copy
+    // without close-on-exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(fd, number) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Mount point and root (the directory mounted there) of every mount
 /// `pid` sees.
 fn mounts(pid: u32) -> Vec<(String, String)> {
@@ -128,7 +168,7 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     let service = serve_port_5200(&uds);
     std::os::unix::fs::chown(&service.path, Some(NOBODY), Some(NOBODY)).unwrap();
 
-    let mut vmm = Vmm::spawn(&[
+    let mut command = vmm_command(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--memory-mib",
@@ -151,6 +191,13 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
         "--cgroup",
         cgroup.path.to_str().unwrap(),
     ]);
+    // A descriptor the caller leaks, open across exec: hull-vmm must close it.
+    let leaked = dir.path().join("leaked");
+    std::fs::write(&leaked, b"").unwrap();
+    let leaked_file = std::fs::File::open(&leaked).unwrap();
+    pass_fd(&mut command, leaked_file.as_raw_fd(), 9);
+    let mut vmm = Vmm::start(&mut command);
+    drop(leaked_file);
     let pid = vmm.child.id();
 
     // The guest waits for the host's connection meanwhile.
@@ -179,8 +226,30 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     let procs = std::fs::read_to_string(cgroup.path.join("cgroup.procs")).unwrap();
     assert_eq!(procs.trim(), pid.to_string());
 
-    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-    assert_ne!(namespace(&pid.to_string()), namespace("self"));
+    let namespace =
+        |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["mnt", "net"] {
+        assert_ne!(
+            namespace(&pid.to_string(), kind),
+            namespace("self", kind),
+            "{kind} namespace"
+        );
+    }
+    let open_files = hull_vmm::jail::process::CONFINED_OPEN_FILES.min(
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap()
+            .1,
+    );
+    assert_eq!(
+        limit(pid, "Max open files"),
+        (open_files.to_string(), open_files.to_string())
+    );
+    assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
+    let fds = open_files_of(pid);
+    assert!(
+        !fds.iter().any(|target| target == &leaked),
+        "the leaked descriptor is still open: {fds:?}"
+    );
     let mounts = mounts(pid);
     let canonical_jail = jail.canonicalize().unwrap();
     assert_eq!(mounts.len(), 1, "only the jail is mounted: {mounts:?}");

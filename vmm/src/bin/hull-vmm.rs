@@ -9,15 +9,18 @@
 //! hull-vmm --config FILE [--api-sock PATH [--wait-for-start]] [--no-seccomp]
 //! ```
 //!
-//! Once the VM is built and before any thread starts, hull-vmm enters its
-//! jail if it has one (`hull_vmm::jail`); then every thread drops its
-//! capabilities and installs its own seccomp filter (`hull_vmm::seccomp`).
+//! At start hull-vmm closes every inherited descriptor but 0-2 and the taps its
+//! configuration names, bounds its open files and turns core dumps off. Once the VM is
+//! built and before any thread starts, it enters its jail if it has one
+//! (`hull_vmm::jail`); then every thread drops its capabilities and installs its own
+//! seccomp filter (`hull_vmm::seccomp`).
 //!
 //! Exit status: 0 when the guest halted or asked to power off/reset, 1 when
 //! the VM failed, 2 for bad configuration or a host that cannot run it,
 //! 3 when stopped through the API socket.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -28,7 +31,7 @@ use hull_vmm::config::{
     default_cmdline, BlockDeviceConfig, BootConfig, FsDeviceConfig, JailConfig, MachineConfig,
     NetDeviceConfig, SerialConfig, VmConfig, VsockDeviceConfig, DEFAULT_FS_QUEUE_SIZE,
 };
-use hull_vmm::jail::{Jail, JailError};
+use hull_vmm::jail::{process, Jail, JailError};
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use seccompiler::BpfProgram;
 
@@ -130,6 +133,15 @@ fn main() {
         Ok(config) => config,
         Err(err) => exit(2, err),
     };
+    // Before anything is opened: nothing the caller left open by mistake may reach a VMM
+    // a guest could take over, only the taps the configuration names.
+    let passed_taps: Vec<RawFd> = config.net.iter().filter_map(|net| net.fd).collect();
+    if let Err(err) = process::close_inherited_fds(&passed_taps) {
+        exit(2, err);
+    }
+    if let Err(err) = process::apply_confined_limits() {
+        exit(2, err);
+    }
     // The path the VMM uses for the API socket: relative to the jail
     // directory when it has one.
     let mut api_sock = cli.api_sock.clone();

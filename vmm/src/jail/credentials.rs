@@ -123,10 +123,7 @@ fn probe_root_ids(fd: &OwnedFd) -> Result<(u32, u32), String> {
     // even in a multi-threaded parent.
     let child = unsafe { libc::fork() };
     if child < 0 {
-        return Err(format!(
-            "forking to try it: {}",
-            io::Error::last_os_error()
-        ));
+        return Err(format!("forking to try it: {}", io::Error::last_os_error()));
     }
     if child == 0 {
         // SAFETY: async-signal-safe calls only; the exit code says which one failed.
@@ -157,13 +154,19 @@ fn probe_root_ids(fd: &OwnedFd) -> Result<(u32, u32), String> {
         )
     };
     let ids = if rc != 0 {
-        Err(format!("waiting for the child that tried it: {}", io::Error::last_os_error()))
+        Err(format!(
+            "waiting for the child that tried it: {}",
+            io::Error::last_os_error()
+        ))
     } else {
         // SAFETY: waitid succeeded for an exited child, so si_status holds its exit code.
         let code = unsafe { info.si_status() };
         match code {
             0 => read_real_ids(child),
-            1 => Err("this process cannot join it (setns refused: not a user namespace it may enter)".into()),
+            1 => Err(
+                "this process cannot join it (setns refused: not a user namespace it may enter)"
+                    .into(),
+            ),
             2 => Err("gid 0 is not mapped in it (write its gid_map first)".into()),
             _ => Err("uid 0 is not mapped in it (write its uid_map first)".into()),
         }
@@ -241,9 +244,14 @@ mod tests {
         let file = std::fs::File::open("/proc/self/ns/net").unwrap();
         let raw = file.as_raw_fd();
         let err = UserNamespace::take(raw).unwrap_err().to_string();
-        assert!(err.contains(&raw.to_string()) && err.contains("not a user namespace"), "{err}");
+        assert!(
+            err.contains(&raw.to_string()) && err.contains("not a user namespace"),
+            "{err}"
+        );
         let null = std::fs::File::open("/dev/null").unwrap();
-        let err = UserNamespace::take(null.as_raw_fd()).unwrap_err().to_string();
+        let err = UserNamespace::take(null.as_raw_fd())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a user namespace"), "{err}");
         // A closed number.
         let closed = null.as_raw_fd();

@@ -11,15 +11,20 @@
 //!   descriptors, `no_new_privs`, and the single-thread check;
 //!
 //! hull-vmm ([`Jail`]) opens every host resource it needs first. At start, before the VM is
-//! built, it joins the cgroup (so that guest memory and KVM's own allocations are charged
-//! to it) and works from the jail directory. Once the VM is
+//! built, it closes every inherited descriptor but 0-2 and the taps its configuration
+//! names, bounds its open files and turns core dumps off
+//! ([`process::apply_confined_limits`]), joins the cgroup (so that guest memory and KVM's
+//! own allocations are charged to it) and works from the jail directory. Once the VM is
 //! built, while it still has a single thread, it confines itself ([`Jail::enter`]):
 //!
 //! 1. its own mount namespace, with `/` made recursively private so nothing it mounts or
 //!    unmounts reaches the host;
 //! 2. the jail directory bind-mounted onto itself and made the root with `pivot_root`; the
 //!    old root is detached, so only the jail directory is left to see;
-//! 3. an empty bounding set, then no supplementary groups and the given non-root gid and
+//! 3. its own network namespace: the taps are open already and keep working in theirs,
+//!    Unix sockets are reached by path as before, and the host's interfaces and abstract
+//!    Unix sockets are out of reach;
+//! 4. an empty bounding set, then no supplementary groups and the given non-root gid and
 //!    uid, which also empties the permitted and effective capability sets; the parent-death
 //!    signal, which the kernel clears on that change, is set again.
 //!
@@ -47,7 +52,7 @@ use nix::unistd::{chdir, Gid, Uid};
 use crate::config::{JailConfig, VmConfig};
 use credentials::CredentialsError;
 use mount::MountError;
-use process::{Cgroup, CgroupVersion, ProcessError};
+use process::{Cgroup, CgroupVersion, Namespaces, ProcessError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
@@ -232,9 +237,9 @@ impl Jail {
         })
     }
 
-    /// Enters the jail (steps 1 to 3 of the module's documentation): own mount namespace,
-    /// the jail directory as root, the non-root uid and gid. Must run before any thread is
-    /// started.
+    /// Enters the jail (steps 1 to 4 of the module's documentation): own mount namespace,
+    /// the jail directory as root, own network namespace, the non-root uid and gid. Must
+    /// run before any thread is started.
     pub fn enter(&self) -> Result<(), JailError> {
         let root = || self.root.clone();
         let process_error = |source| JailError::Process {
@@ -255,6 +260,11 @@ impl Jail {
         mount::enter_private_mount_namespace().map_err(mount_error)?;
         mount::bind_onto_itself(&self.root).map_err(mount_error)?;
         mount::pivot_into(&self.root).map_err(mount_error)?;
+        let network = Namespaces {
+            net: true,
+            ..Namespaces::default()
+        };
+        network.unshare_others().map_err(process_error)?;
         credentials::become_user(self.uid, self.gid).map_err(|source| JailError::Credentials {
             root: root(),
             source,

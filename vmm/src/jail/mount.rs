@@ -192,10 +192,18 @@ impl DeviceSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum EntryKind {
     /// The host's `source` (canonical), a directory or not.
-    Bind { source: PathBuf, dir: bool },
-    Symlink { target: PathBuf },
+    Bind {
+        source: PathBuf,
+        dir: bool,
+    },
+    Symlink {
+        target: PathBuf,
+    },
     /// A character device with the host node's numbers.
-    Device { spec: DeviceSpec, rdev: u64 },
+    Device {
+        spec: DeviceSpec,
+        rdev: u64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,13 +230,13 @@ impl RootPlan {
     ) -> Result<RootPlan, MountError> {
         let mut entries = Vec::new();
         for bind in binds {
-            let source =
-                bind.source
-                    .canonicalize()
-                    .map_err(|source| MountError::BindSource {
-                        path: bind.source.clone(),
-                        source,
-                    })?;
+            let source = bind
+                .source
+                .canonicalize()
+                .map_err(|source| MountError::BindSource {
+                    path: bind.source.clone(),
+                    source,
+                })?;
             let dir = source.is_dir();
             entries.push(Entry {
                 path: normal_path(&bind.dest)?,
@@ -560,7 +568,9 @@ fn move_tree(tree: &OwnedFd, path: &Path) -> Result<(), MountError> {
         )
     };
     if rc != 0 {
-        return Err(failed("attaching the bind at", path)(io::Error::last_os_error()));
+        return Err(failed("attaching the bind at", path)(
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -602,7 +612,9 @@ mod tests {
             let err = bad.parse::<SymlinkSpec>().unwrap_err().to_string();
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
         }
-        for name in ["null", "zero", "full", "random", "urandom", "kvm", "net/tun"] {
+        for name in [
+            "null", "zero", "full", "random", "urandom", "kvm", "net/tun",
+        ] {
             assert_eq!(name.parse::<DeviceSpec>().unwrap().name(), name);
         }
         let err = "sda".parse::<DeviceSpec>().unwrap_err().to_string();
@@ -627,9 +639,17 @@ mod tests {
 
         let source = dir.path().to_str().unwrap();
         for (binds, links, named) in [
-            (vec![format!("{source}:/a"), format!("{source}:/a/b")], vec![], "/a/b"),
+            (
+                vec![format!("{source}:/a"), format!("{source}:/a/b")],
+                vec![],
+                "/a/b",
+            ),
             (vec![format!("{source}:/a")], vec!["x:/a"], "/a"),
-            (vec![format!("{source}:/lib/x")], vec!["usr/lib:/lib"], "/lib/x"),
+            (
+                vec![format!("{source}:/lib/x")],
+                vec!["usr/lib:/lib"],
+                "/lib/x",
+            ),
             (vec![format!("{source}:/dev")], vec![], "/dev/null"),
         ] {
             let binds: Vec<BindSpec> = binds.iter().map(|b| bind(b)).collect();

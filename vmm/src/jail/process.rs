@@ -341,7 +341,11 @@ pub fn close_inherited_fds(keep: &[RawFd]) -> Result<(), ProcessError> {
     let mut from: RawFd = 3;
     for fd in keep.into_iter().chain([RawFd::MAX]) {
         if fd > from {
-            let last = if fd == RawFd::MAX { u32::MAX } else { fd as u32 - 1 };
+            let last = if fd == RawFd::MAX {
+                u32::MAX
+            } else {
+                fd as u32 - 1
+            };
             // SAFETY: close_range takes two descriptor numbers and flags, no pointers; the
             // descriptors it closes are not used again (the kept ones are skipped).
             let rc = unsafe { libc::syscall(libc::SYS_close_range, from as u32, last, 0u32) };
@@ -467,7 +471,10 @@ mod tests {
             assert!(err.contains(&format!("{bad:?}")), "{bad}: {err}");
         }
         let err = "nofile=10:5".parse::<Rlimit>().unwrap_err().to_string();
-        assert!(err.contains("nofile=10:5") && err.contains("above"), "{err}");
+        assert!(
+            err.contains("nofile=10:5") && err.contains("above"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -477,7 +484,10 @@ mod tests {
         assert_eq!(limits[0].resource, RlimitResource::Nofile);
         assert_eq!(limits[0].soft, CONFINED_OPEN_FILES.min(hard));
         assert_eq!(limits[0].hard, limits[0].soft);
-        assert_eq!((limits[1].resource, limits[1].hard), (RlimitResource::Core, 0));
+        assert_eq!(
+            (limits[1].resource, limits[1].hard),
+            (RlimitResource::Core, 0)
+        );
         assert!(limits.iter().all(|l| l.resource != RlimitResource::Nproc));
     }
 
@@ -495,7 +505,10 @@ mod tests {
         assert!("mount".parse::<Namespaces>().unwrap().mount);
         for bad in ["pid", "net,user", "", "net,"] {
             let err = bad.parse::<Namespaces>().unwrap_err().to_string();
-            assert!(err.contains("expected a comma-separated list"), "{bad}: {err}");
+            assert!(
+                err.contains("expected a comma-separated list"),
+                "{bad}: {err}"
+            );
         }
         let err = "net,pid".parse::<Namespaces>().unwrap_err().to_string();
         assert!(err.contains("\"pid\""), "{err}");

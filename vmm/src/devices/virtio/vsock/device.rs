@@ -67,7 +67,10 @@ impl VsockDevice {
 
     /// Creates the device on a hybrid vsock socket the caller bound at `config.uds_path`
     /// (and removes).
-    pub fn with_listener(config: &VsockConfig, listener: UnixListener) -> Result<Self, DeviceError> {
+    pub fn with_listener(
+        config: &VsockConfig,
+        listener: UnixListener,
+    ) -> Result<Self, DeviceError> {
         check_guest_cid(config.guest_cid)?;
         Ok(Self::with_muxer(
             config.guest_cid,
