@@ -18,72 +18,14 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::cgroup::TestCgroup;
 use common::virtiofsd::VirtiofsdProcess;
 use common::{
-    assert_log_contains, assert_refused_naming, build, require_kvm, serve_port_5200, vmm_command,
-    vsock_ping_pong, ApiClient, Vmm,
+    assert_log_contains, assert_refused_naming, build, pass_fds, require_kvm, serve_port_5200,
+    status_field, vmm_command, vsock_ping_pong, ApiClient, Vmm,
 };
 
 const NOBODY: u32 = 65534;
-
-/// A cgroup made for one test and removed when it ends, pass or fail.
-struct TestCgroup {
-    path: PathBuf,
-    /// Its path as /proc/<pid>/cgroup shows it (from the hierarchy's root).
-    name: String,
-}
-
-impl TestCgroup {
-    fn create() -> TestCgroup {
-        use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
-        let candidates = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
-        let hierarchy = candidates
-            .iter()
-            .find(|path| statfs(**path).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC))
-            .unwrap_or_else(|| {
-                panic!(
-                    "the jail test needs a cgroup v2 hierarchy at {} (or {}, systemd's hybrid \
-                     layout), and neither is cgroup2",
-                    candidates[0], candidates[1]
-                )
-            });
-        let name = format!("/hull-vmm-jail-test-{}", std::process::id());
-        let path = PathBuf::from(format!("{hierarchy}{name}"));
-        if let Err(e) = std::fs::create_dir(&path) {
-            panic!(
-                "cannot create the test cgroup {}: {e} (the jail test needs a writable cgroup v2 \
-                 hierarchy)",
-                path.display()
-            );
-        }
-        TestCgroup { path, name }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The VMM has been killed and reaped by now (its guard is dropped
-        // first); the kernel may take a moment to let the cgroup go.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(e) = std::fs::remove_dir(&self.path) {
-            if Instant::now() > deadline {
-                eprintln!("cannot remove the test cgroup {}: {e}", self.path.display());
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A field of /proc/<pid>/status.
-fn status_field(pid: u32, name: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(name))
-        .map(|value| value.trim().to_owned())
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-}
 
 /// Soft and hard value of the line `name` of /proc/<pid>/limits.
 fn limit(pid: u32, name: &str) -> (String, String) {
@@ -105,21 +47,6 @@ fn open_files_of(pid: u32) -> Vec<PathBuf> {
         .unwrap()
         .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
         .collect()
-}
-
-/// Makes `fd` the child's descriptor `number`, open across exec.
-fn pass_fd(command: &mut std::process::Command, fd: i32, number: i32) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: dup2 is async-signal-safe and touches only the child; dup2 leaves the copy
-    // without close-on-exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(fd, number) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
 }
 
 /// Mount point and root (the directory mounted there) of every mount
@@ -154,7 +81,7 @@ fn wait_until_confined(vmm: &mut Vmm) {
 fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     require_kvm();
     // Declared first, so it is removed after the VMM is gone.
-    let cgroup = TestCgroup::create();
+    let cgroup = TestCgroup::v2("vmm");
     let dir = tempfile::tempdir().unwrap();
     // The guest kernel and serial log stay outside the jail: opened before.
     let kernel = build("payload64.c", dir.path());
@@ -195,7 +122,7 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     let leaked = dir.path().join("leaked");
     std::fs::write(&leaked, b"").unwrap();
     let leaked_file = std::fs::File::open(&leaked).unwrap();
-    pass_fd(&mut command, leaked_file.as_raw_fd(), 9);
+    pass_fds(&mut command, &[(leaked_file.as_raw_fd(), 9)]);
     let mut vmm = Vmm::start(&mut command);
     drop(leaked_file);
     let pid = vmm.child.id();

@@ -9,6 +9,8 @@
 //!   namespace the caller made), keeping the parent-death signal;
 //! - `process`: cgroups, resource limits, the net, IPC and UTS namespaces, inherited
 //!   descriptors, `no_new_privs`, and the single-thread check;
+//! - `exec`: those steps in order for `hull-vmm jail`, which then execs a program (its
+//!   order is documented there).
 //!
 //! hull-vmm ([`Jail`]) opens every host resource it needs first. At start, before the VM is
 //! built, it closes every inherited descriptor but 0-2 and the taps its configuration
@@ -42,6 +44,7 @@
 //! reconnected.
 
 pub mod credentials;
+pub mod exec;
 pub mod mount;
 pub mod process;
 

@@ -1,4 +1,5 @@
-//! hull-vmm: one microVM per process on KVM.
+//! hull-vmm: one microVM per process on KVM; also the jail Hull's shim starts QEMU and
+//! virtiofsd through.
 //!
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
@@ -7,6 +8,7 @@
 //!          [--net TAP[,mac=MAC]]... [--api-sock PATH] [--no-seccomp]
 //!          [--jail DIR --uid N --gid N [--cgroup PATH]]
 //! hull-vmm --config FILE [--api-sock PATH [--wait-for-start]] [--no-seccomp]
+//! hull-vmm jail [OPTIONS] -- PROGRAM [ARGS...]                        (jail.rs)
 //! ```
 //!
 //! At start hull-vmm closes every inherited descriptor but 0-2 and the taps its
@@ -25,7 +27,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
     default_cmdline, BlockDeviceConfig, BootConfig, FsDeviceConfig, JailConfig, MachineConfig,
@@ -55,9 +57,19 @@ const QUICK_FLAGS: [&str; 16] = [
     "cgroup",
 ];
 
+mod jail;
+
 #[derive(Parser)]
-#[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
+#[command(
+    name = "hull-vmm",
+    version,
+    about = "Hull's built-in microVM monitor",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// A TOML file describing the whole VM (see docs/vmm.md), in place of the flags that
     /// describe it (all but --api-sock and --no-seccomp).
     #[arg(long, conflicts_with_all = QUICK_FLAGS)]
@@ -120,6 +132,11 @@ struct Cli {
     cgroup: Option<PathBuf>,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    Jail(jail::JailArgs),
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -129,7 +146,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let mut config = match vm_config(&cli) {
+    match cli.command {
+        Some(Command::Jail(args)) => jail::run(args),
+        None => run_vm(&cli),
+    }
+}
+
+/// Builds the VM, enters the jail, runs the guest.
+fn run_vm(cli: &Cli) -> ! {
+    let mut config = match vm_config(cli) {
         Ok(config) => config,
         Err(err) => exit(2, err),
     };
