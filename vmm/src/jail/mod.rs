@@ -35,6 +35,10 @@
 //! before the jail would stay outside it: the mount namespace, root and credentials are per
 //! thread.
 //!
+//! The vsock backend (`hull-vmm vsock`) takes its two listening sockets, closes every other
+//! inherited descriptor, bounds its limits the same way, enters the same [`Jail`] (steps 1
+//! to 4) if it has one, and only then installs its seccomp filter and starts its threads.
+//!
 //! Paths: hull-vmm works from the jail directory from the start, and names
 //! the sockets it keeps using (the hybrid-vsock socket and its
 //! `<uds>_<port>` siblings, the API socket) relative to it, so the same name

@@ -1,5 +1,5 @@
 //! hull-vmm: one microVM per process on KVM; also the jail Hull's shim starts QEMU and
-//! virtiofsd through.
+//! virtiofsd through, and the vsock device served to QEMU in a confined process.
 //!
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
@@ -9,6 +9,8 @@
 //!          [--jail DIR --uid N --gid N [--cgroup PATH]]
 //! hull-vmm --config FILE [--api-sock PATH [--wait-for-start]] [--no-seccomp]
 //! hull-vmm jail [OPTIONS] -- PROGRAM [ARGS...]                        (jail.rs)
+//! hull-vmm vsock --vhost-user-fd N --hybrid-fd M --uds NAME --guest-cid CID
+//!                [--jail DIR --uid U --gid G] [--no-seccomp]         (vsock.rs)
 //! ```
 //!
 //! At start hull-vmm closes every inherited descriptor but 0-2 and the taps its
@@ -58,6 +60,7 @@ const QUICK_FLAGS: [&str; 16] = [
 ];
 
 mod jail;
+mod vsock;
 
 #[derive(Parser)]
 #[command(
@@ -135,6 +138,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     Jail(jail::JailArgs),
+    Vsock(vsock::VsockArgs),
 }
 
 fn main() {
@@ -148,6 +152,7 @@ fn main() {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Jail(args)) => jail::run(args),
+        Some(Command::Vsock(args)) => vsock::run(args),
         None => run_vm(&cli),
     }
 }

@@ -39,7 +39,7 @@ pub enum DeviceError {
 }
 
 /// 0, 1 and 2 are reserved, u32::MAX is VMADDR_CID_ANY for the guest's 32-bit CIDs.
-fn check_guest_cid(guest_cid: u64) -> Result<(), DeviceError> {
+pub fn check_guest_cid(guest_cid: u64) -> Result<(), DeviceError> {
     if guest_cid < 3 || guest_cid >= u64::from(u32::MAX) {
         return Err(DeviceError::InvalidGuestCid(guest_cid));
     }

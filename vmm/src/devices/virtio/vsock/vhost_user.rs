@@ -5,7 +5,7 @@
 //! sockets and queue kicks are handled by the same worker thread.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -232,13 +232,11 @@ fn start(
             .register_listener(host_events_fd, EventSet::IN, u64::from(HOST_EVENTS))
             .map_err(VsockBackendError::WatchHostSockets)?;
     }
-    // Shutting the listening socket down ends an accept that still waits for QEMU.
-    let accepting = nix::unistd::dup(listener.as_raw_fd())
-        .map(|fd| {
-            // SAFETY: dup returned a new descriptor nobody else owns.
-            unsafe { OwnedFd::from_raw_fd(fd) }
-        })
-        .map_err(|e| VsockBackendError::Spawn(e.into()))?;
+    // Written to stop a serving thread that still waits for QEMU.
+    let stop = Arc::new(
+        EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(VsockBackendError::Spawn)?,
+    );
+    let thread_stop = stop.clone();
     let control = Arc::new(Mutex::new(Control::default()));
     let thread_control = control.clone();
     let finished = Arc::new(
@@ -248,14 +246,14 @@ fn start(
     let thread = thread::Builder::new()
         .name(format!("hull-vsock-{guest_cid}"))
         .spawn(move || {
-            let result = serve(daemon, listener, &thread_control);
+            let result = serve(daemon, listener, &thread_control, &thread_stop);
             let _ = thread_finished.write(1);
             result
         })
         .map_err(VsockBackendError::Spawn)?;
     Ok(VsockBackendHandle {
         guest_cid,
-        accepting,
+        stop,
         control,
         finished,
         thread: Some(thread),
@@ -267,18 +265,25 @@ fn serve(
     mut daemon: Daemon,
     mut listener: Listener,
     control: &Mutex<Control>,
+    stop: &EventFd,
 ) -> Result<(), VsockBackendError> {
-    let result = daemon.start(&mut listener).and_then(|()| {
-        {
-            let mut control = lock(control);
-            if control.stopping {
-                daemon.request_shutdown();
-            } else {
-                control.frontend = daemon.shutdown_handle();
+    let result = match wait_for_frontend(&listener, stop) {
+        Ok(true) => daemon.start(&mut listener).and_then(|()| {
+            {
+                let mut control = lock(control);
+                if control.stopping {
+                    daemon.request_shutdown();
+                } else {
+                    control.frontend = daemon.shutdown_handle();
+                }
             }
-        }
-        daemon.wait()
-    });
+            daemon.wait()
+        }),
+        Ok(false) => Ok(()),
+        Err(e) => Err(DaemonError::CreateBackendListener(VhostError::SocketError(
+            e,
+        ))),
+    };
     let stopping = lock(control).stopping;
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
@@ -300,13 +305,38 @@ fn serve(
     }
 }
 
+/// Waits until QEMU connects (true) or `stop` is written (false). The accept comes after,
+/// so stopping never has to disturb the listening socket, which may be the caller's too.
+fn wait_for_frontend(listener: &Listener, stop: &EventFd) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: both descriptors are owned by the caller and outlive this function.
+    let (listening, stopping) = unsafe {
+        (
+            BorrowedFd::borrow_raw(listener.as_raw_fd()),
+            BorrowedFd::borrow_raw(stop.as_raw_fd()),
+        )
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(stopping, PollFlags::POLLIN),
+            PollFd::new(listening, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) if fds[0].any() == Some(true) => return Ok(false),
+            Ok(_) if fds[1].any() == Some(true) => return Ok(true),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A running vhost-user vsock backend. Stopping (or dropping) it disconnects QEMU, stops the
 /// threads and removes the socket files `serve_vhost_user` bound (not the `<uds>_P` sockets:
 /// those belong to their listeners).
 pub struct VsockBackendHandle {
     guest_cid: u64,
-    /// The vhost-user listening socket.
-    accepting: OwnedFd,
+    /// Stops a serving thread that still waits for QEMU.
+    stop: Arc<EventFd>,
     control: Arc<Mutex<Control>>,
     /// Written once serving has ended.
     finished: Arc<EventFd>,
@@ -339,13 +369,9 @@ impl VsockBackendHandle {
             control.stopping = true;
             match &control.frontend {
                 Some(frontend) => frontend.shutdown(),
-                // Still waiting for QEMU: a listening Unix socket shut down for reading ends
-                // the accept (EINVAL). Harmless if the thread is already past it.
+                // Still waiting for QEMU; harmless if the thread is already past it.
                 None => {
-                    let _ = nix::sys::socket::shutdown(
-                        self.accepting.as_raw_fd(),
-                        nix::sys::socket::Shutdown::Read,
-                    );
+                    let _ = self.stop.write(1);
                 }
             }
         }
