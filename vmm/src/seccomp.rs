@@ -9,6 +9,10 @@
 //! (`socket` and `connect` on a vCPU thread), log lines, and the teardown
 //! order, which decides which thread drops the last reference to a device.
 //! A system call outside the list kills the whole process with SIGSYS.
+//!
+//! The vsock backend (`hull-vmm vsock`) has a filter of its own
+//! ([`ThreadKind::VsockBackend`]), installed once before its threads exist and inherited
+//! by all of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -83,7 +87,7 @@ pub enum SeccompError {
     },
 }
 
-/// The compiled filters of every thread kind, built once at start-up so a
+/// The compiled filters of hull-vmm's thread kinds, built once at start-up so a
 /// broken rule stops the VMM before it builds anything.
 #[derive(Debug, Clone)]
 pub struct ThreadFilters {
