@@ -593,6 +593,91 @@ mod tests {
     }
 
     #[test]
+    fn subcommands_parse_and_do_not_mix_with_the_vm_flags() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "jail",
+            "--root",
+            "/r",
+            "--ro-bind",
+            "/usr",
+            "--uid",
+            "5",
+            "--gid",
+            "6",
+            "--rlimit",
+            "core=0",
+            "--keep-fd",
+            "3",
+            "--",
+            "/bin/prog",
+            "-x",
+            "--y",
+        ])
+        .unwrap();
+        let Some(Command::Jail(args)) = cli.command else {
+            panic!("not the jail subcommand");
+        };
+        assert_eq!((args.uid, args.gid), (Some(5), Some(6)));
+        assert_eq!(args.command, ["/bin/prog", "-x", "--y"]);
+        assert_eq!(args.keep_fd, [3]);
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "vsock",
+            "--vhost-user-fd",
+            "3",
+            "--hybrid-fd",
+            "4",
+            "--uds",
+            "vsock.sock",
+            "--guest-cid",
+            "3",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Vsock(_))));
+        for mixed in [
+            &["hull-vmm", "--kernel", "/k", "jail", "--", "/bin/prog"][..],
+            &[
+                "hull-vmm",
+                "--no-seccomp",
+                "vsock",
+                "--vhost-user-fd",
+                "3",
+                "--hybrid-fd",
+                "4",
+                "--uds",
+                "v",
+                "--guest-cid",
+                "3",
+            ],
+            // The program comes after `--`, so the jail's options cannot be taken for its.
+            &["hull-vmm", "jail", "/bin/prog"],
+            &[
+                "hull-vmm",
+                "jail",
+                "--uid",
+                "5",
+                "--userns-fd",
+                "3",
+                "--",
+                "/bin/p",
+            ],
+            &[
+                "hull-vmm",
+                "vsock",
+                "--hybrid-fd",
+                "4",
+                "--uds",
+                "v",
+                "--guest-cid",
+                "3",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(mixed).is_err(), "{mixed:?}");
+        }
+    }
+
+    #[test]
     fn config_file_conflicts_with_every_flag_that_describes_the_vm() {
         let values = [
             ("--kernel", "/k"),
