@@ -9,6 +9,10 @@
 //! (`socket` and `connect` on a vCPU thread), log lines, and the teardown
 //! order, which decides which thread drops the last reference to a device.
 //! A system call outside the list kills the whole process with SIGSYS.
+//!
+//! The vsock backend (`hull-vmm vsock`) has a filter of its own
+//! ([`ThreadKind::VsockBackend`]), installed once before its threads exist and inherited
+//! by all of them.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -31,14 +35,20 @@ pub enum ThreadKind {
     EventLoop,
     /// The API socket.
     Api,
+    /// Every thread of `hull-vmm vsock`, the vsock device served to QEMU over vhost-user:
+    /// its main thread installs the filter before the backend starts, and the threads the
+    /// vhost-user daemon then starts (its request loop and vring worker, which run no code of
+    /// ours first) inherit it.
+    VsockBackend,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 4] = [
+    pub const ALL: [ThreadKind; 5] = [
         ThreadKind::Main,
         ThreadKind::Vcpu,
         ThreadKind::EventLoop,
         ThreadKind::Api,
+        ThreadKind::VsockBackend,
     ];
 
     fn name(self) -> &'static str {
@@ -47,6 +57,7 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::EventLoop => "event loop",
             ThreadKind::Api => "API",
+            ThreadKind::VsockBackend => "vsock backend",
         }
     }
 }
@@ -76,7 +87,7 @@ pub enum SeccompError {
     },
 }
 
-/// The compiled filters of every thread kind, built once at start-up so a
+/// The compiled filters of hull-vmm's thread kinds, built once at start-up so a
 /// broken rule stops the VMM before it builds anything.
 #[derive(Debug, Clone)]
 pub struct ThreadFilters {
@@ -96,12 +107,14 @@ impl ThreadFilters {
         })
     }
 
+    /// The filter of one of hull-vmm's own thread kinds.
     pub fn get(&self, kind: ThreadKind) -> Arc<BpfProgram> {
         match kind {
             ThreadKind::Main => self.main.clone(),
             ThreadKind::Vcpu => self.vcpu.clone(),
             ThreadKind::EventLoop => self.event_loop.clone(),
             ThreadKind::Api => self.api.clone(),
+            ThreadKind::VsockBackend => unreachable!("hull-vmm runs no vsock backend thread"),
         }
     }
 }
@@ -125,12 +138,37 @@ pub fn try_confine_current_thread(
         source,
     })?;
     if let Some(filter) = filter {
-        seccompiler::apply_filter(filter).map_err(|source| SeccompError::Install {
-            thread: kind.name(),
-            source,
-        })?;
+        let install = |filter: &BpfProgram| {
+            seccompiler::apply_filter(filter).map_err(|source| SeccompError::Install {
+                thread: kind.name(),
+                source,
+            })
+        };
+        if kind == ThreadKind::VsockBackend {
+            install(&compile_clone3_fallback()?)?;
+        }
+        install(filter)?;
     }
     Ok(())
+}
+
+/// A second filter for threads that start threads: `clone3` fails with ENOSYS, so glibc
+/// falls back to `clone`, whose flags (unlike `clone3`'s, behind a pointer) a filter can
+/// check. Of two filters the kernel takes the stronger verdict, so ENOSYS beats the main
+/// filter's allow.
+fn compile_clone3_fallback() -> Result<BpfProgram, SeccompError> {
+    let build = |source| SeccompError::Build {
+        thread: "clone3 fallback",
+        source,
+    };
+    let filter = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, vec![])]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(build)?;
+    filter.try_into().map_err(build)
 }
 
 /// The filter of `kind`, compiled for x86_64.
@@ -161,6 +199,7 @@ fn rules(kind: ThreadKind) -> RuleResult<Rules> {
         ThreadKind::Vcpu => vcpu(&mut rules)?,
         ThreadKind::EventLoop => event_loop(&mut rules)?,
         ThreadKind::Api => api(&mut rules)?,
+        ThreadKind::VsockBackend => vsock_backend(&mut rules)?,
     }
     Ok(rules)
 }
@@ -317,6 +356,98 @@ fn api(rules: &mut Rules) -> RuleResult<()> {
         .push(fcntl(libc::F_DUPFD_CLOEXEC)?);
     Ok(())
 }
+
+/// The vsock backend, found by running it under `strace -f` (vmm/tests/vsock_backend.rs):
+/// - threads (the serving thread, the vhost-user daemon's request loop and vring worker):
+///   `clone` with exactly glibc's thread flags, never a process (`clone3` is answered
+///   ENOSYS by a second filter, so glibc falls back to `clone`); glibc's handler for its
+///   set-uid broadcast signal, installed at the first `pthread_create`
+///   (`rt_sigaction(SIGRT_1)` only); each new thread registers its robust futex list and
+///   `rseq`, sets its name (`prctl(PR_SET_NAME)` only), and Rust's runtime asks for its
+///   CPU affinity and thread id; hash maps seed themselves with `getrandom`;
+/// - vhost-user with QEMU: `accept4` of the frontend, `recvmsg`/`sendmsg` with the memory
+///   table's and vrings' descriptors attached (regions are mapped shared, never
+///   executable, as every thread's `mmap` is), `fcntl(F_DUPFD_CLOEXEC)` for a second handle
+///   on the connection, eventfds (`eventfd2`) for the workers' exit, `poll` for QEMU (or
+///   the backend's stop) before the `accept4`, `shutdown` of the connection at the end;
+/// - the vring worker: `epoll_create1`, `epoll_ctl` and `epoll_wait` on the kick eventfds,
+///   the exit eventfd and the muxer's epoll fd; `read` and `write` on eventfds;
+/// - hybrid vsock: `accept4` of host clients, made non-blocking with `ioctl(FIONBIO)`,
+///   `recvfrom`/`sendto`/`writev`/`shutdown` on the streams, and `socket(AF_UNIX,
+///   SOCK_STREAM)` with `connect` for connections the guest opens to `<uds>_<port>`;
+/// - the main thread: `poll` on the signalfd and the backend's end eventfd, then stopping
+///   the backend (`write` to an eventfd) and joining the threads (`futex`).
+fn vsock_backend(rules: &mut Rules) -> RuleResult<()> {
+    for nr in [
+        libc::SYS_set_robust_list,
+        libc::SYS_rseq,
+        libc::SYS_sched_getaffinity,
+        libc::SYS_gettid,
+        libc::SYS_getrandom,
+        libc::SYS_clone3,
+        libc::SYS_accept4,
+        libc::SYS_recvmsg,
+        libc::SYS_sendmsg,
+        libc::SYS_epoll_create1,
+        libc::SYS_epoll_ctl,
+        libc::SYS_epoll_wait,
+        libc::SYS_eventfd2,
+        libc::SYS_recvfrom,
+        libc::SYS_sendto,
+        libc::SYS_writev,
+        libc::SYS_shutdown,
+        libc::SYS_connect,
+        libc::SYS_poll,
+    ] {
+        rules.insert(nr, vec![]);
+    }
+    let only = |argument, len, value| -> RuleResult<Vec<SeccompRule>> {
+        Ok(vec![SeccompRule::new(vec![SeccompCondition::new(
+            argument,
+            len,
+            SeccompCmpOp::Eq,
+            value,
+        )?])?])
+    };
+    rules.insert(
+        libc::SYS_clone,
+        only(0, SeccompCmpArgLen::Qword, GLIBC_THREAD_FLAGS)?,
+    );
+    rules.insert(
+        libc::SYS_rt_sigaction,
+        only(0, SeccompCmpArgLen::Dword, GLIBC_SIGSETXID)?,
+    );
+    rules.insert(
+        libc::SYS_prctl,
+        only(0, SeccompCmpArgLen::Dword, libc::PR_SET_NAME as u64)?,
+    );
+    rules.insert(
+        libc::SYS_ioctl,
+        only(1, SeccompCmpArgLen::Dword, libc::FIONBIO)?,
+    );
+    rules.insert(libc::SYS_socket, unix_stream_socket()?);
+    rules
+        .entry(libc::SYS_fcntl)
+        .or_default()
+        .push(fcntl(libc::F_DUPFD_CLOEXEC)?);
+    Ok(())
+}
+
+/// The real-time signal glibc keeps for itself to change the credentials of every thread
+/// (`SIGSETXID`, the kernel's 33; glibc's `SIGRTMIN` is 34).
+const GLIBC_SIGSETXID: u64 = 33;
+
+/// The flags glibc's `pthread_create` passes to `clone`: a thread sharing everything, never
+/// a new process.
+const GLIBC_THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM
+    | libc::CLONE_SETTLS
+    | libc::CLONE_PARENT_SETTID
+    | libc::CLONE_CHILD_CLEARTID) as u64;
 
 /// `fcntl(fd, command, ...)`.
 fn fcntl(command: libc::c_int) -> RuleResult<SeccompRule> {
@@ -486,11 +617,23 @@ mod tests {
             // The kernel refuses programs over BPF_MAXINSNS instructions.
             assert!(program.len() <= 4096, "{kind:?}: {}", program.len());
         }
+        assert!(!compile_clone3_fallback().unwrap().is_empty());
         let filters = ThreadFilters::new().unwrap();
         assert_eq!(
             *filters.get(ThreadKind::Vcpu),
             compile(ThreadKind::Vcpu).unwrap()
         );
+    }
+
+    fn only(argument: u8, len: SeccompCmpArgLen, value: u64) -> Vec<SeccompRule> {
+        vec![SeccompRule::new(vec![SeccompCondition::new(
+            argument,
+            len,
+            SeccompCmpOp::Eq,
+            value,
+        )
+        .unwrap()])
+        .unwrap()]
     }
 
     #[test]
@@ -500,8 +643,6 @@ mod tests {
             for forbidden in [
                 libc::SYS_fork,
                 libc::SYS_vfork,
-                libc::SYS_clone,
-                libc::SYS_clone3,
                 libc::SYS_execve,
                 libc::SYS_execveat,
                 libc::SYS_open,
@@ -509,12 +650,32 @@ mod tests {
                 libc::SYS_ptrace,
                 libc::SYS_setuid,
                 libc::SYS_capset,
-                libc::SYS_prctl,
+                libc::SYS_unshare,
+                libc::SYS_setns,
             ] {
                 assert!(
                     !rules.contains_key(&forbidden),
                     "{kind:?} allows {forbidden}"
                 );
+            }
+            if kind == ThreadKind::VsockBackend {
+                // Threads, never processes: clone with exactly the thread flags, clone3
+                // answered ENOSYS by the second filter; prctl only to name a thread.
+                assert_eq!(
+                    rules[&libc::SYS_clone],
+                    only(0, SeccompCmpArgLen::Qword, GLIBC_THREAD_FLAGS)
+                );
+                assert_eq!(
+                    rules[&libc::SYS_prctl],
+                    only(0, SeccompCmpArgLen::Dword, libc::PR_SET_NAME as u64)
+                );
+            } else {
+                for forbidden in [libc::SYS_clone, libc::SYS_clone3, libc::SYS_prctl] {
+                    assert!(
+                        !rules.contains_key(&forbidden),
+                        "{kind:?} allows {forbidden}"
+                    );
+                }
             }
             let ioctl_restricted = rules.get(&libc::SYS_ioctl).is_none_or(|r| !r.is_empty());
             assert!(ioctl_restricted, "{kind:?} allows every ioctl");
@@ -523,14 +684,7 @@ mod tests {
         }
         assert_eq!(
             rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl],
-            vec![SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                KVM_RUN
-            )
-            .unwrap()])
-            .unwrap()]
+            only(1, SeccompCmpArgLen::Dword, KVM_RUN)
         );
     }
 
@@ -545,11 +699,12 @@ mod tests {
     }
 
     #[test]
-    fn only_the_vcpu_speaks_vhost_user() {
+    fn only_the_vcpu_and_the_vsock_backend_speak_vhost_user() {
         for nr in [libc::SYS_sendmsg, libc::SYS_recvmsg] {
             for kind in ThreadKind::ALL {
                 let allowed = rules(kind).unwrap().get(&nr).is_some_and(Vec::is_empty);
-                assert_eq!(allowed, kind == ThreadKind::Vcpu, "{kind:?} and {nr}");
+                let expected = matches!(kind, ThreadKind::Vcpu | ThreadKind::VsockBackend);
+                assert_eq!(allowed, expected, "{kind:?} and {nr}");
             }
         }
     }

@@ -1,6 +1,8 @@
 //! hull-vmm's jail (`hull_vmm::jail`), seen from outside through /proc: the
-//! 64-bit test guest runs with the VMM pivoted into a directory, as uid and
-//! gid 65534, in a cgroup the test creates, and still answers the host over
+//! 64-bit test guest runs with the VMM pivoted into a directory, in network
+//! namespace of its own, as uid and gid 65534, in a cgroup the test creates,
+//! with its open files bounded, no core dumps and none of the descriptors
+//! its caller leaked, and still answers the host over
 //! the hybrid-vsock socket inside the jail and connects out to a host
 //! service there. The virtio-fs guest, jailed, speaks FUSE to a virtiofsd
 //! outside the jail over the session opened before it. Bad jail input is
@@ -10,76 +12,41 @@
 //! writable cgroup v2 hierarchy at /sys/fs/cgroup (or
 //! /sys/fs/cgroup/unified, in systemd's hybrid layout).
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::cgroup::TestCgroup;
 use common::virtiofsd::VirtiofsdProcess;
 use common::{
-    assert_log_contains, assert_refused_naming, build, require_kvm, serve_port_5200, vmm_command,
-    vsock_ping_pong, ApiClient, Vmm,
+    assert_log_contains, assert_refused_naming, build, pass_fds, require_kvm, serve_port_5200,
+    status_field, vmm_command, vsock_ping_pong, ApiClient, Vmm,
 };
 
 const NOBODY: u32 = 65534;
 
-/// A cgroup made for one test and removed when it ends, pass or fail.
-struct TestCgroup {
-    path: PathBuf,
-    /// Its path as /proc/<pid>/cgroup shows it (from the hierarchy's root).
-    name: String,
-}
-
-impl TestCgroup {
-    fn create() -> TestCgroup {
-        use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
-        let candidates = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
-        let hierarchy = candidates
-            .iter()
-            .find(|path| statfs(**path).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC))
-            .unwrap_or_else(|| {
-                panic!(
-                    "the jail test needs a cgroup v2 hierarchy at {} (or {}, systemd's hybrid \
-                     layout), and neither is cgroup2",
-                    candidates[0], candidates[1]
-                )
-            });
-        let name = format!("/hull-vmm-jail-test-{}", std::process::id());
-        let path = PathBuf::from(format!("{hierarchy}{name}"));
-        if let Err(e) = std::fs::create_dir(&path) {
-            panic!(
-                "cannot create the test cgroup {}: {e} (the jail test needs a writable cgroup v2 \
-                 hierarchy)",
-                path.display()
-            );
-        }
-        TestCgroup { path, name }
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // The VMM has been killed and reaped by now (its guard is dropped
-        // first); the kernel may take a moment to let the cgroup go.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while let Err(e) = std::fs::remove_dir(&self.path) {
-            if Instant::now() > deadline {
-                eprintln!("cannot remove the test cgroup {}: {e}", self.path.display());
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// A field of /proc/<pid>/status.
-fn status_field(pid: u32, name: &str) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
+/// Soft and hard value of the line `name` of /proc/<pid>/limits.
+fn limit(pid: u32, name: &str) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
         .lines()
         .find_map(|line| line.strip_prefix(name))
-        .map(|value| value.trim().to_owned())
-        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/limits"));
+    let mut values = line.split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+/// What every descriptor of `pid` refers to.
+fn open_files_of(pid: u32) -> Vec<PathBuf> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|fd| std::fs::read_link(fd.unwrap().path()).ok())
+        .collect()
 }
 
 /// Mount point and root (the directory mounted there) of every mount
@@ -114,7 +81,7 @@ fn wait_until_confined(vmm: &mut Vmm) {
 fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     require_kvm();
     // Declared first, so it is removed after the VMM is gone.
-    let cgroup = TestCgroup::create();
+    let cgroup = TestCgroup::v2("vmm");
     let dir = tempfile::tempdir().unwrap();
     // The guest kernel and serial log stay outside the jail: opened before.
     let kernel = build("payload64.c", dir.path());
@@ -128,7 +95,7 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     let service = serve_port_5200(&uds);
     std::os::unix::fs::chown(&service.path, Some(NOBODY), Some(NOBODY)).unwrap();
 
-    let mut vmm = Vmm::spawn(&[
+    let mut command = vmm_command(&[
         "--kernel",
         kernel.to_str().unwrap(),
         "--memory-mib",
@@ -151,6 +118,13 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
         "--cgroup",
         cgroup.path.to_str().unwrap(),
     ]);
+    // A descriptor the caller leaks, open across exec: hull-vmm must close it.
+    let leaked = dir.path().join("leaked");
+    std::fs::write(&leaked, b"").unwrap();
+    let leaked_file = std::fs::File::open(&leaked).unwrap();
+    pass_fds(&mut command, &[(leaked_file.as_raw_fd(), 9)]);
+    let mut vmm = Vmm::start(&mut command);
+    drop(leaked_file);
     let pid = vmm.child.id();
 
     // The guest waits for the host's connection meanwhile.
@@ -179,8 +153,30 @@ fn jailed_vmm_runs_as_nobody_in_its_cgroup_and_sees_only_the_jail() {
     let procs = std::fs::read_to_string(cgroup.path.join("cgroup.procs")).unwrap();
     assert_eq!(procs.trim(), pid.to_string());
 
-    let namespace = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-    assert_ne!(namespace(&pid.to_string()), namespace("self"));
+    let namespace =
+        |pid: &str, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap();
+    for kind in ["mnt", "net"] {
+        assert_ne!(
+            namespace(&pid.to_string(), kind),
+            namespace("self", kind),
+            "{kind} namespace"
+        );
+    }
+    let open_files = hull_vmm::jail::process::CONFINED_OPEN_FILES.min(
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .unwrap()
+            .1,
+    );
+    assert_eq!(
+        limit(pid, "Max open files"),
+        (open_files.to_string(), open_files.to_string())
+    );
+    assert_eq!(limit(pid, "Max core file size"), ("0".into(), "0".into()));
+    let fds = open_files_of(pid);
+    assert!(
+        !fds.iter().any(|target| target == &leaked),
+        "the leaked descriptor is still open: {fds:?}"
+    );
     let mounts = mounts(pid);
     let canonical_jail = jail.canonicalize().unwrap();
     assert_eq!(mounts.len(), 1, "only the jail is mounted: {mounts:?}");

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cgroup;
 pub mod virtiofsd;
 
 use std::ffi::OsStr;
@@ -260,4 +261,43 @@ impl HostService {
             Err(e) => panic!("host service on {}: {e}", self.path.display()),
         }
     }
+}
+
+/// Makes each `(fd, number)`'s `fd` the child's descriptor `number`, open across exec.
+/// Every `fd` is first copied above the numbers asked for, so that one placed at its
+/// number cannot overwrite another still to be placed.
+pub fn pass_fds(command: &mut Command, fds: &[(i32, i32)]) {
+    use std::os::unix::process::CommandExt;
+    let fds = fds.to_vec();
+    let above = fds.iter().map(|&(_, number)| number).max().unwrap_or(0) + 1;
+    // SAFETY: fcntl and dup2 are async-signal-safe and touch only the child; dup2 leaves the
+    // copy without close-on-exec.
+    unsafe {
+        command.pre_exec(move || {
+            let mut copies = Vec::with_capacity(fds.len());
+            for &(fd, number) in &fds {
+                let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above);
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                copies.push((copy, number));
+            }
+            for (copy, number) in copies {
+                if libc::dup2(copy, number) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A field of /proc/<pid>/status.
+pub fn status_field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(name))
+        .map(|value| value.trim().to_owned())
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
 }

@@ -6,6 +6,7 @@
 //! signalled, and notify the driver when a call returns `true`.
 
 use std::os::unix::io::RawFd;
+use std::os::unix::net::UnixListener;
 
 use tracing::warn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -37,6 +38,14 @@ pub enum DeviceError {
     BrokenQueue,
 }
 
+/// 0, 1 and 2 are reserved, u32::MAX is VMADDR_CID_ANY for the guest's 32-bit CIDs.
+pub fn check_guest_cid(guest_cid: u64) -> Result<(), DeviceError> {
+    if guest_cid < 3 || guest_cid >= u64::from(u32::MAX) {
+        return Err(DeviceError::InvalidGuestCid(guest_cid));
+    }
+    Ok(())
+}
+
 /// The virtio-vsock device core.
 #[derive(Debug)]
 pub struct VsockDevice {
@@ -49,16 +58,33 @@ pub struct VsockDevice {
 impl VsockDevice {
     /// Creates the device and binds its hybrid vsock socket.
     pub fn new(config: &VsockConfig) -> Result<Self, DeviceError> {
-        // 0, 1 and 2 are reserved, u32::MAX is VMADDR_CID_ANY for the guest's 32-bit CIDs.
-        if config.guest_cid < 3 || config.guest_cid >= u64::from(u32::MAX) {
-            return Err(DeviceError::InvalidGuestCid(config.guest_cid));
-        }
-        Ok(VsockDevice {
-            guest_cid: config.guest_cid,
-            muxer: VsockMuxer::new(config.guest_cid, &config.uds_path)?,
+        check_guest_cid(config.guest_cid)?;
+        Ok(Self::with_muxer(
+            config.guest_cid,
+            VsockMuxer::new(config.guest_cid, &config.uds_path)?,
+        ))
+    }
+
+    /// Creates the device on a hybrid vsock socket the caller bound at `config.uds_path`
+    /// (and removes).
+    pub fn with_listener(
+        config: &VsockConfig,
+        listener: UnixListener,
+    ) -> Result<Self, DeviceError> {
+        check_guest_cid(config.guest_cid)?;
+        Ok(Self::with_muxer(
+            config.guest_cid,
+            VsockMuxer::with_listener(config.guest_cid, listener, &config.uds_path)?,
+        ))
+    }
+
+    fn with_muxer(guest_cid: u64, muxer: VsockMuxer) -> Self {
+        VsockDevice {
+            guest_cid,
+            muxer,
             tx_data: Vec::with_capacity(MAX_PACKET_DATA),
             rx_data: vec![0; MAX_PACKET_DATA],
-        })
+        }
     }
 
     /// The guest's context id.

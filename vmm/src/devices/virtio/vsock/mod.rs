@@ -19,10 +19,14 @@ mod vhost_user;
 
 use std::path::PathBuf;
 
-pub use device::{DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
+pub use device::{
+    check_guest_cid, DeviceError, VsockDevice, EVENT_QUEUE, NUM_QUEUES, RX_QUEUE, TX_QUEUE,
+};
 pub use mmio_adapter::VsockMmioDevice;
 pub use muxer::MuxerError;
-pub use vhost_user::{serve_vhost_user, VsockBackendError, VsockBackendHandle};
+pub use vhost_user::{
+    serve_vhost_user, serve_vhost_user_on, VsockBackendError, VsockBackendHandle,
+};
 
 /// The host's context id.
 pub const HOST_CID: u64 = 2;

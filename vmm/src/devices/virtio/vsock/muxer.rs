@@ -93,21 +93,46 @@ pub struct VsockMuxer {
     rx_ready: VecDeque<ConnKey>,
     resets: VecDeque<PacketHeader>,
     next_local_port: u32,
-    // Declared last so the file is removed after the listener is closed.
-    _socket_file: SocketFile,
+    // Declared last so the file is removed after the listener is closed; `None` when the
+    // caller bound the socket.
+    _socket_file: Option<SocketFile>,
 }
 
 impl VsockMuxer {
-    /// Binds the hybrid vsock socket at `uds_path`, replacing a stale socket file left there.
+    /// Binds the hybrid vsock socket at `uds_path`, replacing a stale socket file left there;
+    /// the file is removed when the muxer goes away.
     pub fn new(guest_cid: u64, uds_path: &Path) -> Result<Self, MuxerError> {
         remove_stale_socket(uds_path);
-        let bind_error = |source| MuxerError::Bind {
+        let listener = UnixListener::bind(uds_path).map_err(|source| MuxerError::Bind {
             path: uds_path.to_owned(),
             source,
-        };
-        let listener = UnixListener::bind(uds_path).map_err(bind_error)?;
+        })?;
         let socket_file = SocketFile(uds_path.to_owned());
-        listener.set_nonblocking(true).map_err(bind_error)?;
+        Self::build(guest_cid, listener, uds_path, Some(socket_file))
+    }
+
+    /// Serves `listener`, which the caller bound at `uds_path` (the name guest-initiated
+    /// connections to port P are made from, as `<uds_path>_P`) and removes itself.
+    pub fn with_listener(
+        guest_cid: u64,
+        listener: UnixListener,
+        uds_path: &Path,
+    ) -> Result<Self, MuxerError> {
+        Self::build(guest_cid, listener, uds_path, None)
+    }
+
+    fn build(
+        guest_cid: u64,
+        listener: UnixListener,
+        uds_path: &Path,
+        socket_file: Option<SocketFile>,
+    ) -> Result<Self, MuxerError> {
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| MuxerError::Bind {
+                path: uds_path.to_owned(),
+                source,
+            })?;
         let epoll = Epoll::new().map_err(MuxerError::Epoll)?;
         epoll
             .ctl(

@@ -5,7 +5,8 @@
 //! sockets and queue kicks are handled by the same worker thread.
 
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -24,6 +25,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
+use vmm_sys_util::eventfd::EventFd;
 
 use super::device::{DeviceError, VsockDevice, NUM_QUEUES, RX_QUEUE, TX_QUEUE};
 use super::VsockConfig;
@@ -184,15 +186,42 @@ fn lock(control: &Mutex<Control>) -> MutexGuard<'_, Control> {
 /// time out), binds the vhost-user socket at `vhost_user_socket` (QEMU connects to it as a
 /// client with `-chardev socket,id=x,path=...` + `-device vhost-user-vsock-device,chardev=x`),
 /// and serves in background threads until QEMU disconnects or the handle is stopped or dropped.
+/// Both socket files are removed when serving ends.
 pub fn serve_vhost_user(
     vhost_user_socket: &Path,
     config: VsockConfig,
 ) -> Result<VsockBackendHandle, VsockBackendError> {
     let device = VsockDevice::new(&config)?;
+    // The vhost crate's listener removes a stale file first, and its file when dropped.
+    let listener =
+        Listener::new(vhost_user_socket, true).map_err(|source| VsockBackendError::Bind {
+            path: vhost_user_socket.to_owned(),
+            source,
+        })?;
+    start(device, listener, config.guest_cid)
+}
+
+/// Serves the device on sockets the caller bound and listens on (`hull-vmm vsock`): QEMU
+/// connects to `vhost_user`, host clients to `hybrid`, whose path is `config.uds_path`
+/// (guest-initiated connections go to `<uds_path>_P`). The caller removes the socket files.
+pub fn serve_vhost_user_on(
+    vhost_user: UnixListener,
+    hybrid: UnixListener,
+    config: VsockConfig,
+) -> Result<VsockBackendHandle, VsockBackendError> {
+    let device = VsockDevice::with_listener(&config, hybrid)?;
+    start(device, Listener::from(vhost_user), config.guest_cid)
+}
+
+fn start(
+    device: VsockDevice,
+    listener: Listener,
+    guest_cid: u64,
+) -> Result<VsockBackendHandle, VsockBackendError> {
     let host_events_fd = device.host_events_fd();
     let backend = Arc::new(Mutex::new(VhostUserVsock { device, mem: None }));
     let daemon = VhostUserDaemon::new(
-        format!("hull-vsock-{}", config.guest_cid),
+        format!("hull-vsock-{guest_cid}"),
         backend,
         GuestMemoryAtomic::new(GuestMemoryMmap::new()),
     )
@@ -203,20 +232,30 @@ pub fn serve_vhost_user(
             .register_listener(host_events_fd, EventSet::IN, u64::from(HOST_EVENTS))
             .map_err(VsockBackendError::WatchHostSockets)?;
     }
-    let listener =
-        Listener::new(vhost_user_socket, true).map_err(|source| VsockBackendError::Bind {
-            path: vhost_user_socket.to_owned(),
-            source,
-        })?;
+    // Written to stop a serving thread that still waits for QEMU.
+    let stop = Arc::new(
+        EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(VsockBackendError::Spawn)?,
+    );
+    let thread_stop = stop.clone();
     let control = Arc::new(Mutex::new(Control::default()));
     let thread_control = control.clone();
+    let finished = Arc::new(
+        EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(VsockBackendError::Spawn)?,
+    );
+    let thread_finished = finished.clone();
     let thread = thread::Builder::new()
-        .name(format!("hull-vsock-{}", config.guest_cid))
-        .spawn(move || serve(daemon, listener, &thread_control))
+        .name(format!("hull-vsock-{guest_cid}"))
+        .spawn(move || {
+            let result = serve(daemon, listener, &thread_control, &thread_stop);
+            let _ = thread_finished.write(1);
+            result
+        })
         .map_err(VsockBackendError::Spawn)?;
     Ok(VsockBackendHandle {
-        socket_path: vhost_user_socket.to_owned(),
+        guest_cid,
+        stop,
         control,
+        finished,
         thread: Some(thread),
     })
 }
@@ -226,18 +265,25 @@ fn serve(
     mut daemon: Daemon,
     mut listener: Listener,
     control: &Mutex<Control>,
+    stop: &EventFd,
 ) -> Result<(), VsockBackendError> {
-    let result = daemon.start(&mut listener).and_then(|()| {
-        {
-            let mut control = lock(control);
-            if control.stopping {
-                daemon.request_shutdown();
-            } else {
-                control.frontend = daemon.shutdown_handle();
+    let result = match wait_for_frontend(&listener, stop) {
+        Ok(true) => daemon.start(&mut listener).and_then(|()| {
+            {
+                let mut control = lock(control);
+                if control.stopping {
+                    daemon.request_shutdown();
+                } else {
+                    control.frontend = daemon.shutdown_handle();
+                }
             }
-        }
-        daemon.wait()
-    });
+            daemon.wait()
+        }),
+        Ok(false) => Ok(()),
+        Err(e) => Err(DaemonError::CreateBackendListener(VhostError::SocketError(
+            e,
+        ))),
+    };
     let stopping = lock(control).stopping;
     for handler in daemon.get_epoll_handlers() {
         handler.send_exit_event();
@@ -259,12 +305,41 @@ fn serve(
     }
 }
 
+/// Waits until QEMU connects (true) or `stop` is written (false). The accept comes after,
+/// so stopping never has to disturb the listening socket, which may be the caller's too.
+fn wait_for_frontend(listener: &Listener, stop: &EventFd) -> io::Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    // SAFETY: both descriptors are owned by the caller and outlive this function.
+    let (listening, stopping) = unsafe {
+        (
+            BorrowedFd::borrow_raw(listener.as_raw_fd()),
+            BorrowedFd::borrow_raw(stop.as_raw_fd()),
+        )
+    };
+    loop {
+        let mut fds = [
+            PollFd::new(stopping, PollFlags::POLLIN),
+            PollFd::new(listening, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) if fds[0].any() == Some(true) => return Ok(false),
+            Ok(_) if fds[1].any() == Some(true) => return Ok(true),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// A running vhost-user vsock backend. Stopping (or dropping) it disconnects QEMU, stops the
-/// threads and removes the vhost-user and hybrid vsock socket files (not the `<uds>_P` sockets:
+/// threads and removes the socket files `serve_vhost_user` bound (not the `<uds>_P` sockets:
 /// those belong to their listeners).
 pub struct VsockBackendHandle {
-    socket_path: PathBuf,
+    guest_cid: u64,
+    /// Stops a serving thread that still waits for QEMU.
+    stop: Arc<EventFd>,
     control: Arc<Mutex<Control>>,
+    /// Written once serving has ended.
+    finished: Arc<EventFd>,
     thread: Option<JoinHandle<Result<(), VsockBackendError>>>,
 }
 
@@ -279,6 +354,12 @@ impl VsockBackendHandle {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
+    /// An eventfd that becomes readable once serving has ended, to wait for that along with
+    /// other events.
+    pub fn finished_fd(&self) -> RawFd {
+        self.finished.as_raw_fd()
+    }
+
     fn shutdown(&mut self) -> Result<(), VsockBackendError> {
         let Some(thread) = self.thread.take() else {
             return Ok(());
@@ -288,9 +369,10 @@ impl VsockBackendHandle {
             control.stopping = true;
             match &control.frontend {
                 Some(frontend) => frontend.shutdown(),
-                // Still waiting for QEMU: a throwaway connection ends the accept. It fails
-                // harmlessly if the thread is already past it.
-                None => drop(UnixStream::connect(&self.socket_path)),
+                // Still waiting for QEMU; harmless if the thread is already past it.
+                None => {
+                    let _ = self.stop.write(1);
+                }
             }
         }
         thread.join().map_err(|_| VsockBackendError::Panicked)?
@@ -308,7 +390,7 @@ impl Drop for VsockBackendHandle {
 impl std::fmt::Debug for VsockBackendHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VsockBackendHandle")
-            .field("socket_path", &self.socket_path)
+            .field("guest_cid", &self.guest_cid)
             .field("running", &!self.is_finished())
             .finish()
     }
@@ -317,6 +399,7 @@ impl std::fmt::Debug for VsockBackendHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
     use std::time::{Duration, Instant};
     use vhost::vhost_user::message::VhostUserConfigFlags;
     use vhost::vhost_user::{Frontend, VhostUserFrontend};

@@ -1,24 +1,43 @@
-//! The jailer step (see docs/vmm.md, "Jail"). hull-vmm opens every host
-//! resource it needs first, then, while it still has a single thread, it
-//! confines itself:
+//! Confinement of the host processes that parse guest input (see docs/vmm.md, "Jail"):
+//! hull-vmm itself, its vsock device served to QEMU (`hull-vmm vsock`), and the programs
+//! Hull starts through `hull-vmm jail` (QEMU, virtiofsd). One set of steps serves all three:
 //!
-//! 1. its own mount namespace, with `/` made recursively private so nothing
-//!    it mounts or unmounts reaches the host;
-//! 2. the jail directory bind-mounted onto itself and made the root with
-//!    `pivot_root`; the old root is detached, so only the jail directory is
-//!    left to see;
-//! 3. an empty bounding set, then no supplementary groups and the given
-//!    non-root gid and uid, which also empties the permitted and effective
-//!    capability sets; the parent-death signal, which the kernel clears on
-//!    that change, is set again.
+//! - `mount`: a private mount namespace and a root to pivot into, either a directory of
+//!   the host or a fresh read-only tmpfs holding only the binds, symbolic links and device
+//!   nodes asked for;
+//! - `credentials`: a non-root uid and gid with no capabilities (or root of a user
+//!   namespace the caller made), keeping the parent-death signal;
+//! - `process`: cgroups, resource limits, the net, IPC and UTS namespaces, inherited
+//!   descriptors, `no_new_privs`, and the single-thread check;
+//! - `exec`: those steps in order for `hull-vmm jail`, which then execs a program (its
+//!   order is documented there).
 //!
-//! The cgroup is joined earlier, before the VM is built, so that guest
-//! memory and KVM's own allocations are charged to it.
+//! hull-vmm ([`Jail`]) opens every host resource it needs first. At start, before the VM is
+//! built, it closes every inherited descriptor but 0-2 and the taps its configuration
+//! names, bounds its open files and turns core dumps off
+//! ([`process::apply_confined_limits`]), joins the cgroup (so that guest memory and KVM's
+//! own allocations are charged to it) and works from the jail directory. Once the VM is
+//! built, while it still has a single thread, it confines itself ([`Jail::enter`]):
 //!
-//! Every thread hull-vmm starts afterwards inherits all of this, then drops
-//! what is left of its capabilities and installs its seccomp filter
-//! (`crate::seccomp`). A thread started before the jail would stay outside
-//! it: the mount namespace, root and credentials are per thread.
+//! 1. its own mount namespace, with `/` made recursively private so nothing it mounts or
+//!    unmounts reaches the host;
+//! 2. the jail directory bind-mounted onto itself and made the root with `pivot_root`; the
+//!    old root is detached, so only the jail directory is left to see;
+//! 3. its own network namespace: the taps are open already and keep working in theirs,
+//!    Unix sockets are reached by path as before, and the host's interfaces and abstract
+//!    Unix sockets are out of reach;
+//! 4. an empty bounding set, then no supplementary groups and the given non-root gid and
+//!    uid, which also empties the permitted and effective capability sets; the parent-death
+//!    signal, which the kernel clears on that change, is set again.
+//!
+//! Every thread hull-vmm starts afterwards inherits all of this, then drops what is left of
+//! its capabilities and installs its seccomp filter (`crate::seccomp`). A thread started
+//! before the jail would stay outside it: the mount namespace, root and credentials are per
+//! thread.
+//!
+//! The vsock backend (`hull-vmm vsock`) takes its two listening sockets, closes every other
+//! inherited descriptor, bounds its limits the same way, enters the same [`Jail`] (steps 1
+//! to 4) if it has one, and only then installs its seccomp filter and starts its threads.
 //!
 //! Paths: hull-vmm works from the jail directory from the start, and names
 //! the sockets it keeps using (the hybrid-vsock socket and its
@@ -28,15 +47,19 @@
 //! vhost-user sockets, which are connected while the VM is built and never
 //! reconnected.
 
-use std::os::fd::AsRawFd;
+pub mod credentials;
+pub mod exec;
+pub mod mount;
+pub mod process;
+
 use std::path::{Component, Path, PathBuf};
 
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::sched::{unshare, CloneFlags};
-use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
-use nix::unistd::{chdir, fchdir, pivot_root, setgroups, setresgid, setresuid, Gid, Uid};
+use nix::unistd::{chdir, Gid, Uid};
 
 use crate::config::{JailConfig, VmConfig};
+use credentials::CredentialsError;
+use mount::MountError;
+use process::{Cgroup, CgroupVersion, Namespaces, ProcessError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
@@ -56,12 +79,8 @@ pub enum JailError {
     },
     #[error("Jail cgroup {0} is not a cgroup v2 directory")]
     NotCgroup2(PathBuf),
-    #[error("Moving hull-vmm into the cgroup {path}: {source}")]
-    JoinCgroup {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("Moving into the jail's cgroup: {0}")]
+    JoinCgroup(#[source] ProcessError),
     #[error(
         "The {what} {path} is not inside the jail directory {root}: hull-vmm uses it after entering the jail"
     )]
@@ -79,12 +98,29 @@ pub enum JailError {
     },
     #[error("Entering the jail {root}: {threads} threads are running, and a thread started before the jail would stay outside it")]
     Threads { root: PathBuf, threads: usize },
-    #[error("Entering the jail {root}: {step}")]
-    Enter {
+    #[error("Working from the jail directory {root}: {source}")]
+    Chdir {
         root: PathBuf,
-        step: &'static str,
         #[source]
         source: std::io::Error,
+    },
+    #[error("Entering the jail {root}: {source}")]
+    Mount {
+        root: PathBuf,
+        #[source]
+        source: MountError,
+    },
+    #[error("Entering the jail {root}: {source}")]
+    Process {
+        root: PathBuf,
+        #[source]
+        source: ProcessError,
+    },
+    #[error("Entering the jail {root}: {source}")]
+    Credentials {
+        root: PathBuf,
+        #[source]
+        source: CredentialsError,
     },
 }
 
@@ -95,7 +131,7 @@ pub struct Jail {
     root: PathBuf,
     uid: Uid,
     gid: Gid,
-    cgroup: Option<PathBuf>,
+    cgroup: Option<Cgroup>,
 }
 
 impl Jail {
@@ -113,7 +149,7 @@ impl Jail {
             return Err(JailError::RootNotDirectory(config.root.clone()));
         }
         let cgroup = match &config.cgroup {
-            Some(path) => Some(check_cgroup(path)?),
+            Some(path) => Some(check_cgroup2(path)?),
             None => None,
         };
         Ok(Jail {
@@ -191,170 +227,73 @@ impl Jail {
     }
 
     /// Moves this process into the jail's cgroup, if it has one.
+    /// Moves this process into the jail's cgroup, if it has one.
     pub fn join_cgroup(&self) -> Result<(), JailError> {
-        let Some(cgroup) = &self.cgroup else {
-            return Ok(());
-        };
-        std::fs::write(cgroup.join("cgroup.procs"), std::process::id().to_string()).map_err(
-            |source| JailError::JoinCgroup {
-                path: cgroup.clone(),
-                source,
-            },
-        )
+        match &self.cgroup {
+            Some(cgroup) => cgroup.join().map_err(JailError::JoinCgroup),
+            None => Ok(()),
+        }
     }
 
     /// Makes the jail directory the working directory, which the relocated
     /// socket paths are relative to.
     pub fn work_from_root(&self) -> Result<(), JailError> {
-        chdir(&self.root).map_err(|e| self.failed("chdir", e.into()))
-    }
-
-    /// Enters the jail: own mount namespace, the jail directory as root,
-    /// the non-root uid and gid. Must run before any thread is started.
-    pub fn enter(&self) -> Result<(), JailError> {
-        let threads = thread_count().map_err(|e| self.failed("counting threads", e))?;
-        if threads != 1 {
-            return Err(JailError::Threads {
-                root: self.root.clone(),
-                threads,
-            });
-        }
-        self.pivot().map_err(|(step, e)| self.failed(step, e))?;
-        crate::seccomp::drop_bounding_set()
-            .map_err(|e| self.failed("dropping the bounding set", e))?;
-        let parent_death =
-            ParentDeathSignal::get().map_err(|e| self.failed("PR_GET_PDEATHSIG", e))?;
-        setgroups(&[]).map_err(|e| self.failed("setgroups", e.into()))?;
-        setresgid(self.gid, self.gid, self.gid).map_err(|e| self.failed("setgid", e.into()))?;
-        setresuid(self.uid, self.uid, self.uid).map_err(|e| self.failed("setuid", e.into()))?;
-        parent_death
-            .restore()
-            .map_err(|e| self.failed("PR_SET_PDEATHSIG", e))?;
-        Ok(())
-    }
-
-    fn pivot(&self) -> Result<(), (&'static str, std::io::Error)> {
-        let step = |step| move |e: nix::Error| (step, std::io::Error::from(e));
-        unshare(CloneFlags::CLONE_NEWNS).map_err(step("unshare(CLONE_NEWNS)"))?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .map_err(step("making / private"))?;
-        // pivot_root wants the new root to be a mount point.
-        mount(
-            Some(&self.root),
-            &self.root,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(step("bind-mounting the jail directory"))?;
-        let old_root = std::fs::File::open("/").map_err(|e| ("opening /", e))?;
-        chdir(&self.root).map_err(step("chdir into the bind mount"))?;
-        // The old root ends up stacked on the new one, so no directory for
-        // it is needed inside the jail; it is detached from there.
-        pivot_root(".", ".").map_err(step("pivot_root"))?;
-        fchdir(old_root.as_raw_fd()).map_err(step("fchdir to the old root"))?;
-        umount2(".", MntFlags::MNT_DETACH).map_err(step("detaching the old root"))?;
-        drop(old_root);
-        chdir("/").map_err(step("chdir /"))?;
-        Ok(())
-    }
-
-    fn failed(&self, step: &'static str, source: std::io::Error) -> JailError {
-        JailError::Enter {
+        chdir(&self.root).map_err(|e| JailError::Chdir {
             root: self.root.clone(),
-            step,
-            source,
-        }
-    }
-}
-
-/// The signal the caller asked for when its parent dies (`PR_SET_PDEATHSIG`, as Hull's shim
-/// sets it so that a killed shim cannot leak its VMs). The kernel clears it when the
-/// process's credentials change, so the jail reads it before `setresuid` and sets it again
-/// after.
-struct ParentDeathSignal {
-    signal: libc::c_int,
-    parent: nix::unistd::Pid,
-}
-
-impl ParentDeathSignal {
-    fn get() -> std::io::Result<Self> {
-        let mut signal: libc::c_int = 0;
-        // SAFETY: PR_GET_PDEATHSIG writes one int, which outlives the call.
-        if unsafe { libc::prctl(libc::PR_GET_PDEATHSIG, &mut signal as *mut libc::c_int) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(ParentDeathSignal {
-            signal,
-            parent: nix::unistd::getppid(),
+            source: e.into(),
         })
     }
 
-    /// Sets the signal again; if the parent died meanwhile, delivers it now, as the kernel
-    /// would have.
-    fn restore(&self) -> std::io::Result<()> {
-        if self.signal == 0 {
-            return Ok(());
+    /// Enters the jail (steps 1 to 4 of the module's documentation): own mount namespace,
+    /// the jail directory as root, own network namespace, the non-root uid and gid. Must
+    /// run before any thread is started.
+    pub fn enter(&self) -> Result<(), JailError> {
+        let root = || self.root.clone();
+        let process_error = |source| JailError::Process {
+            root: root(),
+            source,
+        };
+        let threads = process::thread_count().map_err(process_error)?;
+        if threads != 1 {
+            return Err(JailError::Threads {
+                root: root(),
+                threads,
+            });
         }
-        // SAFETY: PR_SET_PDEATHSIG takes the signal number by value.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, self.signal as libc::c_ulong) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if nix::unistd::getppid() != self.parent {
-            // SAFETY: raise() with the signal the caller chose.
-            unsafe { libc::raise(self.signal) };
-        }
-        Ok(())
+        let mount_error = |source| JailError::Mount {
+            root: root(),
+            source,
+        };
+        mount::enter_private_mount_namespace().map_err(mount_error)?;
+        mount::bind_onto_itself(&self.root).map_err(mount_error)?;
+        mount::pivot_into(&self.root).map_err(mount_error)?;
+        let network = Namespaces {
+            net: true,
+            ..Namespaces::default()
+        };
+        network.unshare_others().map_err(process_error)?;
+        credentials::become_user(self.uid, self.gid).map_err(|source| JailError::Credentials {
+            root: root(),
+            source,
+        })
     }
 }
 
-/// The canonical path of the cgroup v2 directory `path`.
-fn check_cgroup(path: &Path) -> Result<PathBuf, JailError> {
-    let error = |source| JailError::Cgroup {
-        path: path.to_owned(),
-        source,
-    };
-    let canonical = path.canonicalize().map_err(error)?;
-    let fs = statfs(&canonical).map_err(|e| error(e.into()))?;
-    if fs.filesystem_type() != CGROUP2_SUPER_MAGIC || !canonical.join("cgroup.procs").is_file() {
-        return Err(JailError::NotCgroup2(path.to_owned()));
+/// The cgroup v2 directory `path`: hull-vmm's configuration promises v2.
+fn check_cgroup2(path: &Path) -> Result<Cgroup, JailError> {
+    match Cgroup::check(path) {
+        Ok(cgroup) if cgroup.version() == CgroupVersion::V2 => Ok(cgroup),
+        Ok(_) | Err(ProcessError::NotCgroup(_)) => Err(JailError::NotCgroup2(path.to_owned())),
+        Err(ProcessError::Cgroup { source, .. }) => Err(JailError::Cgroup {
+            path: path.to_owned(),
+            source,
+        }),
+        Err(other) => Err(JailError::Cgroup {
+            path: path.to_owned(),
+            source: std::io::Error::other(other.to_string()),
+        }),
     }
-    Ok(canonical)
 }
-
-/// Threads of this process that run hull-vmm's code. KVM's own workers
-/// (`kvm-nx-lpage-recovery` on recent kernels) are tasks of the process
-/// too, but they never return to user space.
-fn thread_count() -> std::io::Result<usize> {
-    let mut count = 0;
-    for task in std::fs::read_dir("/proc/self/task")? {
-        let path = task?.path().join("stat");
-        let stat = std::fs::read_to_string(&path)?;
-        let user = is_user_thread(&stat)
-            .ok_or_else(|| std::io::Error::other(format!("unreadable {}", path.display())))?;
-        count += usize::from(user);
-    }
-    Ok(count)
-}
-
-/// Whether the task whose `/proc/<pid>/task/<tid>/stat` line is `stat` is a
-/// thread of the program rather than a kernel worker; `None` when the line
-/// cannot be read.
-fn is_user_thread(stat: &str) -> Option<bool> {
-    // Field 9, after the parenthesised name, holds the task's flags.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let flags: u64 = rest.split_whitespace().nth(6)?.parse().ok()?;
-    Some(flags & PF_USER_WORKER == 0)
-}
-
-/// A kernel worker living in a user process (`include/linux/sched.h`).
-const PF_USER_WORKER: u64 = 0x0000_4000;
 
 #[cfg(test)]
 mod tests {
@@ -500,17 +439,5 @@ mod tests {
         assert_eq!(config.block[0].path, cwd.join("disk.raw"));
         assert_eq!(config.fs[0].socket, cwd.join("virtiofsd.sock"));
         assert_eq!(config.vsock.unwrap().uds_path, PathBuf::from("v.sock"));
-    }
-
-    #[test]
-    fn kvm_workers_are_not_threads_of_the_vmm() {
-        // A vCPU thread (flags of a user thread) and KVM's NX huge page
-        // worker (PF_USER_WORKER); names may hold spaces and parentheses.
-        let vcpu = "41 (vcpu 0 (x)) S 1 41 41 0 -1 4194368 92 0 0 0";
-        let worker = "42 (kvm-nx-lpage-re) S 1 41 41 0 -1 2113600 0 0 0 0";
-        assert_eq!(is_user_thread(vcpu), Some(true));
-        assert_eq!(is_user_thread(worker), Some(false));
-        assert_eq!(is_user_thread("43 (cut"), None);
-        assert!(thread_count().unwrap() >= 1);
     }
 }

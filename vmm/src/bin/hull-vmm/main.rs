@@ -1,4 +1,5 @@
-//! hull-vmm: one microVM per process on KVM.
+//! hull-vmm: one microVM per process on KVM; also the jail Hull's shim starts QEMU and
+//! virtiofsd through, and the vsock device served to QEMU in a confined process.
 //!
 //! ```text
 //! hull-vmm --kernel PATH [--initrd PATH] [--cmdline STR] [--vcpus N] [--memory-mib N]
@@ -7,28 +8,34 @@
 //!          [--net TAP[,mac=MAC]]... [--api-sock PATH] [--no-seccomp]
 //!          [--jail DIR --uid N --gid N [--cgroup PATH]]
 //! hull-vmm --config FILE [--api-sock PATH [--wait-for-start]] [--no-seccomp]
+//! hull-vmm jail [OPTIONS] -- PROGRAM [ARGS...]                        (jail.rs)
+//! hull-vmm vsock --vhost-user-fd N --hybrid-fd M --uds NAME --guest-cid CID
+//!                [--jail DIR --uid U --gid G] [--no-seccomp]         (vsock.rs)
 //! ```
 //!
-//! Once the VM is built and before any thread starts, hull-vmm enters its
-//! jail if it has one (`hull_vmm::jail`); then every thread drops its
-//! capabilities and installs its own seccomp filter (`hull_vmm::seccomp`).
+//! At start hull-vmm closes every inherited descriptor but 0-2 and the taps its
+//! configuration names, bounds its open files and turns core dumps off. Once the VM is
+//! built and before any thread starts, it enters its jail if it has one
+//! (`hull_vmm::jail`); then every thread drops its capabilities and installs its own
+//! seccomp filter (`hull_vmm::seccomp`).
 //!
 //! Exit status: 0 when the guest halted or asked to power off/reset, 1 when
 //! the VM failed, 2 for bad configuration or a host that cannot run it,
 //! 3 when stopped through the API socket.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::RawFd;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use hull_vmm::builder::{self, VmOutcome};
 use hull_vmm::config::{
     default_cmdline, BlockDeviceConfig, BootConfig, FsDeviceConfig, JailConfig, MachineConfig,
     NetDeviceConfig, SerialConfig, VmConfig, VsockDeviceConfig, DEFAULT_FS_QUEUE_SIZE,
 };
-use hull_vmm::jail::{Jail, JailError};
+use hull_vmm::jail::{process, Jail, JailError};
 use hull_vmm::seccomp::{self, ThreadFilters, ThreadKind};
 use seccompiler::BpfProgram;
 
@@ -52,9 +59,20 @@ const QUICK_FLAGS: [&str; 16] = [
     "cgroup",
 ];
 
+mod jail;
+mod vsock;
+
 #[derive(Parser)]
-#[command(name = "hull-vmm", version, about = "Hull's built-in microVM monitor")]
+#[command(
+    name = "hull-vmm",
+    version,
+    about = "Hull's built-in microVM monitor",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// A TOML file describing the whole VM (see docs/vmm.md), in place of the flags that
     /// describe it (all but --api-sock and --no-seccomp).
     #[arg(long, conflicts_with_all = QUICK_FLAGS)]
@@ -117,6 +135,12 @@ struct Cli {
     cgroup: Option<PathBuf>,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    Jail(jail::JailArgs),
+    Vsock(vsock::VsockArgs),
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -126,10 +150,28 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let mut config = match vm_config(&cli) {
+    match cli.command {
+        Some(Command::Jail(args)) => jail::run(args),
+        Some(Command::Vsock(args)) => vsock::run(args),
+        None => run_vm(&cli),
+    }
+}
+
+/// Builds the VM, enters the jail, runs the guest.
+fn run_vm(cli: &Cli) -> ! {
+    let mut config = match vm_config(cli) {
         Ok(config) => config,
         Err(err) => exit(2, err),
     };
+    // Before anything is opened: nothing the caller left open by mistake may reach a VMM
+    // a guest could take over, only the taps the configuration names.
+    let passed_taps: Vec<RawFd> = config.net.iter().filter_map(|net| net.fd).collect();
+    if let Err(err) = process::close_inherited_fds(&passed_taps) {
+        exit(2, err);
+    }
+    if let Err(err) = process::apply_confined_limits() {
+        exit(2, err);
+    }
     // The path the VMM uses for the API socket: relative to the jail
     // directory when it has one.
     let mut api_sock = cli.api_sock.clone();
@@ -548,6 +590,91 @@ mod tests {
             assert!(err.contains(named), "{arg}: {err}");
         }
         assert!(Cli::try_parse_from(["hull-vmm", "--config", "/c", "--net", "tap0"]).is_err());
+    }
+
+    #[test]
+    fn subcommands_parse_and_do_not_mix_with_the_vm_flags() {
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "jail",
+            "--root",
+            "/r",
+            "--ro-bind",
+            "/usr",
+            "--uid",
+            "5",
+            "--gid",
+            "6",
+            "--rlimit",
+            "core=0",
+            "--keep-fd",
+            "3",
+            "--",
+            "/bin/prog",
+            "-x",
+            "--y",
+        ])
+        .unwrap();
+        let Some(Command::Jail(args)) = cli.command else {
+            panic!("not the jail subcommand");
+        };
+        assert_eq!((args.uid, args.gid), (Some(5), Some(6)));
+        assert_eq!(args.command, ["/bin/prog", "-x", "--y"]);
+        assert_eq!(args.keep_fd, [3]);
+        let cli = Cli::try_parse_from([
+            "hull-vmm",
+            "vsock",
+            "--vhost-user-fd",
+            "3",
+            "--hybrid-fd",
+            "4",
+            "--uds",
+            "vsock.sock",
+            "--guest-cid",
+            "3",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Some(Command::Vsock(_))));
+        for mixed in [
+            &["hull-vmm", "--kernel", "/k", "jail", "--", "/bin/prog"][..],
+            &[
+                "hull-vmm",
+                "--no-seccomp",
+                "vsock",
+                "--vhost-user-fd",
+                "3",
+                "--hybrid-fd",
+                "4",
+                "--uds",
+                "v",
+                "--guest-cid",
+                "3",
+            ],
+            // The program comes after `--`, so the jail's options cannot be taken for its.
+            &["hull-vmm", "jail", "/bin/prog"],
+            &[
+                "hull-vmm",
+                "jail",
+                "--uid",
+                "5",
+                "--userns-fd",
+                "3",
+                "--",
+                "/bin/p",
+            ],
+            &[
+                "hull-vmm",
+                "vsock",
+                "--hybrid-fd",
+                "4",
+                "--uds",
+                "v",
+                "--guest-cid",
+                "3",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(mixed).is_err(), "{mixed:?}");
+        }
     }
 
     #[test]
