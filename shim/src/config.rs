@@ -12,6 +12,9 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/hull/config.toml";
 pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
 /// The most vCPUs a Hull VM gets.
 pub const MAX_VCPUS: u32 = 64;
+/// How many uids and gids virtiofsd's user namespace maps (guest ids
+/// `0..SHARE_ID_COUNT`).
+pub const SHARE_ID_COUNT: u32 = 1 << 30;
 /// The uid and gid hull-vmm runs as after its jail: `nobody`/`nogroup`.
 pub const DEFAULT_VMM_ID: u32 = 65534;
 
@@ -36,6 +39,21 @@ pub enum HypervisorKind {
     Qemu,
     /// hull-vmm, Hull's own KVM VMM; needs VT-x/AMD-V.
     Builtin,
+}
+
+/// Whether virtiofsd runs unprivileged, as the root of a user namespace
+/// that maps the share's ids (which needs id-mapped mounts: Linux 6.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UserNamespaceMode {
+    /// Where the kernel can id-map the share's mounts.
+    #[default]
+    Auto,
+    /// Always; a sandbox fails to start where the kernel cannot.
+    On,
+    /// Never: virtiofsd runs as root, still in its own namespaces, under
+    /// seccomp and with fewer capabilities.
+    Off,
 }
 
 /// QEMU's accelerator; the built-in VMM always runs on KVM.
@@ -90,6 +108,12 @@ pub struct Config {
     /// The size at which a sandbox's console and virtiofsd logs are rotated
     /// (each keeps at most twice this).
     pub log_max_kib: u64,
+    /// Whether virtiofsd runs as an unprivileged user (see
+    /// `UserNamespaceMode`).
+    pub virtiofsd_user_namespace: UserNamespaceMode,
+    /// The host uid and gid that uid and gid 0 of virtiofsd's user namespace
+    /// map to; `SHARE_ID_COUNT` ids from there must not be used on the host.
+    pub virtiofsd_id_base: u32,
     /// Where per-sandbox state lives (`<state_dir>/<sandbox-id>/`).
     pub state_dir: PathBuf,
     pub log_level: String,
@@ -117,6 +141,8 @@ impl Default for Config {
             sandbox_memory_overhead_mib: 128,
             sandbox_cpu_overhead_millicpus: 250,
             log_max_kib: 2048,
+            virtiofsd_user_namespace: UserNamespaceMode::Auto,
+            virtiofsd_id_base: 1 << 30,
             state_dir: PathBuf::from("/run/hull"),
             log_level: "info".into(),
         }
@@ -170,6 +196,14 @@ impl Config {
             return Err(invalid(format!(
                 "cgroup_parent = {:?} must be one cgroup name (letters, digits, '.', '_', '-')",
                 self.cgroup_parent
+            )));
+        }
+        if self.virtiofsd_id_base == 0
+            || self.virtiofsd_id_base.checked_add(SHARE_ID_COUNT).is_none()
+        {
+            return Err(invalid(format!(
+                "virtiofsd_id_base = {} must be above 0 and leave {SHARE_ID_COUNT} ids below 2^32",
+                self.virtiofsd_id_base
             )));
         }
         if self.log_max_kib == 0 {

@@ -153,7 +153,7 @@ impl Hypervisor for Builtin {
             "--config".to_owned(),
             self.config_file.display().to_string(),
         ];
-        self.process.spawn(&self.binary, &args, host, fds)
+        self.process.spawn(&self.binary, &args, &host, fds)
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {

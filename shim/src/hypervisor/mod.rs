@@ -37,13 +37,30 @@ pub struct VmConfig {
     pub net: Option<NetDevice>,
 }
 
-/// Host resources a VMM process starts with, besides its configuration.
+/// Host resources a VMM's processes start with, besides its configuration.
 #[derive(Debug)]
 pub struct VmmHost {
-    /// Its stdout and stderr: the pipe of the capped console log.
+    /// Their stdout and stderr: the pipe of the capped console log.
     pub console: OwnedFd,
-    /// `cgroup.procs` of the sandbox's cgroups, joined before it execs.
-    pub cgroup_procs: Vec<OwnedFd>,
+    /// `cgroup.procs` of the sandbox's cgroups, which each process the
+    /// backend starts joins before it execs.
+    pub cgroup_procs: Vec<PathBuf>,
+}
+
+impl VmmHost {
+    /// The cgroup files, open for one process to join them.
+    pub fn open_cgroup_procs(&self) -> std::io::Result<Vec<OwnedFd>> {
+        self.cgroup_procs
+            .iter()
+            .map(|path| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .map(OwnedFd::from)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+            })
+            .collect()
+    }
 }
 
 /// A virtio-net device backed by an open tap.

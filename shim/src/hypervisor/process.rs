@@ -39,23 +39,25 @@ impl VmmProcess {
         &mut self,
         binary: &Path,
         args: &[String],
-        host: VmmHost,
+        host: &VmmHost,
         fds: Vec<(RawFd, RawFd)>,
     ) -> Result<(), Error> {
         let spawn_error = |source| Error::Spawn {
             program: binary.display().to_string(),
             source,
         };
+        let stdout = host.console.try_clone().map_err(spawn_error)?;
         let stderr = host.console.try_clone().map_err(spawn_error)?;
+        let cgroups = host.open_cgroup_procs().map_err(spawn_error)?;
         let mut command = Command::new(binary);
         command
             .args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(host.console))
+            .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .kill_on_drop(true);
         crate::sys::process::die_with_parent(&mut command);
-        crate::sys::process::join_cgroups(&mut command, host.cgroup_procs);
+        crate::sys::process::join_cgroups(&mut command, cgroups);
         crate::sys::process::pass_fds(&mut command, fds);
         let mut child = command.spawn().map_err(|source| Error::Spawn {
             program: binary.display().to_string(),
@@ -71,7 +73,8 @@ impl VmmProcess {
             } else {
                 VmExit::Exited(status.ok().and_then(|s| s.code()))
             };
-            let _ = exit_tx.send(Some(exit));
+            // send_replace: the value must be kept even when nobody watches yet.
+            exit_tx.send_replace(Some(exit));
         });
         Ok(())
     }

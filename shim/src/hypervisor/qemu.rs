@@ -1,31 +1,67 @@
 //! QEMU `-M microvm` as a Hull VMM: PVH boot of the uncompressed kernel,
 //! guest RAM in a shared memfd (vhost-user devices map it), vsock and
-//! virtio-fs as vhost-user devices, the serial console to a log file.
+//! virtio-fs as vhost-user devices, the serial console on stdout.
 //!
-//! The vsock device is Hull's own (`hull_vmm`'s), served to QEMU over
-//! vhost-user by threads of this process, since these hosts have no
-//! `/dev/vhost-vsock`; its hybrid-vsock side is the socket the shim reaches
-//! the agent through.
+//! QEMU emulates every device the guest touches, so it runs confined, as
+//! hull-vmm does, by the same jail code (`hull-vmm jail`, which execs it):
+//! a root of its own (a read-only tmpfs with /usr, the kernel and the
+//! initrd bound read-only, and only the device nodes it needs), a non-root
+//! uid/gid with no capabilities, its own mount, network, IPC and UTS
+//! namespaces, no_new_privs, bounded rlimits, the sandbox's cgroups, and its
+//! own seccomp filter (`-sandbox on` with obsolete calls, privilege changes,
+//! spawning and resource control denied). It opens nothing by path on the
+//! host: the tap, and the sockets of its two vhost-user devices (connected
+//! by the shim), come in as descriptors.
+//!
+//! The vsock device is Hull's own, served over vhost-user by `hull-vmm
+//! vsock`, a process of its own, jailed the same way and under its own
+//! seccomp filter: it parses guest virtqueues and maps guest memory, so it
+//! must not run in the shim, which is root and holds containerd's API. The
+//! shim binds both of its sockets (vhost-user for QEMU, hybrid vsock for
+//! the shim itself) and passes them, so nobody waits for a socket to appear.
 
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hull_vmm::devices::virtio::vsock::{serve_vhost_user, VsockBackendHandle, VsockConfig};
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
 use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit, VmmHost};
 
-/// The descriptor number QEMU finds the pod's tap at.
+/// The descriptors QEMU finds the pod's tap and its vhost-user connections
+/// at.
 const TAP_FD: i32 = 3;
+const VSOCK_FD: i32 = 4;
+const FS_FD: i32 = 5;
+/// The descriptors `hull-vmm vsock` finds its two listening sockets at.
+const VHOST_LISTEN_FD: i32 = 3;
+const HYBRID_LISTEN_FD: i32 = 4;
+/// Where the guest's kernel and initrd are in QEMU's jail.
+const JAIL_KERNEL: &str = "/vm/vmlinux";
+const JAIL_INITRD: &str = "/vm/initrd";
+
+/// Where and as whom QEMU and the vsock backend are confined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuJail {
+    /// hull-vmm, which jails and execs QEMU, and serves vsock.
+    pub jailer: PathBuf,
+    /// The sandbox's state directory: QEMU's new root is a tmpfs over it
+    /// (seen only by QEMU), the vsock backend's root is it.
+    pub root: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+}
 
 pub struct Qemu {
     binary: PathBuf,
     accelerator: ResolvedAccelerator,
+    jail: QemuJail,
     /// Where the vsock backend listens for QEMU (vhost-user).
     vhost_vsock_socket: PathBuf,
-    vsock: Option<VsockBackendHandle>,
+    vsock: VmmProcess,
     process: VmmProcess,
 }
 
@@ -34,17 +70,20 @@ impl Qemu {
         binary: impl Into<PathBuf>,
         accelerator: ResolvedAccelerator,
         vhost_vsock_socket: impl Into<PathBuf>,
+        jail: QemuJail,
     ) -> Self {
         Qemu {
             binary: binary.into(),
             accelerator,
+            jail,
             vhost_vsock_socket: vhost_vsock_socket.into(),
-            vsock: None,
+            vsock: VmmProcess::default(),
             process: VmmProcess::default(),
         }
     }
 
-    /// The QEMU command line for `config` (no side effects, so tests see it).
+    /// QEMU's own command line for `config`, with the paths and descriptors
+    /// it has inside its jail (no side effects, so tests see it).
     pub fn args(&self, config: &VmConfig) -> Vec<String> {
         let accel = match self.accelerator {
             ResolvedAccelerator::Kvm => "kvm",
@@ -82,18 +121,18 @@ impl Qemu {
             "-sandbox".into(),
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
             "-kernel".into(),
-            config.kernel.display().to_string(),
+            JAIL_KERNEL.into(),
             "-initrd".into(),
-            config.initrd.display().to_string(),
+            JAIL_INITRD.into(),
             "-append".into(),
             config.cmdline.clone(),
             "-chardev".into(),
-            format!("socket,id=vsock,path={}", self.vhost_vsock_socket.display()),
+            format!("socket,id=vsock,fd={VSOCK_FD}"),
             "-device".into(),
             // The guest CID comes from the backend's config space.
             "vhost-user-vsock-device,chardev=vsock".into(),
             "-chardev".into(),
-            format!("socket,id=fs,path={}", config.fs_socket.display()),
+            format!("socket,id=fs,fd={FS_FD}"),
             "-device".into(),
             format!("vhost-user-fs-device,chardev=fs,tag={}", config.fs_tag),
         ];
@@ -107,34 +146,198 @@ impl Qemu {
         }
         args
     }
+
+    /// `hull-vmm jail ... -- qemu ...`: the jailer's arguments for `config`.
+    pub fn jailed_args(&self, config: &VmConfig) -> Result<Vec<String>, Error> {
+        let jail = &self.jail;
+        let mut args: Vec<String> = vec![
+            "jail".into(),
+            "--root".into(),
+            jail.root.display().to_string(),
+            "--uid".into(),
+            jail.uid.to_string(),
+            "--gid".into(),
+            jail.gid.to_string(),
+            "--unshare".into(),
+            "net,ipc,uts".into(),
+            "--ro-bind".into(),
+            "/usr".into(),
+        ];
+        for (link, kind) in usr_merge_links() {
+            match kind {
+                Link::Symlink(target) => {
+                    args.extend(["--symlink".into(), format!("{target}:{link}")])
+                }
+                Link::Directory => args.extend(["--ro-bind".into(), link.to_owned()]),
+            }
+        }
+        for (source, dest) in [(&config.kernel, JAIL_KERNEL), (&config.initrd, JAIL_INITRD)] {
+            let source = absolute(source)?;
+            args.extend(["--ro-bind".into(), format!("{}:{dest}", source.display())]);
+        }
+        let mut devices = vec!["null", "zero", "urandom"];
+        if self.accelerator == ResolvedAccelerator::Kvm {
+            devices.push("kvm");
+        }
+        for device in devices {
+            args.extend(["--dev".into(), device.into()]);
+        }
+        args.extend(
+            ["nofile=1024", "core=0"]
+                .into_iter()
+                .flat_map(|limit| ["--rlimit".to_owned(), limit.to_owned()]),
+        );
+        let mut kept = vec![VSOCK_FD, FS_FD];
+        if config.net.is_some() {
+            kept.push(TAP_FD);
+        }
+        for fd in kept {
+            args.extend(["--keep-fd".into(), fd.to_string()]);
+        }
+        args.push("--".into());
+        // The jail has no /proc: QEMU finds its firmware next to its real
+        // path, so that is what it is started as.
+        args.push(self.real_binary()?.display().to_string());
+        args.extend(self.args(config));
+        Ok(args)
+    }
+
+    /// QEMU's binary with symlinks resolved; it must be under /usr, the
+    /// only host directory its jail has.
+    fn real_binary(&self) -> Result<PathBuf, Error> {
+        let real = self.binary.canonicalize().map_err(|source| Error::Spawn {
+            program: self.binary.display().to_string(),
+            source,
+        })?;
+        if !real.starts_with("/usr") {
+            return Err(Error::Spawn {
+                program: real.display().to_string(),
+                source: std::io::Error::other(
+                    "QEMU runs in a jail that has only /usr of the host: install it under /usr",
+                ),
+            });
+        }
+        Ok(real)
+    }
+
+    /// `hull-vmm vsock ...`: the vsock backend's arguments.
+    fn vsock_args(&self, config: &VmConfig) -> Result<Vec<String>, Error> {
+        let name = config
+            .vsock_uds
+            .strip_prefix(&self.jail.root)
+            .map_err(|_| Error::Spawn {
+                program: "hull-vmm vsock".into(),
+                source: std::io::Error::other(format!(
+                    "the vsock socket {} is not in the jail directory {}",
+                    config.vsock_uds.display(),
+                    self.jail.root.display()
+                )),
+            })?;
+        Ok(vec![
+            "vsock".into(),
+            "--vhost-user-fd".into(),
+            VHOST_LISTEN_FD.to_string(),
+            "--hybrid-fd".into(),
+            HYBRID_LISTEN_FD.to_string(),
+            "--uds".into(),
+            name.display().to_string(),
+            "--guest-cid".into(),
+            config.guest_cid.to_string(),
+            "--jail".into(),
+            self.jail.root.display().to_string(),
+            "--uid".into(),
+            self.jail.uid.to_string(),
+            "--gid".into(),
+            self.jail.gid.to_string(),
+        ])
+    }
+
+    async fn start_processes(&mut self, config: &VmConfig, host: &VmmHost) -> Result<(), Error> {
+        let vhost = bind(&self.vhost_vsock_socket)?;
+        let hybrid = bind(&config.vsock_uds)?;
+        let vsock_args = self.vsock_args(config)?;
+        self.vsock.spawn(
+            &self.jail.jailer,
+            &vsock_args,
+            host,
+            vec![
+                (vhost.as_raw_fd(), VHOST_LISTEN_FD),
+                (hybrid.as_raw_fd(), HYBRID_LISTEN_FD),
+            ],
+        )?;
+        // QEMU's ends of its vhost-user sessions: they wait in the backends'
+        // listen queues until accepted.
+        let vsock = connect(&self.vhost_vsock_socket)?;
+        let fs = connect(&config.fs_socket)?;
+        let mut fds = vec![(vsock.as_raw_fd(), VSOCK_FD), (fs.as_raw_fd(), FS_FD)];
+        if let Some(net) = &config.net {
+            fds.push((net.tap_fd, TAP_FD));
+        }
+        let args = self.jailed_args(config)?;
+        self.process.spawn(&self.jail.jailer, &args, host, fds)
+    }
+}
+
+/// How the host lays out a top-level directory that usr-merged Debian makes
+/// a symlink into /usr.
+enum Link {
+    Symlink(String),
+    Directory,
+}
+
+/// /lib, /lib64, /bin and /sbin as the host has them: symlinks (to copy
+/// into the jail) or directories (to bind).
+fn usr_merge_links() -> Vec<(&'static str, Link)> {
+    ["/lib", "/lib64", "/bin", "/sbin"]
+        .into_iter()
+        .filter_map(|link| match std::fs::read_link(link) {
+            Ok(target) => Some((link, Link::Symlink(target.display().to_string()))),
+            Err(_) if Path::new(link).is_dir() => Some((link, Link::Directory)),
+            Err(_) => None,
+        })
+        .collect()
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, Error> {
+    path.canonicalize().map_err(|source| Error::Spawn {
+        program: format!("qemu (reading {})", path.display()),
+        source,
+    })
+}
+
+fn bind(path: &Path) -> Result<OwnedFd, Error> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+        .map(OwnedFd::from)
+        .map_err(|source| Error::Spawn {
+            program: format!("the vsock backend (binding {})", path.display()),
+            source,
+        })
+}
+
+fn connect(path: &Path) -> Result<OwnedFd, Error> {
+    UnixStream::connect(path)
+        .map(OwnedFd::from)
+        .map_err(|source| Error::Spawn {
+            program: format!("qemu (connecting to {})", path.display()),
+            source,
+        })
 }
 
 #[async_trait]
 impl Hypervisor for Qemu {
     async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error> {
-        let vsock = serve_vhost_user(
-            &self.vhost_vsock_socket,
-            VsockConfig {
-                guest_cid: config.guest_cid,
-                uds_path: config.vsock_uds.clone(),
-            },
-        )
-        .map_err(|e| Error::Vsock(e.to_string()))?;
-        let fds: Vec<_> = config.net.iter().map(|net| (net.tap_fd, TAP_FD)).collect();
-        let args = self.args(config);
-        if let Err(err) = self.process.spawn(&self.binary, &args, host, fds) {
-            stop_vsock(vsock);
-            return Err(err);
+        let started = self.start_processes(config, &host).await;
+        if started.is_err() {
+            self.vsock.stop(Duration::ZERO).await;
         }
-        self.vsock = Some(vsock);
-        Ok(())
+        started
     }
 
     async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
         let exit = self.process.stop(grace).await;
-        if let Some(vsock) = self.vsock.take() {
-            stop_vsock(vsock);
-        }
+        // It ends by itself once QEMU, its frontend, is gone.
+        self.vsock.stop(Duration::from_secs(1)).await;
         Ok(exit)
     }
 
@@ -147,19 +350,12 @@ impl Hypervisor for Qemu {
     }
 }
 
-fn stop_vsock(vsock: VsockBackendHandle) {
-    if let Err(err) = vsock.stop() {
-        tracing::warn!(%err, "stopping the vsock backend");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn command_line_has_shared_memory_and_both_vhost_user_devices() {
-        let config = VmConfig {
+    fn vm_config(net: Option<super::super::NetDevice>) -> VmConfig {
+        VmConfig {
             kernel: "/k".into(),
             initrd: "/i".into(),
             cmdline: "console=ttyS0".into(),
@@ -170,48 +366,54 @@ mod tests {
             fs_socket: "/run/hull/s/virtiofsd.sock".into(),
             fs_tag: "hull".into(),
             console_log: "/run/hull/s/console.log".into(),
-            net: None,
-        };
-        let qemu = Qemu::new(
-            "qemu",
-            ResolvedAccelerator::Tcg,
+            net,
+        }
+    }
+
+    fn qemu(accelerator: ResolvedAccelerator) -> Qemu {
+        Qemu::new(
+            "/usr/bin/qemu-system-x86_64",
+            accelerator,
             "/run/hull/s/vhost-vsock.sock",
-        );
-        let args = qemu.args(&config).join(" ");
+            QemuJail {
+                jailer: "/usr/local/bin/hull-vmm".into(),
+                root: "/run/hull/s".into(),
+                uid: 65534,
+                gid: 65534,
+            },
+        )
+    }
+
+    #[test]
+    fn command_line_has_shared_memory_both_vhost_user_devices_and_the_sandbox() {
+        let args = qemu(ResolvedAccelerator::Tcg)
+            .args(&vm_config(None))
+            .join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
-        assert!(args.contains("socket,id=vsock,path=/run/hull/s/vhost-vsock.sock"));
         assert!(args.contains("-accel tcg"));
         assert!(args.contains("-smp 2"));
+        assert!(args.contains("-chardev socket,id=vsock,fd=4"), "{args}");
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
+        assert!(args.contains("-chardev socket,id=fs,fd=5"), "{args}");
         assert!(args.contains("vhost-user-fs-device,chardev=fs,tag=hull"));
         assert!(args.contains("-chardev stdio,id=console,signal=off -serial chardev:console"));
         assert!(args.contains(
             "-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
         ));
+        assert!(args.contains("-kernel /vm/vmlinux -initrd /vm/initrd"));
         assert!(args.contains("-append console=ttyS0"));
         assert!(!args.contains("-netdev"));
     }
 
     #[test]
     fn a_pod_network_is_a_virtio_net_device_on_the_passed_tap() {
-        let config = VmConfig {
-            kernel: "/k".into(),
-            initrd: "/i".into(),
-            cmdline: String::new(),
-            vcpus: 1,
-            memory_mib: 256,
-            vsock_uds: "/v".into(),
-            guest_cid: 3,
-            fs_socket: "/f".into(),
-            fs_tag: "hull".into(),
-            console_log: "/c".into(),
-            net: Some(super::super::NetDevice {
-                tap_fd: 17,
-                mac: "02:42:ac:11:00:0a".into(),
-            }),
+        let net = super::super::NetDevice {
+            tap_fd: 17,
+            mac: "02:42:ac:11:00:0a".into(),
         };
-        let qemu = Qemu::new("qemu", ResolvedAccelerator::Kvm, "/vv");
-        let args = qemu.args(&config).join(" ");
+        let args = qemu(ResolvedAccelerator::Kvm)
+            .args(&vm_config(Some(net)))
+            .join(" ");
         assert!(args.contains("-accel kvm -cpu host"), "{args}");
         assert!(
             args.contains("-netdev tap,id=net0,fd=3,vhost=off"),
@@ -221,5 +423,70 @@ mod tests {
             args.contains("-device virtio-net-device,netdev=net0,mac=02:42:ac:11:00:0a"),
             "{args}"
         );
+    }
+
+    #[test]
+    fn qemu_runs_jailed_as_nobody_with_only_usr_its_assets_and_its_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = vm_config(None);
+        config.kernel = dir.path().join("vmlinux");
+        config.initrd = dir.path().join("initrd");
+        std::fs::write(&config.kernel, "k").unwrap();
+        std::fs::write(&config.initrd, "i").unwrap();
+        let args = qemu(ResolvedAccelerator::Tcg)
+            .jailed_args(&config)
+            .unwrap()
+            .join(" ");
+        let (jail, qemu) = args.split_once(" -- ").unwrap();
+        for part in [
+            "jail --root /run/hull/s --uid 65534 --gid 65534 --unshare net,ipc,uts",
+            "--ro-bind /usr",
+            &format!("--ro-bind {}:/vm/vmlinux", config.kernel.display()),
+            &format!("--ro-bind {}:/vm/initrd", config.initrd.display()),
+            "--dev null --dev zero --dev urandom",
+            "--rlimit nofile=1024 --rlimit core=0",
+            "--keep-fd 4 --keep-fd 5",
+        ] {
+            assert!(jail.contains(part), "{part:?} not in {jail}");
+        }
+        assert!(
+            !jail.contains("kvm") && !jail.contains("--keep-fd 3"),
+            "{jail}"
+        );
+        assert!(
+            qemu.starts_with("/usr/bin/qemu-system-x86_64 -M microvm"),
+            "{qemu}"
+        );
+        let kvm = qemu(ResolvedAccelerator::Kvm);
+        let mut with_net = config.clone();
+        with_net.net = Some(super::super::NetDevice {
+            tap_fd: 9,
+            mac: "02:00:00:00:00:01".into(),
+        });
+        let args = kvm.jailed_args(&with_net).unwrap().join(" ");
+        assert!(
+            args.contains("--dev kvm") && args.contains("--keep-fd 3"),
+            "{args}"
+        );
+    }
+
+    #[test]
+    fn the_vsock_backend_is_jailed_in_the_sandbox_dir_with_a_relative_socket() {
+        let args = qemu(ResolvedAccelerator::Tcg)
+            .vsock_args(&vm_config(None))
+            .unwrap()
+            .join(" ");
+        assert_eq!(
+            args,
+            "vsock --vhost-user-fd 3 --hybrid-fd 4 --uds vsock.sock --guest-cid 3 \
+             --jail /run/hull/s --uid 65534 --gid 65534"
+        );
+        let mut outside = vm_config(None);
+        outside.vsock_uds = "/tmp/vsock.sock".into();
+        let err = qemu(ResolvedAccelerator::Tcg)
+            .vsock_args(&outside)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/tmp/vsock.sock"), "{err}");
     }
 }

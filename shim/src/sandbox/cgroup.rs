@@ -208,12 +208,18 @@ impl SandboxCgroup {
             .flatten()
     }
 
-    /// `cgroup.procs` of each of the sandbox's cgroups, open for writing: a
-    /// child writes "0" to each before it execs (`sys::process::join_cgroups`).
+    /// `cgroup.procs` of each of the sandbox's cgroups: a child opens each
+    /// for writing and writes "0" to it before it execs
+    /// (`sys::process::join_cgroups`).
+    pub fn procs_paths(&self) -> Vec<PathBuf> {
+        self.dirs().map(|dir| dir.join("cgroup.procs")).collect()
+    }
+
+    /// [`Self::procs_paths`], open for writing.
     pub fn procs_files(&self) -> Result<Vec<OwnedFd>, CgroupError> {
-        self.dirs()
-            .map(|dir| {
-                let path = dir.join("cgroup.procs");
+        self.procs_paths()
+            .into_iter()
+            .map(|path| {
                 std::fs::OpenOptions::new()
                     .write(true)
                     .open(&path)

@@ -20,12 +20,12 @@ use hull_protocols::agent::{
 
 pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
 pub use self::log::{capped_log, rotated_path, LogPipe};
-use self::virtiofsd::Virtiofsd;
+use self::virtiofsd::{Virtiofsd, VirtiofsdLaunch};
 use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
 use crate::hypervisor::builtin::{Builtin, VmmJail};
-use crate::hypervisor::qemu::Qemu;
+use crate::hypervisor::qemu::{Qemu, QemuJail};
 use crate::hypervisor::{
     self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig, VmmHost,
 };
@@ -54,7 +54,7 @@ pub enum Error {
     MissingQemu(PathBuf),
     #[error("{0} not found: install it with `make deps` (cargo install virtiofsd)")]
     MissingVirtiofsd(PathBuf),
-    #[error("{0} (the built-in VMM, hypervisor = \"builtin\") not found: install it with `make install` (`hull install` puts it next to the shim), set `vmm` in Hull's configuration to its path, or set hypervisor = \"qemu\"")]
+    #[error("{0} not found: hull-vmm runs the VM (hypervisor = \"builtin\") and, with QEMU, jails QEMU and virtiofsd and serves vsock; install it with `make install` (`hull install` puts it next to the shim) or set `vmm` in Hull's configuration to its path")]
     MissingVmm(PathBuf),
     #[error("{what}: {source}")]
     Io {
@@ -96,6 +96,8 @@ pub enum Error {
     Share(#[from] rootfs::ShareError),
     #[error("The sandbox's host cgroup: {0}")]
     Cgroup(#[from] CgroupError),
+    #[error("virtiofsd_user_namespace = \"on\", but this kernel cannot serve the share to an unprivileged virtiofsd ({0}); set it to \"auto\" or \"off\"")]
+    NoIdMapping(String),
     #[error(transparent)]
     InvalidId(#[from] crate::ids::InvalidId),
     #[error(transparent)]
@@ -225,6 +227,8 @@ struct Launch {
     backend: Backend,
     hypervisor: Box<dyn Hypervisor>,
     virtiofsd: PathBuf,
+    /// hull-vmm, which jails virtiofsd (and QEMU).
+    jailer: PathBuf,
 }
 
 impl Launch {
@@ -237,21 +241,23 @@ impl Launch {
         host: Virtualization,
     ) -> Result<Launch, Error> {
         let backend = Backend::select(config, host)?;
+        if backend == Backend::Builtin {
+            Builtin::check_vcpus(options.size.vcpus)?;
+        }
+        let vmm = find_vmm(&config.vmm).ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
+        let jail = builtin_jail(config, paths);
         let hypervisor: Box<dyn Hypervisor> = match backend {
-            Backend::Builtin => {
-                Builtin::check_vcpus(options.size.vcpus)?;
-                let vmm = find_program(&config.vmm)
-                    .ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
-                Box::new(Builtin::new(
-                    vmm,
-                    &paths.vmm_config,
-                    builtin_jail(config, paths),
-                ))
-            }
+            Backend::Builtin => Box::new(Builtin::new(vmm.clone(), &paths.vmm_config, jail)),
             Backend::Qemu(accelerator) => {
                 let qemu = find_program(&config.qemu)
                     .ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?;
-                Box::new(Qemu::new(qemu, accelerator, &paths.vhost_vsock))
+                let jail = QemuJail {
+                    jailer: vmm.clone(),
+                    root: jail.root,
+                    uid: jail.uid,
+                    gid: jail.gid,
+                };
+                Box::new(Qemu::new(qemu, accelerator, &paths.vhost_vsock, jail))
             }
         };
         let virtiofsd = find_program(&config.virtiofsd)
@@ -260,8 +266,19 @@ impl Launch {
             backend,
             hypervisor,
             virtiofsd,
+            jailer: vmm,
         })
     }
+}
+
+/// hull-vmm: as configured, and for a bare name first next to this
+/// program (where `hull install` and cargo put both).
+fn find_vmm(configured: &Path) -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name(configured))
+        .filter(|p| configured.components().count() == 1 && p.is_file());
+    beside.or_else(|| find_program(configured))
 }
 
 /// hull-vmm's jail: the sandbox directory, the configured uid/gid.
@@ -338,6 +355,7 @@ impl SandboxVm {
             backend,
             mut hypervisor,
             virtiofsd,
+            jailer,
         } = launch;
         let cgroup = SandboxCgroup::create(
             &Hierarchies::detect()?,
@@ -347,11 +365,21 @@ impl SandboxVm {
         )?;
         let cgroup_procs = cgroup.procs_files();
         self.cgroup = Some(cgroup);
-        self.share = Some(SharedDir::create(&self.paths.dir, SHARED_DIR_NAME, None)?);
+        let userns = share_user_namespace(config)?.map(std::sync::Arc::new);
+        self.share = Some(SharedDir::create(
+            &self.paths.dir,
+            SHARED_DIR_NAME,
+            userns.clone(),
+        )?);
         let log_max = config.log_max_kib << 10;
         let virtiofsd_log = self.log_pipe(&self.paths.virtiofsd_log.clone(), log_max)?;
+        let launch = VirtiofsdLaunch {
+            jailer: &jailer,
+            binary: &virtiofsd,
+            userns: userns.as_deref(),
+        };
         self.virtiofsd = Some(Virtiofsd::start(
-            &virtiofsd,
+            &launch,
             &self.paths.virtiofsd,
             &self.paths.shared,
             virtiofsd_log,
@@ -386,7 +414,7 @@ impl SandboxVm {
         };
         let host = VmmHost {
             console: self.log_pipe(&self.paths.console_log.clone(), log_max)?,
-            cgroup_procs: self.cgroup.as_ref().expect("made above").procs_files()?,
+            cgroup_procs: self.cgroup.as_ref().expect("made above").procs_paths(),
         };
         // Kept before it runs, so that a failed start is stopped with the rest.
         let started = hypervisor.start(&vm_config, host).await;
@@ -552,6 +580,38 @@ impl SandboxVm {
         self.share = None;
         remove_state(&self.paths, keep_logs);
     }
+}
+
+/// The user namespace virtiofsd runs in and the share's mounts are
+/// id-mapped through, when virtiofsd runs unprivileged.
+fn share_user_namespace(
+    config: &Config,
+) -> Result<Option<crate::sys::userns::IdMappedNamespace>, Error> {
+    use crate::config::UserNamespaceMode;
+    let wanted = match (
+        config.virtiofsd_user_namespace,
+        rootfs::idmapped_shares_supported(),
+    ) {
+        (UserNamespaceMode::Off, _) => false,
+        (_, Ok(())) => true,
+        (UserNamespaceMode::Auto, Err(why)) => {
+            tracing::warn!(%why, "virtiofsd runs as root: this kernel cannot id-map the share");
+            false
+        }
+        (UserNamespaceMode::On, Err(why)) => return Err(Error::NoIdMapping(why)),
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    crate::sys::userns::IdMappedNamespace::create(
+        config.virtiofsd_id_base,
+        crate::config::SHARE_ID_COUNT,
+    )
+    .map(Some)
+    .map_err(|source| Error::Io {
+        what: "creating virtiofsd's user namespace".into(),
+        source,
+    })
 }
 
 /// What the sandbox's host processes may use together: the VM's RAM and
@@ -764,9 +824,8 @@ mod tests {
         let err = prepare(&config, 1, Virtualization::Hardware).unwrap_err();
         assert!(err.contains("/nonexistent/hull-vmm"), "{err}");
         assert!(err.contains("hull install"), "{err}");
-        assert!(err.contains("hypervisor = \"qemu\""), "{err}");
-        // QEMU's binary is not looked for when hull-vmm runs the VM, and the
-        // other way round.
+        // QEMU's binary is not looked for when hull-vmm runs the VM; hull-vmm
+        // is needed either way (it jails QEMU and virtiofsd).
         config.vmm = with_programs().vmm;
         config.qemu = "/nonexistent/qemu".into();
         assert_eq!(
@@ -778,7 +837,12 @@ mod tests {
         assert!(err.contains("/nonexistent/qemu"), "{err}");
         config.qemu = with_programs().qemu;
         config.vmm = "/nonexistent/hull-vmm".into();
-        assert!(prepare(&config, 1, Virtualization::Hardware).is_ok());
+        let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();
+        assert!(
+            err.contains("/nonexistent/hull-vmm") && err.contains("jails QEMU"),
+            "{err}"
+        );
+        config.vmm = with_programs().vmm;
 
         config.virtiofsd = "/nonexistent/virtiofsd".into();
         let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();

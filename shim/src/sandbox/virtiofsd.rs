@@ -21,6 +21,7 @@ use tokio::process::{Child, Command};
 
 use super::Error;
 use crate::sys::process::{die_with_parent, pass_fds};
+use crate::sys::userns::IdMappedNamespace;
 
 /// The descriptor virtiofsd finds its listening socket at.
 const LISTEN_FD: i32 = 3;
@@ -52,6 +53,45 @@ pub fn arguments(shared: &Path) -> Vec<String> {
     args
 }
 
+/// How virtiofsd is started: through hull-vmm's jail, in the sandbox's
+/// id-mapping user namespace when it runs unprivileged.
+pub struct VirtiofsdLaunch<'a> {
+    pub jailer: &'a Path,
+    pub binary: &'a Path,
+    pub userns: Option<&'a IdMappedNamespace>,
+}
+
+/// The descriptor the jailer finds the user namespace at.
+const USERNS_FD: i32 = 4;
+
+impl VirtiofsdLaunch<'_> {
+    /// `hull-vmm jail ... -- virtiofsd ...`: no new root (virtiofsd makes
+    /// the share its root itself), but its own IPC and UTS namespaces,
+    /// no_new_privs, no core dumps, and, unprivileged, the user namespace
+    /// whose root it becomes.
+    pub fn jailed_args(&self, shared: &Path) -> Vec<String> {
+        let mut args: Vec<String> = vec!["jail".into()];
+        if self.userns.is_some() {
+            args.extend(["--userns-fd".into(), USERNS_FD.to_string()]);
+        }
+        args.extend(
+            [
+                "--unshare",
+                "ipc,uts",
+                "--rlimit",
+                "core=0",
+                "--keep-fd",
+                &LISTEN_FD.to_string(),
+                "--",
+            ]
+            .map(String::from),
+        );
+        args.push(self.binary.display().to_string());
+        args.extend(arguments(shared));
+        args
+    }
+}
+
 pub struct Virtiofsd {
     child: Child,
 }
@@ -60,7 +100,7 @@ impl Virtiofsd {
     /// Binds `socket` and starts virtiofsd on `shared` with it. The VMM can
     /// connect at once: the connection waits in the listen queue.
     pub fn start(
-        binary: &Path,
+        launch: &VirtiofsdLaunch,
         socket: &Path,
         shared: &Path,
         log: OwnedFd,
@@ -71,19 +111,27 @@ impl Virtiofsd {
             what: format!("binding virtiofsd's socket {}", socket.display()),
             source,
         })?;
-        let mut command = Command::new(binary);
+        let mut command = Command::new(launch.jailer);
         command
-            .args(arguments(shared))
+            .args(launch.jailed_args(shared))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         die_with_parent(&mut command);
         crate::sys::process::join_cgroups(&mut command, cgroup_procs);
-        pass_fds(&mut command, vec![(listener.as_raw_fd(), LISTEN_FD)]);
+        let mut fds = vec![(listener.as_raw_fd(), LISTEN_FD)];
+        if let Some(userns) = launch.userns {
+            fds.push((userns.fd().as_raw_fd(), USERNS_FD));
+        }
+        pass_fds(&mut command, fds);
         let child = command.spawn().map_err(|source| Error::Spawn {
-            program: binary.display().to_string(),
-            hint: "install it with `make deps` (cargo install virtiofsd)",
+            program: format!(
+                "{} jail -- {}",
+                launch.jailer.display(),
+                launch.binary.display()
+            ),
+            hint: "install virtiofsd with `make deps` (cargo install virtiofsd)",
             source,
         })?;
         Ok(Virtiofsd { child })
@@ -99,5 +147,36 @@ impl Virtiofsd {
             let _ = self.child.start_kill();
             let _ = self.child.wait().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn virtiofsd_is_sandboxed_jailed_and_without_file_handles() {
+        let ns = IdMappedNamespace::create(400_000, 1000).unwrap();
+        let launch = VirtiofsdLaunch {
+            jailer: Path::new("/usr/local/bin/hull-vmm"),
+            binary: Path::new("/usr/local/bin/virtiofsd"),
+            userns: Some(&ns),
+        };
+        let args = launch
+            .jailed_args(Path::new("/run/hull/s/shared"))
+            .join(" ");
+        assert_eq!(
+            args,
+            "jail --userns-fd 4 --unshare ipc,uts --rlimit core=0 --keep-fd 3 -- \
+             /usr/local/bin/virtiofsd --fd 3 --shared-dir /run/hull/s/shared \
+             --sandbox namespace --seccomp kill --inode-file-handles=never \
+             --modcaps=-mknod:-setfcap --cache auto --announce-submounts --log-level warn"
+        );
+        let privileged = VirtiofsdLaunch {
+            userns: None,
+            ..launch
+        };
+        let args = privileged.jailed_args(Path::new("/s")).join(" ");
+        assert!(args.starts_with("jail --unshare ipc,uts"), "{args}");
     }
 }

@@ -11,7 +11,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 
 use rustix::fs::{
-    fchown, mkdirat, openat2, statx, unlinkat, AtFlags, Dir, FileType, Gid, Mode, OFlags,
+    chownat, mkdirat, openat2, statx, unlinkat, AtFlags, Dir, FileType, Gid, Mode, OFlags,
     ResolveFlags, StatxFlags, Uid,
 };
 
@@ -112,7 +112,8 @@ pub fn file_in(dir: BorrowedFd, name: &OsStr, owner: Option<(u32, u32)>) -> io::
 fn set_owner(fd: BorrowedFd, owner: Option<(u32, u32)>) -> io::Result<()> {
     if let Some((uid, gid)) = owner {
         let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
-        fchown(fd, Some(uid), Some(gid))?;
+        // fchown(2) refuses O_PATH descriptors; the empty path takes them.
+        chownat(fd, "", Some(uid), Some(gid), AtFlags::EMPTY_PATH)?;
     }
     Ok(())
 }

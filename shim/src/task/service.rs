@@ -333,7 +333,8 @@ impl TaskService {
                     .and_then(|c| c.process_mut(&exec_id))
                 {
                     process.status = Status::Stopped;
-                    let _ = process.exit_tx.send(Some(exit));
+                    // send_replace keeps the exit for State even when nobody waits.
+                    process.exit_tx.send_replace(Some(exit));
                 }
             }
             let id = if exec_id.is_empty() {
