@@ -20,7 +20,7 @@ use hull_protocols::agent::{
 
 pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
 pub use self::log::{capped_log, rotated_path, LogPipe};
-use self::virtiofsd::{Virtiofsd, VirtiofsdLaunch};
+pub use self::virtiofsd::{Virtiofsd, VirtiofsdLaunch};
 use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
@@ -584,7 +584,7 @@ impl SandboxVm {
 
 /// The user namespace virtiofsd runs in and the share's mounts are
 /// id-mapped through, when virtiofsd runs unprivileged.
-fn share_user_namespace(
+pub fn share_user_namespace(
     config: &Config,
 ) -> Result<Option<crate::sys::userns::IdMappedNamespace>, Error> {
     use crate::config::UserNamespaceMode;
@@ -675,12 +675,12 @@ async fn configure_guest_network(
 }
 
 /// The name of the share in the sandbox's state directory.
-const SHARED_DIR_NAME: &str = "shared";
+pub const SHARED_DIR_NAME: &str = "shared";
 
 /// Creates `state_dir` (if missing) and the sandbox's directory `dir` in
 /// it, both 0711: root's, and only traversable by others (a jailed VMM
 /// reaches its sockets by name in them).
-fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), Error> {
+pub fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
     for (path, recursive) in [(state_dir, true), (dir, false)] {
         let made = std::fs::DirBuilder::new()
