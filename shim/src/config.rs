@@ -85,8 +85,13 @@ pub struct Config {
     pub pod_vcpus_overhead: u32,
     /// Appended to Hull's own kernel command line.
     pub kernel_params: String,
-    /// How long to wait for the guest agent to answer after the VM starts.
+    /// How long to wait for the guest agent to answer after the VM starts
+    /// (one deadline for the whole boot; waiting for a boot slot is not
+    /// counted).
     pub agent_timeout_secs: u64,
+    /// How many VMs may boot at once on this host, across all sandboxes; 0:
+    /// one per CPU.
+    pub max_parallel_boots: u32,
     pub qemu: PathBuf,
     pub virtiofsd: PathBuf,
     /// The built-in VMM's binary (`hypervisor = "builtin"`).
@@ -132,6 +137,7 @@ impl Default for Config {
             pod_vcpus_overhead: 0,
             kernel_params: String::new(),
             agent_timeout_secs: 30,
+            max_parallel_boots: 0,
             qemu: PathBuf::from("qemu-system-x86_64"),
             virtiofsd: PathBuf::from("virtiofsd"),
             vmm: PathBuf::from("hull-vmm"),

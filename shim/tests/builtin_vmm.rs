@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hull_shim::hypervisor::builtin::{Builtin, VmmJail};
-use hull_shim::hypervisor::{Hypervisor, NetDevice, VmConfig, VmExit};
+use hull_shim::hypervisor::{Hypervisor, NetDevice, VmConfig, VmExit, VmmHost};
 use hull_vmm::host::Virtualization;
 
 /// A tap created as the shim creates a pod's (with a virtio-net header),
@@ -70,7 +70,6 @@ fn hull_vmm_takes_the_shims_configuration_jail_and_tap() {
         root: sandbox.clone(),
         uid: 65534,
         gid: 65534,
-        cgroup: None,
     };
     // The tap's namespace lives as long as this thread and hull-vmm, which
     // is started here and dies with the thread that started it.
@@ -91,7 +90,16 @@ fn hull_vmm_takes_the_shims_configuration_jail_and_tap() {
             .unwrap();
         runtime.block_on(async {
             let mut builtin = Builtin::new(vmm, config_file, jail);
-            builtin.start(&config).await.expect("starting hull-vmm");
+            let console = hull_shim::sandbox::capped_log(&config.console_log, 1 << 20)
+                .expect("the console log");
+            let host = VmmHost {
+                console: console.writer,
+                cgroup_procs: Vec::new(),
+            };
+            builtin
+                .start(&config, host)
+                .await
+                .expect("starting hull-vmm");
             let mut exit = builtin.exit_watch();
             let ended =
                 tokio::time::timeout(Duration::from_secs(20), exit.wait_for(Option::is_some))
@@ -99,6 +107,7 @@ fn hull_vmm_takes_the_shims_configuration_jail_and_tap() {
                     .expect("hull-vmm did not exit")
                     .map(|e| *e);
             builtin.stop(Duration::from_secs(1)).await.unwrap();
+            console.copier.await.unwrap().unwrap();
             ended.unwrap()
         })
     })

@@ -371,7 +371,10 @@ fn a_guest_without_an_agent_times_out_naming_the_console_log() {
     );
     assert_eq!(output.status.code(), Some(125));
     let stderr = text(&output.stderr);
-    assert!(stderr.contains("did not answer within"), "{stderr}");
+    assert!(
+        stderr.contains("did not accept a connection within"),
+        "{stderr}"
+    );
     assert!(stderr.contains("console.log"), "{stderr}");
     env.assert_nothing_left();
 }

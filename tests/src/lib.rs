@@ -72,8 +72,10 @@ impl HullConfig {
         }
     }
 
-    fn render(&self, state_dir: &Path) -> String {
-        let mut toml = format!("state_dir = {:?}\nlog_level = \"debug\"\n", state_dir);
+    fn render(&self, state_dir: &Path, cgroup_parent: &str) -> String {
+        let mut toml = format!(
+            "state_dir = {state_dir:?}\nlog_level = \"debug\"\ncgroup_parent = {cgroup_parent:?}\n"
+        );
         // This build's built-in VMM, used where `auto` picks it (VT-x/AMD-V).
         toml += &format!("vmm = {:?}\n", artifacts::bin_dir().join("hull-vmm"));
         if let Some(kernel) = &self.kernel {
@@ -139,7 +141,10 @@ impl Containerd {
         };
         std::fs::write(
             containerd.hull_config(),
-            config.render(&containerd.hull_state_dir()),
+            config.render(
+                &containerd.hull_state_dir(),
+                &containerd.hull_cgroup_parent(),
+            ),
         )
         .expect("write hull config");
 
@@ -195,6 +200,39 @@ impl Containerd {
     /// Hull's state dir (`state_dir` in the test config).
     pub fn hull_state_dir(&self) -> PathBuf {
         self.dir.join("hull")
+    }
+
+    /// The cgroup (in every hierarchy) under which this containerd's Hull
+    /// sandboxes get theirs (`cgroup_parent` in the test config).
+    pub fn hull_cgroup_parent(&self) -> String {
+        format!("hull-test-{}", self.tag)
+    }
+
+    /// The cgroup directories of Hull's sandboxes that exist now.
+    pub fn sandbox_cgroups(&self) -> Vec<PathBuf> {
+        cgroup_dirs(&self.hull_cgroup_parent())
+            .into_iter()
+            .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+            .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|entry| entry.path())
+            .collect()
+    }
+
+    /// Pid and command line of every host process of Hull's sandboxes (the
+    /// VMM, virtiofsd, the vsock backend), found by their sandbox cgroups,
+    /// whatever their names and command lines.
+    pub fn sandbox_processes(&self) -> Vec<(u32, String)> {
+        processes_in(&self.sandbox_cgroups())
+    }
+
+    /// The pid of sandbox `id`'s VMM, as the shim recorded it.
+    pub fn vmm_pid(&self, id: &str) -> u32 {
+        let file = self.hull_state_dir().join(id).join("vmm.pid");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
     }
 
     /// The Hull config file the shim reads.
@@ -505,8 +543,11 @@ impl Drop for Containerd {
         if !output.status.success() {
             eprintln!("private-containerd.sh stop failed\n{}", describe(&output));
         }
-        // Again, in case the script could not finish.
-        for (pid, _) in processes_mentioning(&self.dir, LEFTOVER_KINDS) {
+        // Again, in case the script could not finish; and the sandboxes'
+        // processes, which need not name the directory (QEMU in its jail).
+        let mut processes = processes_mentioning(&self.dir, LEFTOVER_KINDS);
+        processes.extend(self.sandbox_processes());
+        for (pid, _) in processes {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
@@ -520,7 +561,66 @@ impl Drop for Containerd {
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             eprintln!("removing {}: {e}", self.dir.display());
         }
+        let parents = cgroup_dirs(&self.hull_cgroup_parent());
+        for dir in self.sandbox_cgroups().into_iter().chain(parents) {
+            let _ = remove_cgroup(&dir);
+        }
     }
+}
+
+/// Removes a cgroup directory, waiting a little for the kernel to let go of
+/// one whose last process was just killed.
+fn remove_cgroup(dir: &Path) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Err(e) if Instant::now() < deadline && e.kind() != std::io::ErrorKind::NotFound => {
+                thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The directories of cgroup `cgroup` (a path below each hierarchy's root)
+/// that exist, in every hierarchy: the unified one alone, or each v1
+/// controller's and the hybrid v2 tree.
+pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
+    let relative = cgroup.trim_start_matches('/');
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = Vec::new();
+    if root.join("cgroup.controllers").exists() {
+        dirs.push(root.join(relative));
+    } else {
+        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            dirs.push(entry.path().join(relative));
+        }
+    }
+    dirs.retain(|d| d.is_dir());
+    dirs
+}
+
+/// Pid and command line of every process in the cgroups `dirs`.
+pub fn processes_in(dirs: &[PathBuf]) -> Vec<(u32, String)> {
+    let mut found: Vec<(u32, String)> = dirs
+        .iter()
+        .filter_map(|dir| std::fs::read_to_string(dir.join("cgroup.procs")).ok())
+        .flat_map(|procs| {
+            procs
+                .lines()
+                .filter_map(|l| l.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
+                .unwrap_or_default();
+            (pid, cmdline.trim().to_owned())
+        })
+        .collect();
+    found.sort();
+    found.dedup();
+    found
 }
 
 /// Process names the harness cleans up after and checks for leftovers.
@@ -610,14 +710,16 @@ pub fn assert_no_processes_or_mounts(c: &Containerd) {
     let task_state = c.dir().join("state");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let processes = c.processes(kinds);
+        let mut processes = c.processes(kinds);
+        processes.extend(c.sandbox_processes());
+        let cgroups = c.sandbox_cgroups();
         let mut mounts = c.mounts_under(&c.hull_state_dir());
         mounts.extend(c.mounts_under(&task_state));
-        if processes.is_empty() && mounts.is_empty() {
+        if processes.is_empty() && mounts.is_empty() && cgroups.is_empty() {
             return;
         }
         if Instant::now() >= deadline {
-            panic!("left behind:\nprocesses: {processes:#?}\nmounts: {mounts:#?}");
+            panic!("left behind:\nprocesses: {processes:#?}\nmounts: {mounts:#?}\ncgroups: {cgroups:#?}");
         }
         thread::sleep(Duration::from_millis(100));
     }

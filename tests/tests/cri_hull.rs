@@ -2,10 +2,10 @@
 //! the scenarios of `hull_tests::cri::scenarios`, each run under `runc` and
 //! `hull` on the same containerd in the same test, must observe the same
 //! things. What differs is only what a VM changes: a pod's containers run
-//! in its guest, so the host holds no cgroups of theirs, and a host-network
-//! pod is refused.
+//! in its guest, so the host's cgroups are its VM's (the sandbox cgroup
+//! holding the VMM, virtiofsd and the vsock backend), not its containers',
+//! and a host-network pod is refused.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use hull_tests::cri::scenarios::{self, Held, Teardown};
@@ -17,13 +17,9 @@ fn cri() -> Arc<CriContainerd> {
     CriContainerd::shared_for_hull()
 }
 
-/// What a Hull pod holds on the host: its VM's processes, the network
-/// namespace with the veth, mounts and an IP, but no cgroups (its
-/// containers' cgroups are in the guest).
-const HULL_HELD: Held = Held {
-    cgroups: false,
-    ..Held::ALL
-};
+/// What a Hull pod holds on the host: its VM's processes in the sandbox's
+/// cgroup, the network namespace with the veth, mounts and an IP.
+const HULL_HELD: Held = Held::ALL;
 
 /// Checks the removal of both pods, then takes the teardowns out of the
 /// results so what is left can be compared whole.
@@ -199,7 +195,17 @@ fn a_pods_containers_share_one_guest_kernel() {
     assert_ne!(boot_id(&a), host_boot_id, "the pod runs in a VM");
     let release = pod.exec_ok(&a, &["uname", "-r"]);
     assert_ne!(release.trim(), host_kernel_release());
-    let vmms = hull_tests::processes_mentioning(Path::new(pod.id()), &["qemu-system-x86_64"]);
+    let sandbox = hull_tests::cgroup_dirs(&format!(
+        "{}/{}",
+        cri.containerd().hull_cgroup_parent(),
+        pod.id()
+    ));
+    let vmms: Vec<_> = hull_tests::processes_in(&sandbox)
+        .into_iter()
+        .filter(|(_, cmdline)| {
+            cmdline.contains("qemu-system") || cmdline.contains("hull-vmm --config")
+        })
+        .collect();
     assert_eq!(vmms.len(), 1, "one VMM for the pod: {vmms:?}");
     let (before, left) = pod.teardown();
     assert!(!before.processes.is_empty());
@@ -222,9 +228,36 @@ fn a_host_network_pod_is_refused_with_a_reason() {
         message.contains("runc"),
         "the error suggests what to use: {message}"
     );
-    let left = hull_tests::processes_mentioning(
+    let mut left = hull_tests::processes_mentioning(
         cri.containerd().dir(),
         &["qemu-system-x86_64", "virtiofsd", "containerd-shim-hull-v2"],
     );
+    left.extend(cri.containerd().sandbox_processes());
     assert!(left.is_empty(), "left behind: {left:?}");
+    let cgroups = cri.containerd().sandbox_cgroups();
+    assert!(cgroups.is_empty(), "left behind: {cgroups:?}");
+}
+
+/// An exec'd process has its container's seccomp profile, no_new_privs and
+/// capabilities, as under runc: with the default profile, and with a
+/// profile denying chmod, with and without no_new_privs.
+#[test]
+fn exec_gets_the_containers_seccomp_profile_and_capabilities() {
+    let security = same_under_hull_as_runc!(exec_security);
+    for container in &security.containers {
+        assert!(
+            container.exec.contains(&"Seccomp: 2".to_string()),
+            "{container:?}"
+        );
+        assert_eq!(container.init, container.exec, "{container:?}");
+    }
+    let chmod: Vec<&str> = security
+        .containers
+        .iter()
+        .map(|c| c.chmod.as_str())
+        .collect();
+    assert_eq!(
+        chmod,
+        ["chmod status 0", "chmod status 1", "chmod status 1"]
+    );
 }

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use hull_tests::cri::pod::cgroup_dirs;
+use hull_tests::cgroup_dirs;
 use hull_tests::cri::scenarios::{
     self, ExecResult, Held, HostNetwork, OutOfMemory, Teardown, DNS_OPTIONS, DNS_SEARCHES,
     LOG_LINE_LIMIT, MIB, POD_HOSTNAME,
@@ -102,6 +102,35 @@ fn share_process_namespace_puts_the_pod_in_one_pid_namespace() {
     assert_eq!(p.pid1, "pause");
     assert!(p.sees_other_container);
     clean(&p.teardown, Held::ALL);
+}
+
+#[test]
+fn an_exec_gets_the_containers_seccomp_profile() {
+    let cri = cri();
+    let security = scenarios::exec_security(&cri, RUNC_HANDLER);
+    for container in &security.containers {
+        assert!(
+            container.exec.contains(&"Seccomp: 2".to_string()),
+            "{container:?}"
+        );
+        assert_eq!(container.init, container.exec, "{container:?}");
+    }
+    let nnp: Vec<bool> = security
+        .containers
+        .iter()
+        .map(|c| c.exec.contains(&"NoNewPrivs: 1".to_string()))
+        .collect();
+    assert_eq!(nnp, [false, true, false]);
+    let chmod: Vec<&str> = security
+        .containers
+        .iter()
+        .map(|c| c.chmod.as_str())
+        .collect();
+    assert_eq!(
+        chmod,
+        ["chmod status 0", "chmod status 1", "chmod status 1"]
+    );
+    clean(&security.teardown, Held::ALL);
 }
 
 #[test]

@@ -128,14 +128,14 @@ fn killing_the_vm_ends_the_task_and_cleans_up() {
         "{id} is not running\n{}",
         run.stderr()
     );
-    let qemu = c.processes(&["qemu-system-x86_64"]);
-    assert_eq!(qemu.len(), 1, "expected one QEMU for {id}: {qemu:?}");
+    // The VMM, whichever it is, by the pid the shim recorded.
+    let vmm = c.vmm_pid(&id);
     let killed = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(qemu[0].0 as i32),
+        nix::unistd::Pid::from_raw(vmm as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
-    .expect("kill QEMU");
+    .expect("kill the VMM");
     let output = run.wait(Duration::from_secs(30));
     let code = exit_code(&output);
     assert_ne!(

@@ -21,8 +21,18 @@ pub enum Error {
     },
     #[error("vsock port {port}: {reason}")]
     Handshake { port: u32, reason: String },
-    #[error("The guest agent did not answer within {0:?}")]
-    Timeout(Duration),
+    #[error("the guest agent did not accept a connection within {waited:.1?} ({attempts} attempts; last: {last})")]
+    NotListening {
+        waited: Duration,
+        attempts: u32,
+        last: String,
+    },
+    #[error("the guest agent accepted a connection after {connected_after:.1?} but did not answer its version check in the {waited:.1?} left of the boot deadline ({deadline:?})")]
+    CheckTimeout {
+        connected_after: Duration,
+        waited: Duration,
+        deadline: Duration,
+    },
     #[error("Agent version check: {0}")]
     Version(String),
     #[error("The agent refused the {stream} stream: {reason}")]
@@ -111,34 +121,56 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// Connects to the agent, retrying until it listens or `timeout` passes.
+    /// Connects to the agent and checks its version, all within `timeout`
+    /// (one deadline for the whole boot, not one per step): retries the
+    /// connection until the agent listens, then gives the version check
+    /// what is left.
     pub async fn connect(vsock: HybridVsock, timeout: Duration) -> Result<Self, Error> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut attempts = 0;
+        let mut last = String::new();
         let stream = loop {
+            attempts += 1;
             let attempt =
                 tokio::time::timeout_at(deadline.into(), vsock.connect(AGENT_API_PORT)).await;
             match attempt {
                 Ok(Ok(stream)) => break stream,
-                Ok(Err(err)) => tracing::trace!(%err, "agent not ready"),
-                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Err(err)) => {
+                    tracing::trace!(%err, "agent not ready");
+                    last = err.to_string();
+                }
+                Err(_) if last.is_empty() => last = "still waiting for the guest's answer".into(),
+                Err(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(timeout));
+                return Err(Error::NotListening {
+                    waited: started.elapsed(),
+                    attempts,
+                    last,
+                });
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
+        let connected_after = started.elapsed();
+        let left = deadline.saturating_duration_since(Instant::now());
         let client = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(stream));
         let api = agent_ttrpc::AgentClient::new(client);
-        let info = api
-            .check(
-                context(Duration::from_secs(10)),
-                &CheckRequest {
-                    api_version: API_VERSION.into(),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| Error::Version(rpc_message(&e)))?;
+        let request = CheckRequest {
+            api_version: API_VERSION.into(),
+            ..Default::default()
+        };
+        let info = match api.check(context(left), &request).await {
+            Ok(info) => info,
+            Err(err) if is_deadline(&err) || Instant::now() >= deadline => {
+                return Err(Error::CheckTimeout {
+                    connected_after,
+                    waited: left,
+                    deadline: timeout,
+                })
+            }
+            Err(err) => return Err(Error::Version(rpc_message(&err))),
+        };
         Ok(AgentClient { api, vsock, info })
     }
 
@@ -176,6 +208,14 @@ pub fn rpc_message(err: &ttrpc::Error) -> String {
     match err {
         ttrpc::Error::RpcStatus(status) => crate::guest_text::guest(status.message()),
         other => crate::guest_text::guest(&other.to_string()),
+    }
+}
+
+/// Whether a ttrpc call failed because its deadline passed.
+fn is_deadline(err: &ttrpc::Error) -> bool {
+    match err {
+        ttrpc::Error::RpcStatus(status) => status.code() == ttrpc::Code::DEADLINE_EXCEEDED,
+        other => other.to_string().contains("timeout"),
     }
 }
 
@@ -236,6 +276,43 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(matches!(err, Error::Timeout(_)), "{err}");
+        assert!(matches!(err, Error::NotListening { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("attempts") && message.contains("refused"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_check_that_never_answers_uses_up_only_the_boot_deadline() {
+        // An agent that accepts the connection, then never answers a call.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            read_line(&mut stream).await.unwrap();
+            stream.write_all(b"OK 1024\n").await.unwrap();
+            std::future::pending::<()>().await;
+            drop(stream);
+        });
+        let vsock = HybridVsock::new(path);
+        let started = Instant::now();
+        let err = AgentClient::connect(vsock, Duration::from_millis(700))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, Error::CheckTimeout { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("version check") && message.contains("700ms"),
+            "{message}"
+        );
     }
 }

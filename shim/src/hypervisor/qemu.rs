@@ -437,7 +437,7 @@ mod tests {
             .jailed_args(&config)
             .unwrap()
             .join(" ");
-        let (jail, qemu) = args.split_once(" -- ").unwrap();
+        let (jail, command) = args.split_once(" -- ").unwrap();
         for part in [
             "jail --root /run/hull/s --uid 65534 --gid 65534 --unshare net,ipc,uts",
             "--ro-bind /usr",
@@ -454,8 +454,8 @@ mod tests {
             "{jail}"
         );
         assert!(
-            qemu.starts_with("/usr/bin/qemu-system-x86_64 -M microvm"),
-            "{qemu}"
+            command.starts_with("/usr/bin/qemu-system-x86_64 -M microvm"),
+            "{command}"
         );
         let kvm = qemu(ResolvedAccelerator::Kvm);
         let mut with_net = config.clone();

@@ -5,6 +5,7 @@
 //! (the assets, the programs, whether the chosen backend can run on this
 //! host) is checked before the state directory exists.
 
+pub mod admission;
 mod cgroup;
 mod log;
 mod virtiofsd;
@@ -37,6 +38,10 @@ pub use crate::sys::process::find_program;
 /// virtio-fs tag of the sandbox share, and where the guest mounts it.
 pub const SHARE_TAG: &str = "hull";
 pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
+/// Deadline of the calls that set the sandbox up once the agent has
+/// answered (mounting the share, configuring the NIC): generous, since a
+/// guest under emulation beside many others is slow, but bounded.
+const SETUP_CALL: Duration = Duration::from_secs(60);
 /// The guest's vsock CID (one vsock device per VM, so it never collides).
 const GUEST_CID: u64 = 3;
 /// Hull's part of the guest kernel command line.
@@ -79,10 +84,12 @@ pub enum Error {
     NotReady { program: String, log: PathBuf },
     #[error(transparent)]
     Hypervisor(#[from] hypervisor::Error),
-    #[error("The VM did not boot: {source}; guest console log: {log}", log = log.display())]
+    #[error("The VM did not boot: {source}{queued}; guest console log: {log}", log = log.display(), queued = queued_note(*queued))]
     Boot {
         #[source]
         source: agent_client::Error,
+        /// How long the boot waited for a boot slot before it started.
+        queued: Duration,
         log: PathBuf,
     },
     #[error("The VM stopped while booting ({exit:?}); guest console log: {log}", log = log.display())]
@@ -117,6 +124,9 @@ pub struct SandboxPaths {
     pub vmm_config: PathBuf,
     pub console_log: PathBuf,
     pub virtiofsd_log: PathBuf,
+    /// The VMM's pid, for operators and tests that must find "the VMM" of a
+    /// sandbox whatever the backend (hull-vmm, or QEMU under its jailer).
+    pub vmm_pid: PathBuf,
 }
 
 impl SandboxPaths {
@@ -130,6 +140,7 @@ impl SandboxPaths {
             vmm_config: dir.join("vmm.toml"),
             console_log: dir.join("console.log"),
             virtiofsd_log: dir.join("virtiofsd.log"),
+            vmm_pid: dir.join("vmm.pid"),
             dir,
         }
     }
@@ -412,20 +423,44 @@ impl SandboxVm {
                 mac: format_mac(&network.interface.mac),
             }),
         };
+        // Only so many VMs boot at once on this host; the boot deadline
+        // starts once this one may.
+        let slot = admission::acquire(
+            Path::new(admission::SLOTS_DIR),
+            admission::parallel_boots(config.max_parallel_boots),
+        )
+        .await
+        .map_err(|source| Error::Io {
+            what: "taking a boot slot".into(),
+            source,
+        })?;
+        if !slot.waited.is_zero() {
+            progress.step(&format!("waited {:.1?} for a boot slot", slot.waited));
+        }
         let host = VmmHost {
             console: self.log_pipe(&self.paths.console_log.clone(), log_max)?,
             cgroup_procs: self.cgroup.as_ref().expect("made above").procs_paths(),
         };
         // Kept before it runs, so that a failed start is stopped with the rest.
         let started = hypervisor.start(&vm_config, host).await;
+        let pid = hypervisor.pid();
         self.hypervisor = Some(hypervisor);
         started?;
+        if let Some(pid) = pid {
+            std::fs::write(&self.paths.vmm_pid, format!("{pid}\n")).map_err(|source| {
+                Error::Io {
+                    what: format!("writing {}", self.paths.vmm_pid.display()),
+                    source,
+                }
+            })?;
+        }
         progress.milestone(Milestone::VmStarted, &format!("{backend} started"));
 
         let vsock = HybridVsock::new(&self.paths.vsock);
         let agent = tokio::select! {
             agent = AgentClient::connect(vsock, config.agent_timeout()) => agent.map_err(|source| Error::Boot {
                 source,
+                queued: slot.waited,
                 log: self.paths.console_log.clone(),
             })?,
             exit = self.wait_for_vm_exit() => return Err(Error::VmDied {
@@ -433,6 +468,7 @@ impl SandboxVm {
                 log: self.paths.console_log.clone(),
             }),
         };
+        drop(slot);
         progress.milestone(
             Milestone::AgentReady,
             &format!(
@@ -448,7 +484,7 @@ impl SandboxVm {
         agent
             .api()
             .create_sandbox(
-                context(Duration::from_secs(30)),
+                context(SETUP_CALL),
                 &CreateSandboxRequest {
                     sandbox_id: self.id.clone(),
                     hostname: String::new(),
@@ -614,6 +650,15 @@ pub fn share_user_namespace(
     })
 }
 
+/// The part of a boot error that says the boot queued first.
+fn queued_note(queued: Duration) -> String {
+    if queued < Duration::from_millis(100) {
+        String::new()
+    } else {
+        format!(" (after waiting {queued:.1?} for a boot slot)")
+    }
+}
+
 /// What the sandbox's host processes may use together: the VM's RAM and
 /// vCPUs plus the configured overheads.
 fn host_limits(config: &Config, size: &VmSize) -> CgroupLimits {
@@ -650,7 +695,7 @@ async fn configure_guest_network(
     };
     agent
         .api()
-        .update_interface(context(Duration::from_secs(10)), &request)
+        .update_interface(context(SETUP_CALL), &request)
         .await?;
     let request = UpdateRoutesRequest {
         routes: network
@@ -669,7 +714,7 @@ async fn configure_guest_network(
     };
     agent
         .api()
-        .update_routes(context(Duration::from_secs(10)), &request)
+        .update_routes(context(SETUP_CALL), &request)
         .await?;
     Ok(())
 }

@@ -26,13 +26,16 @@ use crate::sys::userns::IdMappedNamespace;
 /// The descriptor virtiofsd finds its listening socket at.
 const LISTEN_FD: i32 = 3;
 
-/// virtiofsd's arguments for the share `shared`, listening on [`LISTEN_FD`].
-pub fn arguments(shared: &Path) -> Vec<String> {
+/// virtiofsd's arguments, listening on [`LISTEN_FD`]. It is started in
+/// the share (its working directory) and shares `.`: an unprivileged
+/// virtiofsd may lack search permission on the share's parents (a state
+/// directory under a 0700 directory), and needs none this way.
+pub fn arguments() -> Vec<String> {
     let mut args: Vec<String> = vec![
         "--fd".into(),
         LISTEN_FD.to_string(),
         "--shared-dir".into(),
-        shared.display().to_string(),
+        ".".into(),
     ];
     args.extend(
         [
@@ -69,7 +72,7 @@ impl VirtiofsdLaunch<'_> {
     /// the share its root itself), but its own IPC and UTS namespaces,
     /// no_new_privs, no core dumps, and, unprivileged, the user namespace
     /// whose root it becomes.
-    pub fn jailed_args(&self, shared: &Path) -> Vec<String> {
+    pub fn jailed_args(&self) -> Vec<String> {
         let mut args: Vec<String> = vec!["jail".into()];
         if self.userns.is_some() {
             args.extend(["--userns-fd".into(), USERNS_FD.to_string()]);
@@ -87,7 +90,7 @@ impl VirtiofsdLaunch<'_> {
             .map(String::from),
         );
         args.push(self.binary.display().to_string());
-        args.extend(arguments(shared));
+        args.extend(arguments());
         args
     }
 }
@@ -113,7 +116,8 @@ impl Virtiofsd {
         })?;
         let mut command = Command::new(launch.jailer);
         command
-            .args(launch.jailed_args(shared))
+            .args(launch.jailed_args())
+            .current_dir(shared)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -162,13 +166,11 @@ mod tests {
             binary: Path::new("/usr/local/bin/virtiofsd"),
             userns: Some(&ns),
         };
-        let args = launch
-            .jailed_args(Path::new("/run/hull/s/shared"))
-            .join(" ");
+        let args = launch.jailed_args().join(" ");
         assert_eq!(
             args,
             "jail --userns-fd 4 --unshare ipc,uts --rlimit core=0 --keep-fd 3 -- \
-             /usr/local/bin/virtiofsd --fd 3 --shared-dir /run/hull/s/shared \
+             /usr/local/bin/virtiofsd --fd 3 --shared-dir . \
              --sandbox namespace --seccomp kill --inode-file-handles=never \
              --modcaps=-mknod:-setfcap --cache auto --announce-submounts --log-level warn"
         );
@@ -176,7 +178,7 @@ mod tests {
             userns: None,
             ..launch
         };
-        let args = privileged.jailed_args(Path::new("/s")).join(" ");
+        let args = privileged.jailed_args().join(" ");
         assert!(args.starts_with("jail --unshare ipc,uts"), "{args}");
     }
 }

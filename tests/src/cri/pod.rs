@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as api;
 
 use super::{CriContainerd, CriError};
-use crate::{processes_mentioning, BUSYBOX, LEFTOVER_KINDS};
+use crate::{cgroup_dirs, processes_in, processes_mentioning, BUSYBOX, LEFTOVER_KINDS};
 
 /// What a test asks of a pod.
 #[derive(Clone, Debug)]
@@ -119,6 +119,9 @@ pub struct ContainerSpec {
     mounts: Vec<api::Mount>,
     memory_limit: Option<i64>,
     privileged: bool,
+    seccomp: Option<api::SecurityProfile>,
+    no_new_privs: bool,
+    run_as_user: Option<i64>,
 }
 
 impl ContainerSpec {
@@ -129,7 +132,44 @@ impl ContainerSpec {
             mounts: Vec::new(),
             memory_limit: None,
             privileged: false,
+            seccomp: None,
+            no_new_privs: false,
+            run_as_user: None,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `securityContext.seccompProfile.type: RuntimeDefault`.
+    pub fn seccomp_runtime_default(mut self) -> Self {
+        self.seccomp = Some(api::SecurityProfile {
+            profile_type: api::security_profile::ProfileType::RuntimeDefault as i32,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// A `Localhost` seccomp profile: the JSON file at `path` on the host.
+    pub fn seccomp_localhost(mut self, path: &Path) -> Self {
+        self.seccomp = Some(api::SecurityProfile {
+            profile_type: api::security_profile::ProfileType::Localhost as i32,
+            localhost_ref: path.to_string_lossy().into_owned(),
+        });
+        self
+    }
+
+    /// `allowPrivilegeEscalation: false`.
+    pub fn no_new_privs(mut self) -> Self {
+        self.no_new_privs = true;
+        self
+    }
+
+    /// `runAsUser`.
+    pub fn run_as_user(mut self, uid: i64) -> Self {
+        self.run_as_user = Some(uid);
+        self
     }
 
     /// `securityContext.privileged: true` (all capabilities, the host's
@@ -293,6 +333,9 @@ impl<'a> Pod<'a> {
                 security_context: Some(api::LinuxContainerSecurityContext {
                     namespace_options: Some(self.namespaces.clone()),
                     privileged: spec.privileged,
+                    seccomp: spec.seccomp.clone(),
+                    no_new_privs: spec.no_new_privs,
+                    run_as_user: spec.run_as_user.map(|value| api::Int64Value { value }),
                     ..Default::default()
                 }),
             }),
@@ -458,6 +501,7 @@ impl<'a> Pod<'a> {
             veths,
             ipam_dir: network.ipam_dir.clone(),
             cgroup_parent: self.cgroup_parent(),
+            sandbox_cgroup: format!("{}/{}", self.cri.containerd().hull_cgroup_parent(), self.id),
         }
     }
 }
@@ -494,6 +538,8 @@ struct Traces {
     veths: Vec<String>,
     ipam_dir: PathBuf,
     cgroup_parent: String,
+    /// Hull's host cgroup of the pod's sandbox (under a runc pod: none).
+    sandbox_cgroup: String,
 }
 
 impl Traces {
@@ -509,6 +555,9 @@ impl Traces {
         for id in &self.ids {
             processes.extend(processes_mentioning(Path::new(id), LEFTOVER_KINDS));
         }
+        // Hull's VMM, virtiofsd and vsock backend, by their cgroup.
+        let sandbox_cgroups = cgroup_dirs(&self.sandbox_cgroup);
+        processes.extend(processes_in(&sandbox_cgroups));
         processes.sort();
         processes.dedup();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -551,6 +600,7 @@ impl Traces {
             .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
             .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
             .map(|entry| entry.path())
+            .chain(sandbox_cgroups)
             .collect();
         PodFootprint {
             processes,
@@ -591,21 +641,4 @@ fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|raw| String::from_utf8_lossy(&raw).replace('\0', " "))
         .unwrap_or_default()
-}
-
-/// `cgroup` (an absolute cgroup path) in every mounted hierarchy that has it.
-pub fn cgroup_dirs(cgroup: &str) -> Vec<PathBuf> {
-    let relative = cgroup.trim_start_matches('/');
-    let root = Path::new("/sys/fs/cgroup");
-    let mut dirs = Vec::new();
-    if root.join("cgroup.controllers").exists() {
-        // The unified hierarchy alone.
-        dirs.push(root.join(relative));
-    } else {
-        for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
-            dirs.push(entry.path().join(relative));
-        }
-    }
-    dirs.retain(|d| d.is_dir());
-    dirs
 }

@@ -804,6 +804,95 @@ pub fn privileged(cri: &CriContainerd, handler: &str) -> Result<Privileged, CriE
     })
 }
 
+/// What an exec'd process gets, next to its container's init: the seccomp
+/// mode, no_new_privs and capability sets, and whether a syscall the
+/// container's profile denies is denied to it. Under runc an exec gets its
+/// container's profile.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ExecSecurity {
+    pub containers: Vec<ProcessSecurity>,
+    pub teardown: Teardown,
+}
+
+/// One container of [`ExecSecurity`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProcessSecurity {
+    pub container: String,
+    /// `Seccomp`, `NoNewPrivs` and the `Cap*` lines of /proc/<pid>/status.
+    pub init: Vec<String>,
+    pub exec: Vec<String>,
+    /// How `chmod` ended in the exec'd process (`chmod status N`).
+    pub chmod: String,
+}
+
+/// A seccomp profile that allows everything but changing a file's mode.
+const DENY_CHMOD_PROFILE: &str = r#"{
+  "defaultAction": "SCMP_ACT_ALLOW",
+  "architectures": ["SCMP_ARCH_X86_64"],
+  "syscalls": [
+    {"names": ["chmod", "fchmod", "fchmodat", "fchmodat2"], "action": "SCMP_ACT_ERRNO"}
+  ]
+}"#;
+
+pub fn exec_security(cri: &CriContainerd, handler: &str) -> ExecSecurity {
+    let profile = cri.containerd().dir().join("deny-chmod.json");
+    write_file(&profile, DENY_CHMOD_PROFILE, 0o644);
+    let mut pod = run_pod(cri, handler, PodSpec::new("execsec"));
+    let sleep = ["sleep", "100000"];
+    let specs = [
+        ContainerSpec::new("default", &sleep).seccomp_runtime_default(),
+        ContainerSpec::new("nochmod", &sleep)
+            .seccomp_localhost(&profile)
+            .no_new_privs(),
+        ContainerSpec::new("nochmod-escalating", &sleep)
+            .seccomp_localhost(&profile)
+            .run_as_user(1000),
+    ];
+    let security = |status: String| -> Vec<String> {
+        status
+            .lines()
+            .filter(|l| {
+                [
+                    "Seccomp:",
+                    "NoNewPrivs:",
+                    "CapInh:",
+                    "CapPrm:",
+                    "CapEff:",
+                    "CapBnd:",
+                    "CapAmb:",
+                ]
+                .iter()
+                .any(|key| l.starts_with(key))
+            })
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let mut containers = Vec::new();
+    for spec in &specs {
+        let id = pod.start_container(spec);
+        let init = security(pod.exec_ok(&id, &["cat", "/proc/1/status"]));
+        let exec = security(pod.exec_ok(&id, &["cat", "/proc/self/status"]));
+        let chmod = pod.exec_ok(
+            &id,
+            &[
+                "sh",
+                "-c",
+                "touch /tmp/f; chmod 600 /tmp/f 2>/dev/null; echo \"chmod status $?\"",
+            ],
+        );
+        containers.push(ProcessSecurity {
+            container: spec.name().to_string(),
+            init,
+            exec,
+            chmod: chmod.trim().to_string(),
+        });
+    }
+    ExecSecurity {
+        containers,
+        teardown: teardown(pod),
+    }
+}
+
 fn run_pod<'a>(cri: &'a CriContainerd, handler: &str, spec: PodSpec) -> Pod<'a> {
     Pod::run(cri, handler, spec.clone())
         .unwrap_or_else(|e| panic!("pod {spec:?} under handler {handler}: {e}"))
