@@ -261,3 +261,74 @@ fn exec_gets_the_containers_seccomp_profile_and_capabilities() {
         ["chmod status 0", "chmod status 1", "chmod status 1"]
     );
 }
+
+/// Every host process of a running pod (the VMM, the vsock backend,
+/// virtiofsd and its sandboxed child) is confined: not root on the host,
+/// no capabilities in the host's user namespace, no_new_privs, a mount
+/// namespace of its own, seccomp wherever it maps guest memory, and all of
+/// them in the pod's sandbox cgroup, whose limits are the pod's VM plus
+/// Hull's overheads.
+#[test]
+fn every_host_process_of_a_pod_is_confined_within_the_pods_limits() {
+    let cri = cri();
+    let mut pod = Pod::run(
+        &cri,
+        HULL_HANDLER,
+        PodSpec::new("confined").resources(1, 256 << 20),
+    )
+    .expect("pod");
+    pod.start_container(&ContainerSpec::new("c", &["sleep", "100000"]));
+    let sandbox_cgroup = format!("{}/{}", cri.containerd().hull_cgroup_parent(), pod.id());
+    let dirs = hull_tests::cgroup_dirs(&sandbox_cgroup);
+    let processes = hull_tests::processes_in(&dirs);
+    let own = |pid: &str, ns: &str| std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap();
+    let mut mapping_guest_memory = 0;
+    for (pid, cmdline) in &processes {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |key: &str| -> String {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} for {cmdline}"))
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        let pid = pid.to_string();
+        let what = format!("{cmdline} (pid {pid})");
+        assert_ne!(field("Uid:"), "0", "{what} runs as root");
+        let own_user_namespace = own(&pid, "user") != own("self", "user");
+        assert!(
+            field("CapEff:") == "0000000000000000" || own_user_namespace,
+            "{what} has capabilities on the host: {}",
+            field("CapEff:")
+        );
+        assert_eq!(field("NoNewPrivs:"), "1", "{what}");
+        assert_ne!(
+            own(&pid, "mnt"),
+            own("self", "mnt"),
+            "{what} shares the host's mounts"
+        );
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        if maps.contains("/memfd:") {
+            mapping_guest_memory += 1;
+            assert_eq!(field("Seccomp:"), "2", "{what} maps guest memory");
+        }
+    }
+    // QEMU, the vsock backend and virtiofsd's serving child.
+    assert!(mapping_guest_memory >= 3, "{processes:#?}");
+    // The VM: 1 vCPU and 256 + 128 MiB; the host adds 128 MiB and a quarter CPU.
+    let read = |file: &str| -> Option<String> {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+            .map(|v| v.trim().to_string())
+    };
+    let memory = read("memory.limit_in_bytes").or_else(|| read("memory.max"));
+    assert_eq!(memory, Some((512u64 << 20).to_string()));
+    let cpu =
+        read("cpu.cfs_quota_us").or_else(|| read("cpu.max").map(|m| m.replace(" 100000", "")));
+    assert_eq!(cpu.as_deref(), Some("125000"));
+    let (_, left) = pod.teardown();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

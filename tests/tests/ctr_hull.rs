@@ -220,3 +220,39 @@ fn unknown_config_key_is_named() {
     );
     assert_no_processes_or_mounts(&c);
 }
+
+/// A sandbox id is joined into Hull's state directory; the CRI annotation
+/// that sets it is free text anyone with `ctr run --annotation` controls.
+/// Anything but containerd's id grammar is refused with InvalidArgument,
+/// before a single file or process exists.
+#[test]
+fn a_sandbox_id_that_is_a_path_is_refused_and_touches_nothing() {
+    let c = containerd();
+    // What `../x` and friends would reach from the state directory.
+    let victim = c.dir().join("x");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "data").unwrap();
+    for bad in ["../x", "..", "/", "x/../../x", ".hidden"] {
+        let id = c.id("badid");
+        let annotation = format!("io.kubernetes.cri.sandbox-id={bad}");
+        let output = c.ctr_run_with(
+            HULL,
+            hull_tests::BUSYBOX,
+            &["--annotation", &annotation],
+            &id,
+            &["true"],
+        );
+        let stderr = text(&output.stderr);
+        assert_ne!(exit_code(&output), 0, "{bad:?} was accepted");
+        assert!(
+            stderr.contains("invalid sandbox id") && stderr.contains("invalid argument"),
+            "{bad:?}: {stderr}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(victim.join("precious")).unwrap(),
+        "data"
+    );
+    assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1);
+    assert_no_leftovers(&c);
+}
