@@ -256,3 +256,65 @@ fn a_sandbox_id_that_is_a_path_is_refused_and_touches_nothing() {
     assert_eq!(std::fs::read_dir(&victim).unwrap().count(), 1);
     assert_no_leftovers(&c);
 }
+
+/// Processes burning CPU beside a test, killed when dropped.
+struct CpuBurners(Vec<std::process::Child>);
+
+impl CpuBurners {
+    fn start(count: usize) -> Self {
+        CpuBurners(
+            (0..count)
+                .map(|_| {
+                    std::process::Command::new("sh")
+                        .args(["-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("start a CPU burner")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for CpuBurners {
+    fn drop(&mut self) {
+        for burner in &mut self.0 {
+            let _ = burner.kill();
+            let _ = burner.wait();
+        }
+    }
+}
+
+/// A burst of pods, as a Deployment scaling up on a busy node starts them:
+/// four per CPU at once, beside two processes burning CPU. Under runc all
+/// start; under Hull too (boots queue for a slot instead of all slowing
+/// down until some miss their deadline), and all go without leftovers.
+#[test]
+fn a_burst_of_containers_all_start_beside_cpu_burners() {
+    let c = containerd();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let ids: Vec<String> = (0..4 * cpus).map(|_| c.id("burst")).collect();
+    let burners = CpuBurners::start(2);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for id in &ids {
+            let c = &c;
+            scope.spawn(move || c.run_detached(HULL, id, &["sleep", "100000"]));
+        }
+    });
+    let all_started = started.elapsed();
+    drop(burners);
+    for id in &ids {
+        assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"), "{id}");
+    }
+    eprintln!(
+        "{} containers started at once: all running after {all_started:.1?}",
+        ids.len()
+    );
+    std::thread::scope(|scope| {
+        for id in &ids {
+            let c = &c;
+            scope.spawn(move || assert_eq!(c.kill_and_remove(id), 137, "{id}"));
+        }
+    });
+    assert_no_leftovers(&c);
+}
