@@ -14,9 +14,7 @@ pub const DEFAULT_ASSET_DIR: &str = "/usr/local/share/hull";
 pub const MAX_VCPUS: u32 = 64;
 /// How many uids and gids virtiofsd's user namespace maps (guest ids
 /// `0..SHARE_ID_COUNT`).
-pub const SHARE_ID_COUNT: u32 = 1 << 30;
-/// The uid and gid hull-vmm runs as after its jail: `nobody`/`nogroup`.
-pub const DEFAULT_VMM_ID: u32 = 65534;
+pub const SHARE_ID_COUNT: u32 = (1 << 30) - (1 << 16);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -96,10 +94,15 @@ pub struct Config {
     pub virtiofsd: PathBuf,
     /// The built-in VMM's binary (`hypervisor = "builtin"`).
     pub vmm: PathBuf,
-    /// The non-root user and group hull-vmm runs as once it has jailed
-    /// itself into the sandbox's state directory.
-    pub vmm_uid: u32,
-    pub vmm_gid: u32,
+    /// The non-root user and group every sandbox's VMM (hull-vmm or QEMU)
+    /// and vsock backend run as once jailed. Unset (the default): a uid and
+    /// gid per sandbox, leased from `vmm_id_base`.
+    pub vmm_uid: Option<u32>,
+    pub vmm_gid: Option<u32>,
+    /// The first of the host ids leased to sandboxes' VMMs, one per live
+    /// sandbox (`sandbox::vmm_ids`); the next 65536 ids must not belong to
+    /// anyone on the host.
+    pub vmm_id_base: u32,
     /// The cgroup, in each cgroup hierarchy of the host, under which every
     /// sandbox gets one of its own (`<hierarchy>/<cgroup_parent>/<sandbox-id>`)
     /// holding its VMM, virtiofsd and vsock backend.
@@ -141,8 +144,10 @@ impl Default for Config {
             qemu: PathBuf::from("qemu-system-x86_64"),
             virtiofsd: PathBuf::from("virtiofsd"),
             vmm: PathBuf::from("hull-vmm"),
-            vmm_uid: DEFAULT_VMM_ID,
-            vmm_gid: DEFAULT_VMM_ID,
+            vmm_uid: None,
+            vmm_gid: None,
+            // The 65536 ids below 2^31: above it, tools print negative uids.
+            vmm_id_base: (1 << 31) - (1 << 16),
             cgroup_parent: "hull".into(),
             sandbox_memory_overhead_mib: 128,
             sandbox_cpu_overhead_millicpus: 250,
@@ -192,11 +197,42 @@ impl Config {
             return Err(invalid("agent_timeout_secs must be at least 1".into()));
         }
         for (key, id) in [("vmm_uid", self.vmm_uid), ("vmm_gid", self.vmm_gid)] {
-            if id == 0 {
+            if id == Some(0) {
                 return Err(invalid(format!(
-                    "{key} = 0: hull-vmm drops root in its jail, give a non-root id (default {DEFAULT_VMM_ID})"
+                    "{key} = 0: the VMM drops root in its jail, give a non-root id (or leave it unset: an id per sandbox)"
                 )));
             }
+        }
+        if self.vmm_uid.is_some() != self.vmm_gid.is_some() {
+            return Err(invalid(
+                "vmm_uid and vmm_gid go together: set both, or neither (an id per sandbox)".into(),
+            ));
+        }
+        let id_ranges = [
+            (
+                "vmm_id_base",
+                self.vmm_id_base,
+                crate::sandbox::VMM_ID_COUNT,
+            ),
+            ("virtiofsd_id_base", self.virtiofsd_id_base, SHARE_ID_COUNT),
+        ];
+        if self.vmm_id_base == 0
+            || self
+                .vmm_id_base
+                .checked_add(crate::sandbox::VMM_ID_COUNT)
+                .is_none()
+        {
+            return Err(invalid(format!(
+                "vmm_id_base = {} must be above 0 and leave {} ids below 2^32",
+                self.vmm_id_base,
+                crate::sandbox::VMM_ID_COUNT
+            )));
+        }
+        let [(_, a, a_count), (_, b, b_count)] = id_ranges;
+        if a < b.saturating_add(b_count) && b < a.saturating_add(a_count) {
+            return Err(invalid(format!(
+                "vmm_id_base = {a} and virtiofsd_id_base = {b}: their id ranges ({a_count} and {b_count} ids) overlap"
+            )));
         }
         if crate::ids::validate("cgroup_parent", &self.cgroup_parent).is_err() {
             return Err(invalid(format!(
@@ -287,7 +323,7 @@ mod tests {
         let config = Config::parse("", Path::new("c")).unwrap();
         assert_eq!(config.hypervisor, HypervisorKind::Auto);
         assert_eq!(config.vmm, PathBuf::from("hull-vmm"));
-        assert_eq!((config.vmm_uid, config.vmm_gid), (65534, 65534));
+        assert_eq!((config.vmm_uid, config.vmm_gid), (None, None));
         assert_eq!(config.cgroup_parent, "hull");
         let config = Config::parse(
             "hypervisor = \"builtin\"\nvmm = \"/opt/hull/bin/hull-vmm\"\nvmm_uid = 1000\nvmm_gid = 1001\ncgroup_parent = \"pods.hull\"\n",
@@ -296,11 +332,13 @@ mod tests {
         .unwrap();
         assert_eq!(config.hypervisor, HypervisorKind::Builtin);
         assert_eq!(config.vmm, PathBuf::from("/opt/hull/bin/hull-vmm"));
-        assert_eq!((config.vmm_uid, config.vmm_gid), (1000, 1001));
+        assert_eq!((config.vmm_uid, config.vmm_gid), (Some(1000), Some(1001)));
         assert_eq!(config.cgroup_parent, "pods.hull");
         for (text, named) in [
             ("vmm_uid = 0", "vmm_uid = 0"),
             ("vmm_gid = 0", "vmm_gid = 0"),
+            ("vmm_uid = 5", "go together"),
+            ("vmm_id_base = 1073741824", "overlap"),
             ("cgroup_parent = \"../x\"", "cgroup_parent = \"../x\""),
             ("log_max_kib = 0", "log_max_kib"),
             ("hypervisor = \"firecracker\"", "firecracker"),

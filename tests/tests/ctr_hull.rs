@@ -306,6 +306,22 @@ fn a_burst_of_containers_all_start_beside_cpu_burners() {
     for id in &ids {
         assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"), "{id}");
     }
+    // Each VMM runs as a user of its own: one cannot signal or trace another.
+    let mut uids: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let status =
+                std::fs::read_to_string(format!("/proc/{}/status", c.vmm_pid(id))).unwrap();
+            status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    uids.sort();
+    uids.dedup();
+    assert_eq!(uids.len(), ids.len(), "VMM uids: {uids:?}");
     eprintln!(
         "{} containers started at once: all running after {all_started:.1?}",
         ids.len()

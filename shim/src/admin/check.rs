@@ -557,10 +557,11 @@ pub fn check_choice(config: &Config, virtualization: Virtualization) -> Check {
                 HypervisorKind::Auto => "auto: KVM with VT-x/AMD-V present".to_owned(),
                 _ => "hypervisor = \"builtin\"".to_owned(),
             };
-            format!(
-                "built-in VMM hull-vmm ({why}), jailed in the sandbox directory as uid {} gid {}",
-                config.vmm_uid, config.vmm_gid
-            )
+            let ids = match (config.vmm_uid, config.vmm_gid) {
+                (Some(uid), Some(gid)) => format!("uid {uid} gid {gid}"),
+                _ => format!("a uid and gid per sandbox from {}", config.vmm_id_base),
+            };
+            format!("built-in VMM hull-vmm ({why}), jailed in the sandbox directory as {ids}")
         }
         Ok(Backend::Qemu(accelerator)) => {
             let accelerator = match (config.accelerator, accelerator) {
@@ -766,7 +767,7 @@ mod tests {
         assert_eq!(check.status, Status::Ok);
         assert_eq!(
             check.detail,
-            "built-in VMM hull-vmm (auto: KVM with VT-x/AMD-V present), jailed in the sandbox directory as uid 65534 gid 65534"
+            "built-in VMM hull-vmm (auto: KVM with VT-x/AMD-V present), jailed in the sandbox directory as a uid and gid per sandbox from 2147418112"
         );
         let check = check_choice(&config, Virtualization::Pvm);
         assert_eq!(

@@ -9,6 +9,7 @@ pub mod admission;
 mod cgroup;
 mod log;
 mod virtiofsd;
+pub mod vmm_ids;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use hull_protocols::agent::{
 pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
 pub use self::log::{capped_log, rotated_path, LogPipe};
 pub use self::virtiofsd::{Virtiofsd, VirtiofsdLaunch};
+pub use self::vmm_ids::VMM_ID_COUNT;
 use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
@@ -230,6 +232,8 @@ pub struct SandboxVm {
     cgroup: Option<SandboxCgroup>,
     /// The copiers of the console and virtiofsd logs.
     logs: Vec<tokio::task::JoinHandle<std::io::Result<u64>>>,
+    /// The VMM's own uid/gid, held for the sandbox's life.
+    _vmm_ids: Option<vmm_ids::VmmIdLease>,
     agent: Option<AgentClient>,
 }
 
@@ -250,13 +254,14 @@ impl Launch {
         paths: &SandboxPaths,
         options: &SandboxOptions,
         host: Virtualization,
+        vmm_ids: (u32, u32),
     ) -> Result<Launch, Error> {
         let backend = Backend::select(config, host)?;
         if backend == Backend::Builtin {
             Builtin::check_vcpus(options.size.vcpus)?;
         }
         let vmm = find_vmm(&config.vmm).ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
-        let jail = builtin_jail(config, paths);
+        let jail = builtin_jail(paths, vmm_ids);
         let hypervisor: Box<dyn Hypervisor> = match backend {
             Backend::Builtin => Box::new(Builtin::new(vmm.clone(), &paths.vmm_config, jail)),
             Backend::Qemu(accelerator) => {
@@ -292,13 +297,13 @@ fn find_vmm(configured: &Path) -> Option<PathBuf> {
     beside.or_else(|| find_program(configured))
 }
 
-/// hull-vmm's jail: the sandbox directory, the configured uid/gid.
-fn builtin_jail(config: &Config, paths: &SandboxPaths) -> VmmJail {
+/// The VMM's jail: the sandbox directory, the sandbox's VMM uid/gid.
+fn builtin_jail(paths: &SandboxPaths, (uid, gid): (u32, u32)) -> VmmJail {
     VmmJail {
         // hull-vmm wants it absolute; a relative `state_dir` is the shim's.
         root: std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone()),
-        uid: config.vmm_uid,
-        gid: config.vmm_gid,
+        uid,
+        gid,
     }
 }
 
@@ -333,7 +338,18 @@ impl SandboxVm {
         crate::ids::validate("sandbox id", id)?;
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
-        let launch = Launch::prepare(config, &paths, options, Virtualization::detect())?;
+        let (vmm_ids, lease) = match (config.vmm_uid, config.vmm_gid) {
+            (Some(uid), Some(gid)) => ((uid, gid), None),
+            _ => {
+                let lease = vmm_ids::lease(Path::new(vmm_ids::VMM_IDS_DIR), config.vmm_id_base, id)
+                    .map_err(|source| Error::Io {
+                        what: "leasing the VMM's uid".into(),
+                        source,
+                    })?;
+                ((lease.id, lease.id), Some(lease))
+            }
+        };
+        let launch = Launch::prepare(config, &paths, options, Virtualization::detect(), vmm_ids)?;
         create_state_dir(&config.state_dir, &paths.dir)?;
         let mut vm = SandboxVm {
             id: id.to_owned(),
@@ -344,6 +360,7 @@ impl SandboxVm {
             share: None,
             cgroup: None,
             logs: Vec::new(),
+            _vmm_ids: lease,
             agent: None,
         };
         match vm.boot(config, options, launch, progress).await {
@@ -828,7 +845,7 @@ mod tests {
 
     fn prepare(config: &Config, vcpus: u32, host: Virtualization) -> Result<Backend, String> {
         let paths = SandboxPaths::new(&config.state_dir, "s1");
-        Launch::prepare(config, &paths, &options(vcpus), host)
+        Launch::prepare(config, &paths, &options(vcpus), host, (1000, 1000))
             .map(|launch| launch.backend)
             .map_err(|e| e.to_string())
     }
@@ -896,14 +913,9 @@ mod tests {
 
     #[test]
     fn hull_vmm_is_jailed_in_the_sandbox_dir() {
-        let config = Config {
-            vmm_uid: 1000,
-            vmm_gid: 1001,
-            ..Config::default()
-        };
         let paths = SandboxPaths::new(Path::new("/run/hull"), "pod-1");
         assert_eq!(
-            builtin_jail(&config, &paths),
+            builtin_jail(&paths, (1000, 1001)),
             VmmJail {
                 root: "/run/hull/pod-1".into(),
                 uid: 1000,
@@ -913,7 +925,7 @@ mod tests {
         // The sockets hull-vmm keeps using after the jail are inside it.
         assert!(paths.vsock.starts_with(&paths.dir));
         let relative = SandboxPaths::new(Path::new("state"), "pod-1");
-        let root = builtin_jail(&config, &relative).root;
+        let root = builtin_jail(&relative, (1000, 1001)).root;
         assert!(
             root.is_absolute() && root.ends_with("state/pod-1"),
             "{root:?}"
