@@ -79,18 +79,18 @@ impl fmt::Debug for EventFdInterrupt {
 }
 
 /// An interrupt that counts how often it was raised, for device tests.
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 #[derive(Debug, Default)]
-pub(crate) struct CountingInterrupt(std::sync::atomic::AtomicUsize);
+pub struct CountingInterrupt(std::sync::atomic::AtomicUsize);
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 impl CountingInterrupt {
-    pub(crate) fn count(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-support"))]
 impl Interrupt for CountingInterrupt {
     fn trigger(&self) -> io::Result<()> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -12,6 +12,6 @@ pub mod block;
 pub mod fs;
 pub mod mmio;
 pub mod net;
-#[cfg(test)]
-pub(crate) mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 pub mod vsock;

@@ -8,14 +8,19 @@ use std::time::{Duration, Instant};
 
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::devices::virtio::test_support::{
-    Desc, DriverQueue, MmioDriver, ACKNOWLEDGE, CONFIG, CONFIG_GENERATION, DEVICE_ID, DRIVER,
-    FEATURES_OK, INT_CONFIG, INT_VRING, NEEDS_RESET, QUEUE_NUM_MAX, QUEUE_SEL, STATUS,
+use crate::devices::virtio::test_support::fs::{
+    FsGuest, HIPRIO, IN_BUF, MEM_SIZE, OUT_BUF, QUEUE_SIZE, REQUEST, TAG, TIMEOUT,
 };
-use crate::event_loop::{EventLoop, EventLoopHandle};
+use crate::devices::virtio::test_support::fuse::{
+    FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_ROOT_ID,
+};
+use crate::devices::virtio::test_support::{
+    DriverQueue, CONFIG, CONFIG_GENERATION, DEVICE_ID, INT_CONFIG, NEEDS_RESET, QUEUE_NUM_MAX,
+    QUEUE_SEL, STATUS,
+};
 use crate::vstate::memory::create_guest_memory;
 
 // Shared with the tests that run hull-vmm with a guest (vmm/tests/).
@@ -23,251 +28,11 @@ use crate::vstate::memory::create_guest_memory;
 mod virtiofsd;
 use virtiofsd::VirtiofsdProcess;
 
-const TAG: &str = "hullfs";
-const QUEUE_SIZE: u16 = 64;
-const MEM_SIZE: usize = 2 << 20;
-const HIPRIO: u32 = 0;
-const REQUEST: u32 = 1;
-/// Request and reply buffers.
-const IN_BUF: u64 = 0x2_0000;
-const OUT_BUF: u64 = 0x3_0000;
-const OUT_LEN: u32 = 0x1000;
-/// How long virtiofsd may take to answer before the test fails.
-const TIMEOUT: Duration = Duration::from_secs(10);
-
-// The FUSE protocol's structures (include/uapi/linux/fuse.h), as far as these tests need
-// them. All fields are little-endian on x86_64, as is the guest.
-const FUSE_LOOKUP: u32 = 1;
-const FUSE_INIT: u32 = 26;
-const FUSE_ROOT_ID: u64 = 1;
-const FUSE_KERNEL_VERSION: u32 = 7;
-const FUSE_MINOR: u32 = 31;
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FuseInHeader {
-    len: u32,
-    opcode: u32,
-    unique: u64,
-    nodeid: u64,
-    uid: u32,
-    gid: u32,
-    pid: u32,
-    total_extlen: u16,
-    padding: u16,
-}
-
-/// `fuse_init_in` up to 7.35 (without the `flags2` extension).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FuseInitIn {
-    major: u32,
-    minor: u32,
-    max_readahead: u32,
-    flags: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FuseOutHeader {
-    len: u32,
-    error: i32,
-    unique: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FuseInitOut {
-    major: u32,
-    minor: u32,
-    max_readahead: u32,
-    flags: u32,
-    max_background: u16,
-    congestion_threshold: u16,
-    max_write: u32,
-    time_gran: u32,
-    max_pages: u16,
-    map_alignment: u16,
-    flags2: u32,
-    max_stack_depth: u32,
-    unused: [u32; 6],
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FuseAttr {
-    ino: u64,
-    size: u64,
-    blocks: u64,
-    atime: u64,
-    mtime: u64,
-    ctime: u64,
-    atimensec: u32,
-    mtimensec: u32,
-    ctimensec: u32,
-    mode: u32,
-    nlink: u32,
-    uid: u32,
-    gid: u32,
-    rdev: u32,
-    blksize: u32,
-    flags: u32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct FuseEntryOut {
-    nodeid: u64,
-    generation: u64,
-    entry_valid: u64,
-    attr_valid: u64,
-    entry_valid_nsec: u32,
-    attr_valid_nsec: u32,
-    attr: FuseAttr,
-}
-
-// SAFETY: plain repr(C) structs of integers without padding (the sizes below prove it), so
-// every byte pattern is a valid value.
-unsafe impl ByteValued for FuseInHeader {}
-// SAFETY: as above.
-unsafe impl ByteValued for FuseInitIn {}
-// SAFETY: as above.
-unsafe impl ByteValued for FuseOutHeader {}
-// SAFETY: as above.
-unsafe impl ByteValued for FuseInitOut {}
-// SAFETY: as above.
-unsafe impl ByteValued for FuseEntryOut {}
-
-const _: () = {
-    assert!(std::mem::size_of::<FuseInHeader>() == 40);
-    assert!(std::mem::size_of::<FuseInitIn>() == 16);
-    assert!(std::mem::size_of::<FuseOutHeader>() == 16);
-    assert!(std::mem::size_of::<FuseInitOut>() == 64);
-    assert!(std::mem::size_of::<FuseAttr>() == 88);
-    assert!(std::mem::size_of::<FuseEntryOut>() == 128);
-};
-
-/// A guest driver for the device, with the VMM's event loop running for it.
-struct FsGuest {
-    driver: MmioDriver<FsDevice>,
-    hiprio: DriverQueue,
-    request: DriverQueue,
-    _event_loop: EventLoopHandle,
-    next_unique: u64,
-}
-
-impl FsGuest {
-    fn connect(socket: &Path) -> Self {
-        let mem = create_guest_memory(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
-        let config = FsConfig {
-            socket: socket.to_owned(),
-            tag: TAG.into(),
-            queue_size: QUEUE_SIZE,
-        };
-        let device = FsDevice::connect(&config, &mem).unwrap();
-        let driver = MmioDriver::with_memory(mem, device);
-        let mut event_loop = EventLoop::new().unwrap();
-        event_loop.add(driver.device.clone()).unwrap();
-        FsGuest {
-            driver,
-            hiprio: DriverQueue::new(0x1000, QUEUE_SIZE),
-            request: DriverQueue::new(0x4000, QUEUE_SIZE),
-            _event_loop: event_loop.spawn(None).unwrap(),
-            next_unique: 1,
-        }
-    }
-
-    /// Negotiates every feature offered but EVENT_IDX (so every used buffer interrupts, as
-    /// the test's rings do not publish `used_event`), sets up both queues and DRIVER_OK.
-    fn probe(&mut self) -> u32 {
-        let features = self.driver.device_features() & !(1 << VIRTIO_RING_F_EVENT_IDX);
-        assert_eq!(
-            self.driver.negotiate(features),
-            ACKNOWLEDGE | DRIVER | FEATURES_OK
-        );
-        self.driver.setup_queue(HIPRIO, &self.hiprio);
-        self.driver.setup_queue(REQUEST, &self.request);
-        self.driver.driver_ok()
-    }
-
-    /// Sends one FUSE request (`body` after the header) on the request queue and returns the
-    /// reply header and the bytes after it.
-    fn fuse(&mut self, opcode: u32, nodeid: u64, body: &[u8]) -> (FuseOutHeader, Vec<u8>) {
-        let unique = self.next_unique;
-        self.next_unique += 1;
-        let header = FuseInHeader {
-            len: (40 + body.len()) as u32,
-            opcode,
-            unique,
-            nodeid,
-            ..Default::default()
-        };
-        self.mem().write_obj(header, GuestAddress(IN_BUF)).unwrap();
-        self.mem()
-            .write_slice(body, GuestAddress(IN_BUF + 40))
-            .unwrap();
-        self.mem()
-            .write_slice(&[0xee; OUT_LEN as usize], GuestAddress(OUT_BUF))
-            .unwrap();
-        // Device-readable header and body, then the reply split over two writable buffers.
-        let chain: [Desc; 4] = [
-            (IN_BUF, 40, false),
-            (IN_BUF + 40, body.len() as u32, false),
-            (OUT_BUF, 16, true),
-            (OUT_BUF + 16, OUT_LEN - 16, true),
-        ];
-        let head = self.request.add_chain(&self.driver.mem, &chain);
-        self.driver.notify(REQUEST);
-        let (id, written) = self.request.wait_used(&self.driver.mem, TIMEOUT);
-        assert_eq!(id, head);
-        self.driver.wait_and_ack_interrupt(INT_VRING, TIMEOUT);
-        let out: FuseOutHeader = self.mem().read_obj(GuestAddress(OUT_BUF)).unwrap();
-        assert_eq!(out.unique, unique);
-        assert_eq!(out.len, written, "the used length is the reply's");
-        let mut rest = vec![0u8; written as usize - 16];
-        self.mem()
-            .read_slice(&mut rest, GuestAddress(OUT_BUF + 16))
-            .unwrap();
-        (out, rest)
-    }
-
-    fn init(&mut self) -> FuseInitOut {
-        let init = FuseInitIn {
-            major: FUSE_KERNEL_VERSION,
-            minor: FUSE_MINOR,
-            max_readahead: 128 * 1024,
-            flags: 0,
-        };
-        let (out, body) = self.fuse(FUSE_INIT, 0, init.as_slice());
-        assert_eq!(out.error, 0, "FUSE_INIT failed");
-        *FuseInitOut::from_slice(&body[..64]).expect("a whole fuse_init_out")
-    }
-
-    fn lookup(&mut self, name: &str) -> Result<FuseEntryOut, i32> {
-        let mut body = name.as_bytes().to_vec();
-        body.push(0);
-        let (out, reply) = self.fuse(FUSE_LOOKUP, FUSE_ROOT_ID, &body);
-        if out.error != 0 {
-            assert_eq!(reply.len(), 0);
-            return Err(out.error);
-        }
-        Ok(*FuseEntryOut::from_slice(&reply[..128]).expect("a whole fuse_entry_out"))
-    }
-
-    fn mem(&self) -> &GuestMemoryMmap {
-        &self.driver.mem
-    }
-
-    fn status(&mut self) -> u32 {
-        self.driver.read(STATUS)
-    }
-}
-
 #[test]
 fn fuse_init_and_lookup_through_virtiofsd() {
     let mut virtiofsd = VirtiofsdProcess::start();
     std::fs::write(virtiofsd.share().join("hello.txt"), vec![b'h'; 1234]).unwrap();
-    let mut guest = FsGuest::connect(&virtiofsd.socket());
+    let mut guest = FsGuest::connect(&virtiofsd.socket()).unwrap();
 
     assert_eq!(guest.driver.read(DEVICE_ID), 26);
     let mut tag = TAG.as_bytes().to_vec();
@@ -295,14 +60,17 @@ fn fuse_init_and_lookup_through_virtiofsd() {
 
     let init = guest.init();
     assert_eq!(init.major, FUSE_KERNEL_VERSION);
-    assert!(init.minor >= FUSE_MINOR, "{init:?}");
+    assert!(init.minor >= FUSE_KERNEL_MINOR_VERSION, "{init:?}");
     assert!(init.max_write > 0, "{init:?}");
 
-    let entry = guest.lookup("hello.txt").unwrap();
+    let entry = guest.lookup(FUSE_ROOT_ID, b"hello.txt").unwrap();
     assert_eq!(entry.attr.size, 1234);
     assert_ne!(entry.nodeid, 0);
     assert_eq!(entry.attr.mode & libc::S_IFMT, libc::S_IFREG);
-    assert_eq!(guest.lookup("missing.txt").unwrap_err(), -libc::ENOENT);
+    assert_eq!(
+        guest.lookup(FUSE_ROOT_ID, b"missing.txt").unwrap_err(),
+        -libc::ENOENT
+    );
 
     // The driver resets the device (rings stopped in virtiofsd) and sets it up again on
     // fresh rings; the FUSE session lives on in virtiofsd.
@@ -312,7 +80,10 @@ fn fuse_init_and_lookup_through_virtiofsd() {
     guest.request = DriverQueue::new(0x1_4000, QUEUE_SIZE);
     assert_eq!(guest.probe(), 0xf);
     std::fs::write(virtiofsd.share().join("later.txt"), b"1234567").unwrap();
-    assert_eq!(guest.lookup("later.txt").unwrap().attr.size, 7);
+    assert_eq!(
+        guest.lookup(FUSE_ROOT_ID, b"later.txt").unwrap().attr.size,
+        7
+    );
 
     // Dropping the device ends the session, and virtiofsd with it: a VMM leaves none behind.
     drop(guest);
@@ -323,7 +94,7 @@ fn fuse_init_and_lookup_through_virtiofsd() {
 #[test]
 fn virtiofsd_dying_sets_needs_reset_without_hanging() {
     let mut virtiofsd = VirtiofsdProcess::start();
-    let mut guest = FsGuest::connect(&virtiofsd.socket());
+    let mut guest = FsGuest::connect(&virtiofsd.socket()).unwrap();
     assert_eq!(guest.probe(), 0xf);
     assert_eq!(guest.init().major, FUSE_KERNEL_VERSION);
 
@@ -362,7 +133,7 @@ fn virtiofsd_dying_sets_needs_reset_without_hanging() {
 #[test]
 fn virtiofsd_dying_before_the_driver_comes_fails_activation() {
     let mut virtiofsd = VirtiofsdProcess::start();
-    let mut guest = FsGuest::connect(&virtiofsd.socket());
+    let mut guest = FsGuest::connect(&virtiofsd.socket()).unwrap();
     virtiofsd.kill();
     let status = guest.probe();
     assert_ne!(status & NEEDS_RESET, 0, "{status:#x}");
@@ -407,4 +178,77 @@ fn connecting_needs_virtiofsd_and_shared_memory() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("tag"), "{err}");
+}
+
+#[test]
+fn fuse_requests_that_change_the_tree_reach_the_share() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let virtiofsd = VirtiofsdProcess::start();
+    let share = virtiofsd.share();
+    let mut guest = FsGuest::mount(&virtiofsd.socket()).unwrap();
+
+    let dir = guest.mkdir(FUSE_ROOT_ID, b"dir", 0o750).unwrap();
+    assert_eq!(dir.attr.mode & libc::S_IFMT, libc::S_IFDIR);
+    let (file, open) = guest
+        .create(dir.nodeid, b"file", libc::O_WRONLY as u32, 0o640)
+        .unwrap();
+    assert_eq!(guest.write(file.nodeid, open.fh, 0, b"written").unwrap(), 7);
+    guest.release(file.nodeid, open.fh).unwrap();
+    assert_eq!(std::fs::read(share.join("dir/file")).unwrap(), b"written");
+
+    guest
+        .mknod(dir.nodeid, b"fifo", libc::S_IFIFO | 0o600, 0)
+        .unwrap();
+    assert!(std::fs::metadata(share.join("dir/fifo"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    guest.symlink(FUSE_ROOT_ID, b"link", b"dir/file").unwrap();
+    assert_eq!(
+        std::fs::read_link(share.join("link")).unwrap(),
+        Path::new("dir/file")
+    );
+    let hard = guest.link(file.nodeid, FUSE_ROOT_ID, b"hard").unwrap();
+    assert_eq!(hard.attr.nlink, 2);
+    assert_eq!(std::fs::metadata(share.join("hard")).unwrap().nlink(), 2);
+
+    guest
+        .rename(dir.nodeid, b"file", FUSE_ROOT_ID, b"moved")
+        .unwrap();
+    assert_eq!(std::fs::read(share.join("moved")).unwrap(), b"written");
+    guest
+        .rename2(
+            FUSE_ROOT_ID,
+            b"moved",
+            FUSE_ROOT_ID,
+            b"link",
+            libc::RENAME_EXCHANGE,
+        )
+        .unwrap();
+    assert_eq!(std::fs::read(share.join("link")).unwrap(), b"written");
+    assert!(std::fs::symlink_metadata(share.join("moved"))
+        .unwrap()
+        .is_symlink());
+    assert_eq!(
+        guest.rename2(
+            FUSE_ROOT_ID,
+            b"hard",
+            FUSE_ROOT_ID,
+            b"link",
+            libc::RENAME_NOREPLACE
+        ),
+        Err(-libc::EEXIST)
+    );
+
+    assert_eq!(guest.rmdir(FUSE_ROOT_ID, b"dir"), Err(-libc::ENOTEMPTY));
+    guest.unlink(dir.nodeid, b"fifo").unwrap();
+    guest.rmdir(FUSE_ROOT_ID, b"dir").unwrap();
+    for name in [&b"moved"[..], b"link", b"hard"] {
+        guest.unlink(FUSE_ROOT_ID, name).unwrap();
+    }
+    assert_eq!(std::fs::read_dir(&share).unwrap().count(), 0);
+    assert_eq!(
+        guest.lookup(FUSE_ROOT_ID, b"dir").unwrap_err(),
+        -libc::ENOENT
+    );
 }

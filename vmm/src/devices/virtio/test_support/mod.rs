@@ -1,7 +1,8 @@
 //! A guest driver for the device tests: the virtio-mmio registers as a driver knows them from
 //! the spec (virtio 1.x, 4.2.2; not the transport's own constants, so a wrong offset there
 //! fails a test), split virtqueues laid out in guest memory (2.7, `queue.rs`), and the steps
-//! of device initialisation (3.1.1).
+//! of device initialisation (3.1.1). With the `test-support` feature, other crates' tests use
+//! it too: `fs` is a guest's virtiofs driver speaking FUSE (`fuse`) to a real virtiofsd.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -11,6 +12,8 @@ use vm_memory::{GuestAddress, GuestMemoryAtomic, GuestMemoryMmap};
 use super::mmio::{MmioTransport, VirtioDevice};
 use crate::devices::CountingInterrupt;
 
+pub mod fs;
+pub mod fuse;
 // Only external crates: `vmm/tests/vsock_backend.rs` includes it too.
 mod queue;
 pub use queue::{Desc, DriverQueue, USED_F_NO_NOTIFY};
