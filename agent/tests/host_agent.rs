@@ -1,7 +1,9 @@
 //! hull-agent on the host, reached over its Unix sockets, running real
 //! containers from a busybox rootfs. The agent runs in a throwaway mount,
-//! PID and UTS namespace (via unshare), with cgroup v2 mounted in it, so
-//! everything it starts dies with it.
+//! PID, UTS and cgroup namespace (via unshare), so everything it starts dies
+//! with it. Its cgroup namespace is rooted at a cgroup v2 directory of the
+//! test's own (`hull-agent-test-*`), mounted as its /sys/fs/cgroup, which
+//! goes with everything the agent made in it when the test ends.
 //!
 //! The network tests give the agent a network namespace of its own too, and
 //! look into it with `nsenter --net` and `ip -j`.
@@ -10,6 +12,7 @@
 //! (`make test` installs them).
 
 use std::os::unix::fs::symlink;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -25,6 +28,71 @@ struct HostAgent {
     child: Child,
     dir: tempfile::TempDir,
     client: AgentClient,
+    /// Removed after the agent is killed (fields drop after `drop`).
+    _cgroup: TestCgroup,
+}
+
+/// A cgroup v2 directory that is the root of an agent's cgroup namespace.
+/// The agent lives in its `agent` child, so the root holds no process and
+/// the agent can enable controllers for the containers' cgroups.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new() -> TestCgroup {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = cgroup2_mount().join(format!("hull-agent-test-{}-{n}", std::process::id()));
+        std::fs::create_dir(&dir).expect("making the test's cgroup");
+        TestCgroup(dir)
+    }
+}
+
+impl Drop for TestCgroup {
+    /// Kills whatever is left in the tree and removes it, deepest first.
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while remove_cgroup_tree(&self.0).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Where the host mounts cgroup v2 (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on a hybrid host).
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            (after.split(' ').next() == Some("cgroup2")).then(|| before.split(' ').nth(4))?
+        })
+        .map(PathBuf::from)
+        .expect("this test needs cgroup v2 mounted on the host")
+}
+
+/// The cgroup v2 directory this test process is in.
+fn own_cgroup2() -> PathBuf {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let path = cgroups
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .expect("this process has a cgroup v2 path");
+    cgroup2_mount().join(path.trim_start_matches('/'))
 }
 
 impl HostAgent {
@@ -39,17 +107,32 @@ impl HostAgent {
 
     async fn launch_in(extra_namespaces: &[&str]) -> HostAgent {
         let dir = tempfile::tempdir().unwrap();
+        let cgroup = TestCgroup::new();
         let agent = env!("CARGO_BIN_EXE_hull-agent");
         let script = format!(
-            "mount -t cgroup2 none /sys/fs/cgroup && exec {agent} serve --dir {}",
+            "mount -t cgroup2 none /sys/fs/cgroup && mkdir /sys/fs/cgroup/agent \
+             && echo $$ > /sys/fs/cgroup/agent/cgroup.procs \
+             && exec {agent} serve --dir {}",
             dir.path().display()
         );
-        let child = Command::new("unshare")
+        let procs = std::fs::OpenOptions::new()
+            .write(true)
+            .open(cgroup.0.join("cgroup.procs"))
+            .unwrap();
+        let mut command = Command::new("unshare");
+        // unshare enters the test's cgroup first, so that is the root of
+        // the namespace it makes. (Writing to an open file allocates
+        // nothing, as code between fork and exec must not.)
+        unsafe {
+            command.pre_exec(move || std::io::Write::write_all(&mut &procs, b"0"));
+        }
+        let child = command
             .args(extra_namespaces)
             .args([
                 "--mount",
                 "--pid",
                 "--uts",
+                "--cgroup",
                 "--fork",
                 "--kill-child",
                 "--mount-proc",
@@ -69,10 +152,16 @@ impl HostAgent {
         let client = ttrpc::r#async::Client::connect(&format!("unix://{}", socket.display()))
             .await
             .expect("connecting to the agent");
+        // unshare itself only waits for the agent: out of the namespace's
+        // root, which must hold no process once the agent enables
+        // controllers for its children.
+        std::fs::write(own_cgroup2().join("cgroup.procs"), child.id().to_string())
+            .expect("moving unshare out of the agent's cgroup root");
         HostAgent {
             child,
             dir,
             client: AgentClient::new(client),
+            _cgroup: cgroup,
         }
     }
 
