@@ -13,7 +13,7 @@ use hull_protocols::agent::{
 };
 use hull_protocols::stdio::{StreamHeader, StreamKind};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::agent_client::{context, rpc_code, rpc_message, AgentClient};
 use crate::config::Config;
@@ -73,10 +73,23 @@ pub async fn run_with(
         )));
     }
     let id = sandbox_id();
-    let mut vm = SandboxVm::start(config, &id, progress)
-        .await
-        .map_err(RunError::hull)?;
-    let result = run_in(&mut vm, &rootfs, &options, progress).await;
+    // From here on SIGINT, SIGTERM and SIGHUP no longer kill `hull run`:
+    // before the container starts they stop the boot and remove the
+    // sandbox; after, they go to the container.
+    let mut signals = Interrupts::catch();
+    let options_for_boot = crate::sandbox::SandboxOptions::from_config(config);
+    let mut vm = SandboxVm::start_unless(config, &id, &options_for_boot, progress, async {
+        format!("interrupted by {}", signal_name(signals.next().await))
+    })
+    .await
+    .map_err(|err| match err {
+        crate::sandbox::Error::Cancelled(why) => RunError {
+            status: 128 + signals.last,
+            message: why,
+        },
+        err => RunError::hull(err),
+    })?;
+    let result = run_in(&mut vm, &rootfs, &options, &mut signals, progress).await;
     if let Err(err) = &result {
         if err.status == EXIT_HULL_ERROR {
             eprintln!(
@@ -104,8 +117,90 @@ async fn run_in(
     vm: &mut SandboxVm,
     rootfs: &std::path::Path,
     options: &RunOptions,
+    signals: &mut Interrupts,
     progress: &Progress,
 ) -> Result<i32, RunError> {
+    let created = tokio::select! {
+        created = create_and_attach(vm, rootfs, options, progress) => created?,
+        signal = signals.next() => return Err(RunError {
+            status: 128 + signal,
+            message: format!("interrupted by {} before the container started", signal_name(signal)),
+        }),
+    };
+    let Attached {
+        stdout,
+        stderr,
+        stdin,
+    } = created;
+    let agent = vm.agent();
+    let terminal = options.process.terminal;
+    let _raw = if terminal && std::io::stdin().is_terminal() {
+        Some(RawTerminal::enter().map_err(RunError::hull)?)
+    } else {
+        None
+    };
+    if terminal {
+        resize(agent).await;
+    }
+
+    let stdout_pump = tokio::spawn(copy_out(stdout, tokio::io::stdout()));
+    let stderr_pump = stderr.map(|s| tokio::spawn(copy_out(s, tokio::io::stderr())));
+    // Stdin is read by a blocking thread that may never return; it is not
+    // awaited, and the process exits without waiting for it.
+    tokio::spawn(copy_in(tokio::io::stdin(), stdin));
+
+    agent
+        .api()
+        .start_container(
+            context(Duration::from_secs(60)),
+            &StartContainerRequest {
+                container_id: CONTAINER_ID.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| RunError::hull(format!("starting the container: {}", rpc_message(&e))))?;
+    progress.milestone(Milestone::ContainerStarted, "container started");
+
+    let wait_request = WaitProcessRequest {
+        container_id: CONTAINER_ID.into(),
+        ..Default::default()
+    };
+    let wait = agent
+        .api()
+        .wait_process(context(Duration::ZERO), &wait_request);
+    let status = forward_signals_until(agent, terminal, signals, wait)
+        .await
+        .map_err(|e| RunError::hull(format!("waiting for the container: {}", rpc_message(&e))))?
+        .status;
+    progress.milestone(
+        Milestone::ContainerExited,
+        &format!("container exited with status {status}"),
+    );
+
+    // The output of a finished container is complete once its streams end.
+    let drain = Duration::from_secs(10);
+    let _ = tokio::time::timeout(drain, stdout_pump).await;
+    if let Some(pump) = stderr_pump {
+        let _ = tokio::time::timeout(drain, pump).await;
+    }
+    Ok(status)
+}
+
+/// The created container's stdio streams.
+struct Attached {
+    stdout: tokio::net::UnixStream,
+    stderr: Option<tokio::net::UnixStream>,
+    stdin: tokio::net::UnixStream,
+}
+
+/// Shares the rootfs, creates the container and attaches its streams.
+async fn create_and_attach(
+    vm: &mut SandboxVm,
+    rootfs: &std::path::Path,
+    options: &RunOptions,
+    progress: &Progress,
+) -> Result<Attached, RunError> {
     let guest_rootfs = vm
         .share_rootfs(CONTAINER_ID, rootfs)
         .map_err(RunError::hull)?;
@@ -167,77 +262,69 @@ async fn run_in(
         .open_stream(&stream(StreamKind::Stdin))
         .await
         .map_err(RunError::hull)?;
+    Ok(Attached {
+        stdout,
+        stderr,
+        stdin,
+    })
+}
 
-    let _raw = if terminal && std::io::stdin().is_terminal() {
-        Some(RawTerminal::enter().map_err(RunError::hull)?)
-    } else {
-        None
-    };
-    if terminal {
-        resize(agent).await;
+/// SIGINT, SIGTERM and SIGHUP, caught from `catch` on.
+struct Interrupts {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+    /// The last one received.
+    last: i32,
+}
+
+impl Interrupts {
+    fn catch() -> Interrupts {
+        Interrupts {
+            interrupt: signal(SignalKind::interrupt()).expect("SIGINT handler"),
+            terminate: signal(SignalKind::terminate()).expect("SIGTERM handler"),
+            hangup: signal(SignalKind::hangup()).expect("SIGHUP handler"),
+            last: 0,
+        }
     }
 
-    let stdout_pump = tokio::spawn(copy_out(stdout, tokio::io::stdout()));
-    let stderr_pump = stderr.map(|s| tokio::spawn(copy_out(s, tokio::io::stderr())));
-    // Stdin is read by a blocking thread that may never return; it is not
-    // awaited, and the process exits without waiting for it.
-    tokio::spawn(copy_in(tokio::io::stdin(), stdin));
-
-    agent
-        .api()
-        .start_container(
-            context(Duration::from_secs(60)),
-            &StartContainerRequest {
-                container_id: CONTAINER_ID.into(),
-                ..Default::default()
-            },
-        )
-        .await
-        .map_err(|e| RunError::hull(format!("starting the container: {}", rpc_message(&e))))?;
-    progress.milestone(Milestone::ContainerStarted, "container started");
-
-    let wait_request = WaitProcessRequest {
-        container_id: CONTAINER_ID.into(),
-        ..Default::default()
-    };
-    let wait = agent
-        .api()
-        .wait_process(context(Duration::ZERO), &wait_request);
-    let status = forward_signals_until(agent, terminal, wait)
-        .await
-        .map_err(|e| RunError::hull(format!("waiting for the container: {}", rpc_message(&e))))?
-        .status;
-    progress.milestone(
-        Milestone::ContainerExited,
-        &format!("container exited with status {status}"),
-    );
-
-    // The output of a finished container is complete once its streams end.
-    let drain = Duration::from_secs(10);
-    let _ = tokio::time::timeout(drain, stdout_pump).await;
-    if let Some(pump) = stderr_pump {
-        let _ = tokio::time::timeout(drain, pump).await;
+    /// The next of them to arrive.
+    async fn next(&mut self) -> i32 {
+        self.last = tokio::select! {
+            _ = self.interrupt.recv() => libc::SIGINT,
+            _ = self.terminate.recv() => libc::SIGTERM,
+            _ = self.hangup.recv() => libc::SIGHUP,
+        };
+        self.last
     }
-    Ok(status)
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGINT => "SIGINT",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
 }
 
 /// Awaits `wait` while passing SIGINT, SIGTERM and SIGHUP on to the
 /// container (and, with a terminal, window size changes).
-async fn forward_signals_until<F, T>(agent: &AgentClient, terminal: bool, wait: F) -> T
+async fn forward_signals_until<F, T>(
+    agent: &AgentClient,
+    terminal: bool,
+    signals: &mut Interrupts,
+    wait: F,
+) -> T
 where
     F: std::future::Future<Output = T>,
 {
-    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut terminate = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hangup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     let mut winch = signal(SignalKind::window_change()).expect("SIGWINCH handler");
     tokio::pin!(wait);
     loop {
         let forwarded = tokio::select! {
             result = &mut wait => return result,
-            _ = interrupt.recv() => libc::SIGINT,
-            _ = terminate.recv() => libc::SIGTERM,
-            _ = hangup.recv() => libc::SIGHUP,
+            signal = signals.next() => signal,
             _ = winch.recv(), if terminal => {
                 resize(agent).await;
                 continue;

@@ -39,10 +39,11 @@ impl Env {
             dir,
         };
         let config = format!(
-            "kernel = {:?}\ninitrd = {:?}\nstate_dir = {:?}\nagent_timeout_secs = 60\n",
+            "kernel = {:?}\ninitrd = {:?}\nstate_dir = {:?}\nagent_timeout_secs = 60\ncgroup_parent = {:?}\n",
             env.kernel,
             env.initrd,
-            env.state_dir()
+            env.state_dir(),
+            env.cgroup_parent(),
         );
         std::fs::write(env.config(), config).unwrap();
         env
@@ -54,6 +55,28 @@ impl Env {
 
     fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// The cgroup under which this test's sandboxes get theirs, in every
+    /// hierarchy.
+    fn cgroup_parent(&self) -> String {
+        let dir = self.dir.path().file_name().unwrap().to_string_lossy();
+        format!("hull-run-test-{}", dir.trim_start_matches('.'))
+    }
+
+    /// `<hierarchy>/<cgroup_parent>` in each cgroup hierarchy the host mounts.
+    fn cgroup_parents(&self) -> Vec<PathBuf> {
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        mounts
+            .lines()
+            .filter_map(|line| {
+                let (before, after) = line.split_once(" - ")?;
+                let fstype = after.split(' ').next()?;
+                (fstype == "cgroup" || fstype == "cgroup2").then_some(())?;
+                before.split(' ').nth(4).map(PathBuf::from)
+            })
+            .map(|hierarchy| hierarchy.join(self.cgroup_parent()))
+            .collect()
     }
 
     fn hull(&self, extra: &[&str], command: &[&str], stdin: &[u8]) -> Output {
@@ -88,6 +111,10 @@ impl Env {
     /// Nothing of any sandbox may remain: no process that was given a path
     /// under the state dir (QEMU, virtiofsd), no mount there, no socket.
     fn assert_nothing_left(&self) {
+        for parent in self.cgroup_parents() {
+            let left: Vec<_> = walk(&parent).into_iter().filter(|p| p.is_dir()).collect();
+            assert!(left.is_empty(), "cgroups left: {left:?}");
+        }
         let state = self.state_dir();
         let state = state.to_string_lossy();
         let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
@@ -108,6 +135,14 @@ impl Env {
                 "left in the state dir: {}",
                 entry.display()
             );
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        for parent in self.cgroup_parents() {
+            let _ = std::fs::remove_dir(parent);
         }
     }
 }
@@ -216,6 +251,44 @@ fn signals_behave_as_under_runc() {
     }
     let child_killed = env.run(&["sh", "-c", "sleep 100 & kill -TERM $!; wait $!"]);
     assert_eq!(child_killed.status.code(), Some(143));
+    env.assert_nothing_left();
+}
+
+/// SIGTERM while the VM boots stops the boot: `hull run` exits 128+15 at
+/// once, having removed the sandbox, rather than dying and leaving its
+/// mounts and cgroups or starting the container.
+#[test]
+fn a_signal_during_boot_removes_the_sandbox() {
+    let env = Env::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .arg("--config")
+        .arg(env.config())
+        .args(["run", "--rootfs"])
+        .arg(&env.rootfs)
+        // Were the signal to reach the container instead, it would exit 7.
+        .args(["--", "sh", "-c", "trap 'exit 7' TERM; sleep 100 & wait"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running hull");
+    // The VMM's pid file is written as it starts, seconds before the guest
+    // kernel (under TCG) has booted to the agent.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !walk(&env.state_dir())
+        .iter()
+        .any(|p| p.ends_with("vmm.pid"))
+    {
+        assert!(std::time::Instant::now() < deadline, "no VMM started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let _ = child.stdin.take();
+    let output = child.wait_with_output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
     env.assert_nothing_left();
 }
 

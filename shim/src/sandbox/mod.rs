@@ -84,6 +84,8 @@ pub enum Error {
     },
     #[error("{program} did not get ready; see {log}", log = log.display())]
     NotReady { program: String, log: PathBuf },
+    #[error("{0}")]
+    Cancelled(String),
     #[error(transparent)]
     Hypervisor(#[from] hypervisor::Error),
     #[error("The VM did not boot: {source}{queued}; guest console log: {log}", log = log.display(), queued = queued_note(*queued))]
@@ -335,6 +337,19 @@ impl SandboxVm {
         options: &SandboxOptions,
         progress: &Progress,
     ) -> Result<Self, Error> {
+        Self::start_unless(config, id, options, progress, std::future::pending()).await
+    }
+
+    /// `start_with`, given up as soon as `cancel` ends (with why): what was
+    /// made so far is torn down before this returns
+    /// [`Error::Cancelled`].
+    pub async fn start_unless(
+        config: &Config,
+        id: &str,
+        options: &SandboxOptions,
+        progress: &Progress,
+        cancel: impl std::future::Future<Output = String>,
+    ) -> Result<Self, Error> {
         crate::ids::validate("sandbox id", id)?;
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
@@ -363,7 +378,11 @@ impl SandboxVm {
             _vmm_ids: lease,
             agent: None,
         };
-        match vm.boot(config, options, launch, progress).await {
+        let booted = tokio::select! {
+            booted = vm.boot(config, options, launch, progress) => booted,
+            why = cancel => Err(Error::Cancelled(why)),
+        };
+        match booted {
             Ok(()) => Ok(vm),
             Err(err) => {
                 vm.teardown(true).await;
@@ -557,6 +576,11 @@ impl SandboxVm {
             Some(cgroup) => cgroup.pids(),
             None => Vec::new(),
         }
+    }
+
+    /// The VMM's pid, while it runs.
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.hypervisor.as_ref().and_then(|h| h.pid())
     }
 
     /// Starts a capped log at `path`; the pipe's write end is for a helper.
