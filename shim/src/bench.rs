@@ -60,16 +60,31 @@ pub struct Report {
     pub hull_total: Samples,
     /// `runc run` of the same command on the same rootfs.
     pub runc_total: Samples,
-    /// Host RSS of the VMM and virtiofsd with one idle container, in KiB.
+    /// Host RSS of the VMM, and of the sandbox's other processes
+    /// (virtiofsd, the vsock backend), with one idle container, in KiB.
     pub vmm_rss_kib: u64,
-    pub virtiofsd_rss_kib: u64,
+    pub helpers_rss_kib: u64,
     pub guest_memory_mib: u32,
+    /// Sandboxes (each with a started container) started at once, until
+    /// the last container runs: with boot admission as configured, with
+    /// every boot admitted at once, and runc containers beside.
+    pub burst: Option<Burst>,
+}
+
+#[derive(Debug)]
+pub struct Burst {
+    pub count: usize,
+    pub admitted: usize,
+    pub hull: Duration,
+    pub hull_unadmitted: Duration,
+    pub runc: Duration,
 }
 
 pub async fn bench(
     config: &Config,
     rootfs: &Path,
     iterations: usize,
+    burst: usize,
 ) -> Result<Report, BenchError> {
     let mut report = Report {
         iterations,
@@ -102,9 +117,22 @@ pub async fn bench(
     for _ in 0..iterations {
         report.runc_total.push(runc_true(rootfs)?);
     }
-    let (vmm, virtiofsd) = idle_memory(config, rootfs).await?;
+    let (vmm, helpers) = idle_memory(config, rootfs).await?;
     report.vmm_rss_kib = vmm;
-    report.virtiofsd_rss_kib = virtiofsd;
+    report.helpers_rss_kib = helpers;
+    if burst > 0 {
+        let unadmitted = Config {
+            max_parallel_boots: u32::try_from(burst).unwrap_or(u32::MAX),
+            ..config.clone()
+        };
+        report.burst = Some(Burst {
+            count: burst,
+            admitted: crate::sandbox::admission::parallel_boots(config.max_parallel_boots),
+            hull: hull_burst(config, rootfs, burst).await?,
+            hull_unadmitted: hull_burst(&unadmitted, rootfs, burst).await?,
+            runc: runc_burst(rootfs, burst)?,
+        });
+    }
     report.backend =
         crate::hypervisor::Backend::select(config, crate::host::Virtualization::detect())
             .map_err(|e| BenchError::Sandbox(e.to_string()))?
@@ -112,9 +140,10 @@ pub async fn bench(
     Ok(report)
 }
 
-/// Times `runc run` of `true` on `rootfs` with runc's default spec.
-fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
-    let bundle = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
+/// A runc bundle in a temporary directory running `args` on `rootfs` with
+/// runc's default spec.
+fn runc_bundle(rootfs: &Path, name: &str, args: &[&str]) -> Result<PathBuf, BenchError> {
+    let bundle = std::env::temp_dir().join(format!("hull-bench-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&bundle).map_err(|e| BenchError::Runc(e.to_string()))?;
     // runc refuses a relative rootfs path or one through a symlink.
     let rootfs = std::fs::canonicalize(rootfs)
@@ -122,7 +151,7 @@ fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
     let spec = container_spec(
         &rootfs,
         &ProcessOptions {
-            args: vec!["true".into()],
+            args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         },
     );
@@ -131,6 +160,12 @@ fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
         serde_json::to_vec(&spec).expect("spec serializes"),
     )
     .map_err(|e| BenchError::Runc(e.to_string()))?;
+    Ok(bundle)
+}
+
+/// Times `runc run` of `true` on `rootfs` with runc's default spec.
+fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
+    let bundle = runc_bundle(rootfs, "true", &["true"])?;
     let id = format!("hull-bench-{}", std::process::id());
     let start = Instant::now();
     let output = Command::new("runc")
@@ -150,27 +185,78 @@ fn runc_true(rootfs: &Path) -> Result<Duration, BenchError> {
     Ok(elapsed)
 }
 
-/// Boots a sandbox with an idle container and reads the RSS of its VMM and
-/// virtiofsd.
-async fn idle_memory(config: &Config, rootfs: &Path) -> Result<(u64, u64), BenchError> {
-    let id = format!("bench-{}", std::process::id());
-    let mut vm = SandboxVm::start(config, &id, &Progress::new(false))
+/// Times `count` runc containers of `sleep` started at once (`runc run
+/// --detach`), until the last one runs; then removes them.
+fn runc_burst(rootfs: &Path, count: usize) -> Result<Duration, BenchError> {
+    let bundle = runc_bundle(rootfs, "burst", &["sleep", "600"])?;
+    let ids: Vec<String> = (0..count)
+        .map(|i| format!("hull-bench-{}-{i}", std::process::id()))
+        .collect();
+    let start = Instant::now();
+    let results: Vec<Result<(), BenchError>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let bundle = &bundle;
+                scope.spawn(move || {
+                    let output = Command::new("runc")
+                        .args(["run", "--detach", "--bundle"])
+                        .arg(bundle)
+                        .arg(id)
+                        .stdin(std::process::Stdio::null())
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::piped())
+                        .output()
+                        .map_err(|e| BenchError::Runc(format!("cannot run runc: {e}")))?;
+                    if output.status.success() {
+                        Ok(())
+                    } else {
+                        Err(BenchError::Runc(
+                            String::from_utf8_lossy(&output.stderr).into_owned(),
+                        ))
+                    }
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .map(|run| run.join().expect("a runc thread panicked"))
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    for id in &ids {
+        let _ = Command::new("runc")
+            .args(["delete", "--force", id])
+            .output();
+    }
+    let _ = std::fs::remove_dir_all(&bundle);
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(elapsed)
+}
+
+/// A sandbox with one started container running `args`.
+async fn sandbox_with_container(
+    config: &Config,
+    id: &str,
+    rootfs: &Path,
+    args: &[&str],
+) -> Result<SandboxVm, BenchError> {
+    let mut vm = SandboxVm::start(config, id, &Progress::new(false))
         .await
         .map_err(|e| BenchError::Sandbox(e.to_string()))?;
-    let measured = async {
+    let started = async {
         let guest_rootfs = vm
-            .share_rootfs("idle", rootfs)
+            .share_rootfs("c", rootfs)
             .map_err(|e| BenchError::Sandbox(e.to_string()))?;
         let spec = container_spec(
             &guest_rootfs,
             &ProcessOptions {
-                args: vec!["sleep".into(), "60".into()],
+                args: args.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             },
         );
         let agent = vm.agent();
         let create = CreateContainerRequest {
-            container_id: "idle".into(),
+            container_id: "c".into(),
             oci_spec: serde_json::to_vec(&spec).expect("spec serializes"),
             stdio: Some(Stdio::default()).into(),
             ..Default::default()
@@ -181,7 +267,7 @@ async fn idle_memory(config: &Config, rootfs: &Path) -> Result<(u64, u64), Bench
             .await
             .map_err(|e| BenchError::Sandbox(rpc_message(&e)))?;
         let start = StartContainerRequest {
-            container_id: "idle".into(),
+            container_id: "c".into(),
             ..Default::default()
         };
         agent
@@ -189,14 +275,57 @@ async fn idle_memory(config: &Config, rootfs: &Path) -> Result<(u64, u64), Bench
             .start_container(context(Duration::from_secs(60)), &start)
             .await
             .map_err(|e| BenchError::Sandbox(rpc_message(&e)))?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let pids = vm.pids();
-        let rss = |pid: Option<&u32>| pid.map(|p| rss_kib(*p)).unwrap_or(0);
-        Ok((rss(pids.first()), rss(pids.get(1))))
+        Ok(())
     }
     .await;
+    match started {
+        Ok(()) => Ok(vm),
+        Err(err) => {
+            vm.shutdown().await;
+            Err(err)
+        }
+    }
+}
+
+/// Times `count` sandboxes, each with a container of `sleep`, started at
+/// once until the last container runs; then removes them.
+async fn hull_burst(config: &Config, rootfs: &Path, count: usize) -> Result<Duration, BenchError> {
+    let start = Instant::now();
+    let started = futures::future::join_all((0..count).map(|i| {
+        let id = format!("burst-{}-{i}", std::process::id());
+        async move { sandbox_with_container(config, &id, rootfs, &["sleep", "600"]).await }
+    }))
+    .await;
+    let elapsed = start.elapsed();
+    let mut failure = None;
+    for result in started {
+        match result {
+            Ok(vm) => vm.shutdown().await,
+            Err(err) => failure = Some(err),
+        }
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => Ok(elapsed),
+    }
+}
+
+/// Boots a sandbox with an idle container and reads the RSS of its VMM and
+/// of its other processes (virtiofsd, the vsock backend).
+async fn idle_memory(config: &Config, rootfs: &Path) -> Result<(u64, u64), BenchError> {
+    let id = format!("bench-{}", std::process::id());
+    let vm = sandbox_with_container(config, &id, rootfs, &["sleep", "60"]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let vmm = vm.vmm_pid();
+    let vmm_rss = vmm.map_or(0, rss_kib);
+    let helpers_rss = vm
+        .pids()
+        .into_iter()
+        .filter(|&pid| Some(pid) != vmm)
+        .map(rss_kib)
+        .sum();
     vm.shutdown().await;
-    measured
+    Ok((vmm_rss, helpers_rss))
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -233,10 +362,20 @@ impl Report {
         );
         out += &row("runc run true (same rootfs)", &self.runc_total);
         out += &format!(
-            "\n| host memory, one idle container | anonymous + shared RSS |\n|---|---|\n| VMM (QEMU; includes the guest RAM it touched) | {} MiB |\n| virtiofsd | {} MiB |\n",
+            "\n| host memory, one idle container | RSS |\n|---|---|\n| VMM (includes the guest RAM it touched) | {} MiB |\n| virtiofsd and the vsock backend | {} MiB |\n",
             self.vmm_rss_kib / 1024,
-            self.virtiofsd_rss_kib / 1024
+            self.helpers_rss_kib / 1024
         );
+        if let Some(burst) = &self.burst {
+            out += &format!(
+                "\n| {n} started at once, until the last container runs | time |\n|---|---|\n| hull, {a} boots at a time (max_parallel_boots) | {} |\n| hull, all {n} boots at once | {} |\n| runc | {} |\n",
+                ms(burst.hull),
+                ms(burst.hull_unadmitted),
+                ms(burst.runc),
+                n = burst.count,
+                a = burst.admitted,
+            );
+        }
         out
     }
 }

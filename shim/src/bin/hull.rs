@@ -72,6 +72,10 @@ enum Command {
         /// Runs of each measurement.
         #[arg(short = 'n', long, default_value_t = 5)]
         iterations: usize,
+        /// Sandboxes started at once in the burst measurement (0: none;
+        /// default: four per CPU).
+        #[arg(long)]
+        burst: Option<usize>,
     },
     /// Install Hull from a built tree: binaries, guest assets, configuration,
     /// and the `hull` runtime handler in containerd's configuration.
@@ -119,13 +123,20 @@ fn main() {
                 1
             }
         }
-        Command::Bench { rootfs, iterations } => {
+        Command::Bench {
+            rootfs,
+            iterations,
+            burst,
+        } => {
             let config = Config::load(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap_or_else(|e| fail(e));
-            match runtime.block_on(hull_shim::bench::bench(&config, &rootfs, iterations.max(1))) {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let burst = burst.unwrap_or(4 * cpus);
+            let bench = hull_shim::bench::bench(&config, &rootfs, iterations.max(1), burst);
+            match runtime.block_on(bench) {
                 Ok(report) => {
                     print!("{}", report.markdown());
                     0
