@@ -77,7 +77,7 @@ bench: install
 bench-cri: build assets
 	@cargo build --release --locked -p hull-tests --bin hull-cri-bench 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
 	@HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) HULL_TEST_INITRD=$(abspath $(INITRD)) \
-		target/release/hull-cri-bench -n $(or $(RUNS),5)
+		target/release/hull-cri-bench -n $(or $(RUNS),5) $(if $(BURST),--burst $(BURST))
 
 # Tests find the guest assets through these variables (real paths: runc
 # refuses a rootfs path through a symlink, and target/ may be one, see .ci/run).

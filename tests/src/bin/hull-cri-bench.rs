@@ -2,9 +2,13 @@
 //! containerd: what a kubelet waits for between asking for a pod and its
 //! first container answering an exec, and how long removing the pod takes.
 //!
+//! With `--burst N` it also starts N pods at once under each handler, as a
+//! Deployment scaling up does, and reports how many became ready and how
+//! long until the last one answered an exec.
+//!
 //! ```sh
-//! make bench-cri            # builds, then runs this with the guest assets
-//! hull-cri-bench [-n RUNS]  # needs HULL_TEST_KERNEL and HULL_TEST_INITRD
+//! make bench-cri [BURST=N]  # builds, then runs this with the guest assets
+//! hull-cri-bench [-n RUNS] [--burst N]  # needs HULL_TEST_KERNEL and HULL_TEST_INITRD
 //! ```
 //!
 //! It uses the containerd-shim-hull-v2 next to this binary (the release
@@ -22,6 +26,52 @@ struct Sample {
     first_exec: Duration,
     /// StopPodSandbox + RemovePodSandbox.
     teardown: Duration,
+}
+
+/// `count` pods started at once under `handler`, each with a container
+/// answering an exec: how many got there, and how long the last one took.
+/// Then all are removed, and must leave nothing.
+fn burst(cri: &CriContainerd, handler: &str, count: usize) -> (usize, Duration, Vec<String>) {
+    let start = Instant::now();
+    let results: Vec<Result<Pod, String>> = std::thread::scope(|scope| {
+        let pods: Vec<_> = (0..count)
+            .map(|i| {
+                scope.spawn(move || {
+                    let mut pod = Pod::run(cri, handler, PodSpec::new(&format!("burst{i}")))
+                        .map_err(|e| format!("RunPodSandbox: {e}"))?;
+                    let id = pod.start_container(&ContainerSpec::new("app", &["sleep", "100000"]));
+                    pod.exec_ok(&id, &["true"]);
+                    Ok(pod)
+                })
+            })
+            .collect();
+        pods.into_iter()
+            .map(|pod| {
+                pod.join()
+                    .unwrap_or_else(|_| Err("a pod's thread panicked".into()))
+            })
+            .collect()
+    });
+    let elapsed = start.elapsed();
+    let mut failures = Vec::new();
+    let mut ready = 0;
+    std::thread::scope(|scope| {
+        let mut removals = Vec::new();
+        for result in results {
+            match result {
+                Ok(pod) => {
+                    ready += 1;
+                    removals.push(scope.spawn(move || pod.teardown().1));
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        for removal in removals {
+            let left = removal.join().expect("a removal panicked");
+            assert!(left.is_empty(), "a pod under {handler} left {left:?}");
+        }
+    });
+    (ready, elapsed, failures)
 }
 
 fn measure(cri: &CriContainerd, handler: &str, run: usize) -> Sample {
@@ -57,8 +107,14 @@ fn ms(d: Duration) -> String {
 fn main() {
     let mut args = std::env::args().skip(1);
     let mut runs = 5usize;
+    let mut burst_size = 0usize;
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
+            ("--burst", Some(n)) => {
+                burst_size = n
+                    .parse()
+                    .unwrap_or_else(|_| panic!("--burst wants a number, not {n}"))
+            }
             ("-n", Some(n)) => {
                 runs = n
                     .parse()
@@ -67,7 +123,7 @@ fn main() {
                     .unwrap_or_else(|| panic!("-n wants a positive number, not {n}"))
             }
             _ => {
-                eprintln!("usage: hull-cri-bench [-n RUNS]");
+                eprintln!("usage: hull-cri-bench [-n RUNS] [--burst N]");
                 std::process::exit(2);
             }
         }
@@ -111,5 +167,17 @@ fn main() {
             ms(min),
             ms(max)
         );
+    }
+    if burst_size > 0 {
+        println!();
+        println!("| {burst_size} pods started at once through CRI | ready | until the last answered an exec (ms) |");
+        println!("|---|---|---|");
+        for handler in [RUNC_HANDLER, HULL_HANDLER] {
+            let (ready, elapsed, failures) = burst(&cri, handler, burst_size);
+            println!("| {handler} | {ready} of {burst_size} | {} |", ms(elapsed));
+            for failure in failures {
+                eprintln!("hull-cri-bench: a pod under {handler} failed: {failure}");
+            }
+        }
     }
 }
