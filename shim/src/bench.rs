@@ -199,20 +199,25 @@ fn runc_burst(rootfs: &Path, count: usize) -> Result<Duration, BenchError> {
             .map(|id| {
                 let bundle = &bundle;
                 scope.spawn(move || {
-                    let output = Command::new("runc")
+                    // The detached container keeps runc's stderr: a file,
+                    // not a pipe whose end would wait for the container.
+                    let log = bundle.join(format!("{id}.stderr"));
+                    let stderr = std::fs::File::create(&log)
+                        .map_err(|e| BenchError::Runc(format!("{}: {e}", log.display())))?;
+                    let status = Command::new("runc")
                         .args(["run", "--detach", "--bundle"])
                         .arg(bundle)
                         .arg(id)
                         .stdin(std::process::Stdio::null())
                         .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::piped())
-                        .output()
+                        .stderr(stderr)
+                        .status()
                         .map_err(|e| BenchError::Runc(format!("cannot run runc: {e}")))?;
-                    if output.status.success() {
+                    if status.success() {
                         Ok(())
                     } else {
                         Err(BenchError::Runc(
-                            String::from_utf8_lossy(&output.stderr).into_owned(),
+                            std::fs::read_to_string(&log).unwrap_or_default(),
                         ))
                     }
                 })
