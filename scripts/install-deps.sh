@@ -9,7 +9,7 @@ packages=(
     qemu-system-x86 containerd runc containernetworking-plugins
     linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio kmod
     busybox-static libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler
-    file iproute2 util-linux time gcc libc6-dev
+    file iproute2 util-linux time gcc libc6-dev lz4
 )
 missing=()
 for p in "${packages[@]}"; do
