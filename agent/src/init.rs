@@ -148,9 +148,14 @@ pub fn set_clock(unix_nanos: i64) -> nix::Result<()> {
 }
 
 /// Ends the VM. PID 1 must never exit (the kernel would panic).
+///
+/// By a restart, not a power-off: both VMMs end the VM when the guest resets
+/// (QEMU runs with `-no-reboot`; hull-vmm stops on the i8042 reset line the
+/// kernel pulls with `reboot=k`), while a power-off needs ACPI, which
+/// hull-vmm does not have: there the guest would halt and the VMM wait.
 fn power_off() -> ! {
     nix::unistd::sync();
-    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
         std::thread::park();
     }

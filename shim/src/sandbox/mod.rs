@@ -312,6 +312,11 @@ fn builtin_jail(paths: &SandboxPaths, (uid, gid): (u32, u32)) -> VmmJail {
 /// Hull's kernel command line for `backend`.
 fn kernel_cmdline(config: &Config, backend: Backend, tsc_khz: Option<u64>) -> String {
     let mut cmdline = BASE_CMDLINE.to_owned();
+    if backend == Backend::Builtin {
+        // The agent ends the VM with a restart; hull-vmm has no ACPI, so the
+        // kernel resets through the i8042, which hull-vmm ends the VM on.
+        cmdline.push_str(" reboot=k");
+    }
     if backend == Backend::Qemu(ResolvedAccelerator::Tcg) {
         if let Some(khz) = tsc_khz {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
@@ -972,7 +977,7 @@ mod tests {
     }
 
     #[test]
-    fn only_qemu_under_tcg_gets_the_tsc_frequency() {
+    fn only_qemu_under_tcg_gets_the_tsc_frequency_and_only_hull_vmm_resets_through_the_i8042() {
         let config = Config {
             kernel_params: "debug".into(),
             ..Config::default()
@@ -983,12 +988,18 @@ mod tests {
             Some(2_000_000),
         );
         assert_eq!(tcg, format!("{BASE_CMDLINE} tsc_early_khz=2000000 debug"));
-        for backend in [Backend::Builtin, Backend::Qemu(ResolvedAccelerator::Kvm)] {
-            assert_eq!(
-                kernel_cmdline(&config, backend, Some(2_000_000)),
-                format!("{BASE_CMDLINE} debug")
-            );
-        }
+        assert_eq!(
+            kernel_cmdline(
+                &config,
+                Backend::Qemu(ResolvedAccelerator::Kvm),
+                Some(2_000_000)
+            ),
+            format!("{BASE_CMDLINE} debug")
+        );
+        assert_eq!(
+            kernel_cmdline(&config, Backend::Builtin, Some(2_000_000)),
+            format!("{BASE_CMDLINE} reboot=k debug")
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The legacy devices on the port I/O bus: COM1 and the i8042.
+//! The legacy devices on the port I/O bus: COM1, the i8042 and the CMOS RTC.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -7,7 +7,8 @@ use vmm_sys_util::eventfd::EventFd;
 
 use super::bus::{Bus, BusDevice, BusError};
 use crate::devices::legacy::{
-    I8042Device, SerialDevice, COM1_PORT, I8042_PORT, I8042_PORT_LEN, SERIAL_PORT_LEN,
+    CmosRtc, I8042Device, SerialDevice, COM1_PORT, I8042_PORT, I8042_PORT_LEN, RTC_PORT,
+    RTC_PORT_LEN, SERIAL_PORT_LEN,
 };
 use crate::devices::Interrupt;
 
@@ -41,7 +42,17 @@ impl BusDevice for I8042Device {
     }
 }
 
-/// COM1 and the i8042 on their own port I/O bus.
+impl BusDevice for CmosRtc {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        CmosRtc::read(self, offset, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        CmosRtc::write(self, offset, data);
+    }
+}
+
+/// COM1, the i8042 and the CMOS RTC on their own port I/O bus.
 #[derive(Debug)]
 pub struct LegacyDeviceManager {
     io_bus: Bus,
@@ -51,7 +62,8 @@ pub struct LegacyDeviceManager {
 
 impl LegacyDeviceManager {
     /// COM1 at 0x3f8 writing to `serial_out` and raising `serial_interrupt` (IRQ 4), and the
-    /// i8042 at 0x60..=0x64 signalling `reset_evt` when the guest resets the CPU.
+    /// i8042 at 0x60..=0x64 signalling `reset_evt` when the guest resets the CPU, and the RTC
+    /// at 0x70..=0x71.
     pub fn new(
         serial_out: SerialOutput,
         serial_interrupt: Arc<dyn Interrupt>,
@@ -62,6 +74,11 @@ impl LegacyDeviceManager {
         let mut io_bus = Bus::new();
         io_bus.insert(serial.clone(), u64::from(COM1_PORT), SERIAL_PORT_LEN)?;
         io_bus.insert(i8042.clone(), u64::from(I8042_PORT), I8042_PORT_LEN)?;
+        io_bus.insert(
+            Arc::new(Mutex::new(CmosRtc::new())),
+            u64::from(RTC_PORT),
+            RTC_PORT_LEN,
+        )?;
         Ok(LegacyDeviceManager {
             io_bus,
             serial,
@@ -144,6 +161,14 @@ mod tests {
         assert_eq!(status[0] & 0x01, 0, "output buffer empty");
         assert!(bus.write(0x64, &[0xfe]));
         assert_eq!(reset.read().unwrap(), 1);
+
+        // The RTC: status D says the clock is valid; no update is ever in progress.
+        assert!(bus.write(0x70, &[0x0d]));
+        assert!(bus.read(0x71, &mut status));
+        assert_eq!(status[0], 0x80);
+        assert!(bus.write(0x70, &[0x0a]));
+        assert!(bus.read(0x71, &mut status));
+        assert_eq!(status[0] & 0x80, 0);
 
         assert!(!bus.write(0x3f0, &[0]), "nothing at 0x3f0");
         assert!(!bus.read(0x65, &mut status), "nothing at 0x65");
