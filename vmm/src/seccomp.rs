@@ -271,7 +271,8 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
     Ok(())
 }
 
-/// KVM_RUN and nothing else on the vCPU fd, the kick signal's return,
+/// KVM_RUN on the vCPU fd, and reading its registers when the guest
+/// triple-faults (to say where), the kick signal's return,
 /// the serial log and the irqfds (`write`), and the vsock device when the
 /// guest notifies a queue: reads, writes and epoll re-arming on its host
 /// sockets, and connections the guest opens to `<uds>_<port>`; the
@@ -282,14 +283,17 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
 /// notifies a queue; and the virtio-net devices, which send frames to their
 /// taps (`writev`) and take frames from them (`read`).
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![SeccompRule::new(vec![SeccompCondition::new(
+    let ioctl = |request| -> RuleResult<SeccompRule> {
+        SeccompRule::new(vec![SeccompCondition::new(
             1,
             SeccompCmpArgLen::Dword,
             SeccompCmpOp::Eq,
-            KVM_RUN,
-        )?])?],
+            request,
+        )?])
+    };
+    rules.insert(
+        libc::SYS_ioctl,
+        vec![ioctl(KVM_RUN)?, ioctl(KVM_GET_REGS)?, ioctl(KVM_GET_SREGS)?],
     );
     for nr in [
         libc::SYS_rt_sigreturn,
@@ -479,6 +483,16 @@ fn unix_stream_socket() -> RuleResult<Vec<SeccompRule>> {
 
 /// `_IO(KVMIO, 0x80)`.
 const KVM_RUN: u64 = 0xae80;
+/// `_IOR(KVMIO, 0x81, struct kvm_regs)`.
+const KVM_GET_REGS: u64 = kvm_read_ioctl(0x81, std::mem::size_of::<kvm_bindings::kvm_regs>());
+/// `_IOR(KVMIO, 0x83, struct kvm_sregs)`.
+const KVM_GET_SREGS: u64 = kvm_read_ioctl(0x83, std::mem::size_of::<kvm_bindings::kvm_sregs>());
+
+/// `_IOR(KVMIO, nr, size)`: direction "read" (2) in bits 30-31, the size
+/// in bits 16-29.
+const fn kvm_read_ioctl(nr: u64, size: usize) -> u64 {
+    (2 << 30) | ((size as u64) << 16) | ((kvm_bindings::KVMIO as u64) << 8) | nr
+}
 
 /// Drops every capability of the calling thread: the bounding set (so an
 /// `execve` could not bring them back), the ambient set, then the
@@ -682,9 +696,15 @@ mod tests {
             let socket_restricted = rules.get(&libc::SYS_socket).is_none_or(|r| !r.is_empty());
             assert!(socket_restricted, "{kind:?} allows every socket");
         }
+        // KVM_RUN, and two reads of the vCPU's registers; nothing that
+        // changes the VM.
+        let vcpu_ioctls: Vec<SeccompRule> = [KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS]
+            .into_iter()
+            .flat_map(|request| only(1, SeccompCmpArgLen::Dword, request))
+            .collect();
         assert_eq!(
             rules(ThreadKind::Vcpu).unwrap()[&libc::SYS_ioctl],
-            only(1, SeccompCmpArgLen::Dword, KVM_RUN)
+            vcpu_ioctls
         );
     }
 
@@ -712,5 +732,13 @@ mod tests {
     #[test]
     fn kvm_run_is_the_request_kvm_ioctls_uses() {
         assert_eq!(KVM_RUN, u64::from(kvm_bindings::KVMIO) << 8 | 0x80);
+    }
+
+    #[test]
+    fn register_reads_are_the_kernels_request_numbers() {
+        // From <linux/kvm.h> on x86_64: struct kvm_regs is 144 bytes,
+        // struct kvm_sregs 312.
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
     }
 }

@@ -28,8 +28,11 @@ pub enum VcpuStop {
     /// The guest executed HLT with interrupts off (or the VM was built
     /// without an irqchip): there is nothing more it can do.
     Halted,
-    /// Triple fault or ACPI/i8042 reset: the guest asked for a reboot.
+    /// An i8042 reset or a system event: the guest asked for a reboot
+    /// (Hull's guest ends that way).
     Reset,
+    /// A triple fault: the guest crashed. Holds where it was.
+    TripleFault(String),
     /// The VMM stopped it.
     Stopped,
     /// KVM could not go on (emulation failure, failed entry, ...).
@@ -135,6 +138,19 @@ impl Vcpu {
         Ok(VcpuHandle { thread, stop })
     }
 
+    /// The registers that say where a crashed guest was, for the message.
+    fn whereabouts(&self) -> String {
+        match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(regs), Ok(sregs)) => format!(
+                "vcpu {} rip {:#x} rsp {:#x} cr0 {:#x} cr3 {:#x} cr4 {:#x} efer {:#x}",
+                self.id, regs.rip, regs.rsp, sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+            ),
+            (Err(err), _) | (_, Err(err)) => {
+                format!("vcpu {} (registers unreadable: {err})", self.id)
+            }
+        }
+    }
+
     fn run(mut self, handler: &dyn ExitHandler, stop: &AtomicBool) -> VcpuStop {
         loop {
             if stop.load(Ordering::SeqCst) {
@@ -150,7 +166,7 @@ impl Vcpu {
                 Ok(VcpuExit::MmioRead(address, data)) => handler.mmio_read(address, data),
                 Ok(VcpuExit::MmioWrite(address, data)) => handler.mmio_write(address, data),
                 Ok(VcpuExit::Hlt) => return VcpuStop::Halted,
-                Ok(VcpuExit::Shutdown) => return VcpuStop::Reset,
+                Ok(VcpuExit::Shutdown) => return VcpuStop::TripleFault(self.whereabouts()),
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
                     tracing::info!(vcpu = self.id, kind, "system event");
                     return VcpuStop::Reset;

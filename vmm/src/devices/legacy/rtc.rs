@@ -167,7 +167,7 @@ impl CmosRtc {
             if status_b & STATUS_B_BINARY != 0 {
                 value
             } else {
-                (value / 10) << 4 | value % 10
+                ((value / 10) << 4) | (value % 10)
             }
         };
         let time = || CalendarTime::from_unix((self.now)());
