@@ -154,6 +154,10 @@ pub fn set_clock(unix_nanos: i64) -> nix::Result<()> {
 /// kernel pulls with `reboot=k`), while a power-off needs ACPI, which
 /// hull-vmm does not have: there the guest would halt and the VMM wait.
 fn power_off() -> ! {
+    // What was written to the console (a failure's message) sits in the
+    // UART's buffer until the driver sends it; a restart now would drop it.
+    // SAFETY: tcdrain on our own stderr, no pointers.
+    unsafe { libc::tcdrain(libc::STDERR_FILENO) };
     nix::unistd::sync();
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     loop {
