@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::containerd_config;
-use crate::config::{Accelerator, Config, HypervisorKind, DEFAULT_CONFIG_PATH};
+use crate::config::{Accelerator, Config, HypervisorKind, UserNamespaceMode, DEFAULT_CONFIG_PATH};
 use crate::host::Virtualization;
 use crate::hypervisor::{Backend, ResolvedAccelerator};
 use crate::sandbox::find_program;
@@ -135,6 +135,9 @@ pub struct HostFacts {
     /// QEMU's `-M help` output.
     pub qemu_machines: Option<String>,
     pub virtiofsd: Option<Program>,
+    /// Whether this kernel can id-map the share (so virtiofsd can run
+    /// unprivileged), and why not.
+    pub idmapped_shares: Result<(), String>,
     /// The built-in VMM (`vmm` in the configuration).
     pub vmm: Option<Program>,
     pub kernel: FileProbe,
@@ -171,6 +174,7 @@ impl HostFacts {
             qemu,
             qemu_machines,
             virtiofsd: find_program(&config.virtiofsd).map(|path| probe_version(&path)),
+            idmapped_shares: crate::rootfs::idmapped_shares_supported(),
             vmm: find_program(&config.vmm).map(|path| probe_version(&path)),
             kernel: FileProbe::of(&config.kernel),
             initrd: FileProbe::of(&config.initrd),
@@ -211,6 +215,10 @@ impl HostFacts {
         }));
         checks.push(check_vmm(&config.vmm, self.vmm.as_ref(), builtin));
         checks.push(check_virtiofsd(&config.virtiofsd, self.virtiofsd.as_ref()));
+        checks.push(check_share_isolation(
+            config.virtiofsd_user_namespace,
+            &self.idmapped_shares,
+        ));
         checks.push(check_asset(
             "guest kernel",
             &config.kernel,
@@ -445,6 +453,35 @@ pub fn check_virtiofsd(configured: &Path, virtiofsd: Option<&Program>) -> Check 
 }
 
 /// A guest asset; `magic` is what its first bytes must be.
+/// Whether virtiofsd can run unprivileged here: the one place a host
+/// that cannot id-map the share is reported, so every sandbox does not
+/// repeat it.
+pub fn check_share_isolation(mode: UserNamespaceMode, idmapped: &Result<(), String>) -> Check {
+    const NAME: &str = "virtiofsd isolation";
+    match (mode, idmapped) {
+        (UserNamespaceMode::Off, _) => Check::new(
+            NAME,
+            Status::Ok,
+            "virtiofsd runs as root (virtiofsd_user_namespace = \"off\"), in its own namespaces, under seccomp",
+        ),
+        (_, Ok(())) => Check::new(
+            NAME,
+            Status::Ok,
+            "virtiofsd runs unprivileged, as root of its own user namespace, over id-mapped mounts",
+        ),
+        (UserNamespaceMode::Auto, Err(why)) => Check::new(
+            NAME,
+            Status::Warn,
+            format!("this kernel cannot id-map the share ({why}), so virtiofsd runs as root, in its own namespaces, under seccomp; Linux 6.8 lifts this"),
+        ),
+        (UserNamespaceMode::On, Err(why)) => Check::new(
+            NAME,
+            Status::Fail,
+            format!("virtiofsd_user_namespace = \"on\" but this kernel cannot id-map the share ({why}): sandboxes will not start"),
+        ),
+    }
+}
+
 pub fn check_asset(
     name: &'static str,
     path: &Path,
@@ -610,6 +647,7 @@ mod tests {
                     .into(),
             ),
             virtiofsd: Some(program("/usr/local/bin/virtiofsd", "virtiofsd 1.14.0")),
+            idmapped_shares: Ok(()),
             vmm: Some(program("/usr/local/bin/hull-vmm", "hull-vmm 0.1.0")),
             kernel: FileProbe::File {
                 size: 20 << 20,
@@ -679,6 +717,36 @@ mod tests {
             "{kernel}"
         );
         assert!(kernel.detail.contains("run `make install`"), "{kernel}");
+    }
+
+    #[test]
+    fn a_kernel_without_id_mapped_shares_warns_unless_the_namespace_is_required() {
+        let mut host = good_host();
+        host.idmapped_shares = Err("id-mapping a tmpfs (needs Linux 6.3): EINVAL".into());
+        let mut config = Config::default();
+        let checks = host.checks(&config);
+        let isolation = find(&checks, "virtiofsd isolation");
+        assert_eq!(isolation.status, Status::Warn);
+        assert!(isolation.detail.contains("as root"), "{isolation}");
+        assert!(isolation.detail.contains("needs Linux 6.3"), "{isolation}");
+        assert!(passed(&checks), "{checks:#?}");
+
+        config.virtiofsd_user_namespace = UserNamespaceMode::On;
+        let checks = host.checks(&config);
+        assert_eq!(find(&checks, "virtiofsd isolation").status, Status::Fail);
+        assert!(!passed(&checks));
+
+        config.virtiofsd_user_namespace = UserNamespaceMode::Off;
+        let checks = host.checks(&config);
+        assert_eq!(find(&checks, "virtiofsd isolation").status, Status::Ok);
+        assert_eq!(
+            find(
+                &good_host().checks(&Config::default()),
+                "virtiofsd isolation"
+            )
+            .status,
+            Status::Ok
+        );
     }
 
     #[test]

@@ -677,7 +677,9 @@ pub fn share_user_namespace(
         (UserNamespaceMode::Off, _) => false,
         (_, Ok(())) => true,
         (UserNamespaceMode::Auto, Err(why)) => {
-            tracing::warn!(%why, "virtiofsd runs as root: this kernel cannot id-map the share");
+            // `hull check` warns about this host-wide fact; each sandbox
+            // only records it.
+            tracing::info!(%why, "virtiofsd runs as root: this kernel cannot id-map the share");
             false
         }
         (UserNamespaceMode::On, Err(why)) => return Err(Error::NoIdMapping(why)),
