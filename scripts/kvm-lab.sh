@@ -4,32 +4,39 @@
 # as far as hull-vmm can tell. See ENVIRONMENT.md, "Real KVM one level down",
 # and docs/kvm-lab.md.
 #
-#   scripts/kvm-lab.sh [--memory MIB] [--cpus N] [--env NAME]... -- COMMAND [ARG]...
+#   scripts/kvm-lab.sh [--memory MIB] [--cpus N] [--timeout SECONDS] [--env NAME]... -- COMMAND [ARG]...
 #
 # L1 runs Debian's cloud kernel (its kvm, kvm_amd and the modules the lab
 # needs) with this machine's root file system shared read-only through
 # virtiofsd, under a tmpfs overlay: L1 sees the host's programs, the checkout
 # and the caches, and whatever it writes stays in L1. COMMAND runs as root in
 # the current directory; its output streams here, and the script exits with
-# its status. The kernel and the lab's initramfs are cached in
+# its status; with --timeout, a command still running after SECONDS is
+# killed and the script exits 124 (and L1 itself is killed a minute later if
+# it does not come down). The kernel and the lab's initramfs are cached in
 # /var/cache/hull/kvm-lab/<key>, keyed by the package's version and this
 # script.
 set -euo pipefail
 
 memory_mib=3072
 cpus=2
+timeout_secs=0
 pass_env=(PATH HOME TERM RUST_LOG RUST_BACKTRACE)
 while [ $# -gt 0 ]; do
     case "$1" in
         --memory) memory_mib="$2"; shift 2 ;;
         --cpus) cpus="$2"; shift 2 ;;
+        --timeout) timeout_secs="$2"; shift 2 ;;
         --env) pass_env+=("$2"); shift 2 ;;
         --) shift; break ;;
-        *) echo "kvm-lab: unknown option '$1' (usage: $0 [--memory MIB] [--cpus N] [--env NAME]... -- COMMAND...)" >&2; exit 2 ;;
+        *) echo "kvm-lab: unknown option '$1' (usage: $0 [--memory MIB] [--cpus N] [--timeout SECONDS] [--env NAME]... -- COMMAND...)" >&2; exit 2 ;;
     esac
 done
+case "$timeout_secs" in
+    ''|*[!0-9]*) echo "kvm-lab: --timeout wants whole seconds, not '$timeout_secs'" >&2; exit 2 ;;
+esac
 if [ $# -eq 0 ]; then
-    echo "kvm-lab: no command (usage: $0 [--memory MIB] [--cpus N] [--env NAME]... -- COMMAND...)" >&2
+    echo "kvm-lab: no command (usage: $0 [--memory MIB] [--cpus N] [--timeout SECONDS] [--env NAME]... -- COMMAND...)" >&2
     exit 2
 fi
 if [ "$(id -u)" != 0 ]; then
@@ -151,6 +158,7 @@ for name in "${pass_env[@]}"; do
     if [ -n "${!name+set}" ]; then printf '%s=%s\0' "$name" "${!name}"; fi
 done > "$run/env"
 echo "$cache" > "$run/cache"
+echo "$timeout_secs" > "$run/timeout"
 echo "$here/kvm-lab/stage2" > "$run/stage2"
 
 virtiofsd --socket-path "$run/fs.sock" --shared-dir / --readonly --sandbox none \
@@ -164,7 +172,11 @@ for _ in $(seq 100); do [ -S "$run/fs.sock" ] && break; sleep 0.05; done
 khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 cmdline="console=ttyS0 quiet loglevel=1 panic=-1 pci=off tsc_early_khz=$khz hull_lab=$run"
 
-qemu-system-x86_64 \
+# The backstop for an L1 that hangs: L1 boots in seconds, and stage 2 ends
+# the command itself at the timeout.
+guard=()
+[ "$timeout_secs" -gt 0 ] && guard=(timeout -s KILL "$((timeout_secs + 60))")
+"${guard[@]}" qemu-system-x86_64 \
     -M microvm,x-option-roms=off,rtc=on,memory-backend=mem \
     -object memory-backend-memfd,id=mem,size="${memory_mib}M",share=on \
     -m "${memory_mib}M" -smp "$cpus" -accel tcg,thread=multi -cpu max \
