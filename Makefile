@@ -14,7 +14,7 @@ DEMO_DIR    := /run/hull-demo
 CTR         := ctr -a $(DEMO_DIR)/containerd.sock -n hull-demo
 export HULL_CACHE
 
-.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test fuzz bench bench-cri lint clean
+.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test test-kvm fuzz bench bench-cri lint clean
 
 help:
 	@echo "make demo     install deps, build, install, run busybox in a microVM through containerd (and under runc)"
@@ -90,7 +90,29 @@ test: assets
 	HULL_TEST_ROOTFS=$(realpath $(ROOTFS)) \
 	cargo test --locked --workspace -- --test-threads=2 2>&1 | tee target/test.log
 	@$(MAKE) --no-print-directory fuzz
+	@$(MAKE) --no-print-directory test-kvm
 	@awk '/^test result:/ { p += $$4; f += $$6 } END { printf "test: %d passed, %d failed\n", p, f }' target/test.log
+
+# hull run's end-to-end tests again with hypervisor = "builtin", inside the
+# nested KVM lab (scripts/kvm-lab.sh): Hull's guest on hull-vmm under real,
+# emulated-AMD-V KVM. The lab sees this checkout read-only, so the test
+# binary is built here and run there directly, from the package directory
+# as cargo would.
+test-kvm: assets
+	@echo "test-kvm: hull run's end-to-end tests on hull-vmm, in the nested KVM lab"
+	@mkdir -p target
+	set -o pipefail; \
+	tests=$$(cargo test --locked --workspace --no-run --message-format=json \
+		| grep -o '"executable":"[^"]*/hull_run-[^"]*"' | cut -d'"' -f4); \
+	test -x "$$tests" || { echo "test-kvm: cargo built no hull_run test binary" >&2; exit 1; }; \
+	cd shim && \
+	HULL_TEST_HYPERVISOR=builtin \
+	HULL_TEST_KERNEL=$(realpath $(ASSETS)/vmlinux) \
+	HULL_TEST_INITRD=$(realpath $(INITRD)) \
+	HULL_TEST_ROOTFS=$(realpath $(ROOTFS)) \
+	../scripts/kvm-lab.sh --timeout 1500 --env HULL_TEST_HYPERVISOR --env HULL_TEST_KERNEL \
+		--env HULL_TEST_INITRD --env HULL_TEST_ROOTFS -- \
+		"$$tests" --test-threads=2 2>&1 | tee -a ../target/test.log
 
 # A short run of every fuzz target (FUZZ_SECONDS each). cargo fuzz wants
 # nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain take them.

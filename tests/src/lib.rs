@@ -628,6 +628,8 @@ pub(crate) const LEFTOVER_KINDS: &[&str] = &[
     SHIM_BINARY,
     "containerd-shim-runc-v2",
     "qemu-system-x86_64",
+    // The built-in VMM, and with QEMU the vsock backend (`hull-vmm vsock`).
+    "hull-vmm",
     "virtiofsd",
     "containerd",
 ];

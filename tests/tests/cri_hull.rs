@@ -230,7 +230,12 @@ fn a_host_network_pod_is_refused_with_a_reason() {
     );
     let mut left = hull_tests::processes_mentioning(
         cri.containerd().dir(),
-        &["qemu-system-x86_64", "virtiofsd", "containerd-shim-hull-v2"],
+        &[
+            "qemu-system-x86_64",
+            "hull-vmm",
+            "virtiofsd",
+            "containerd-shim-hull-v2",
+        ],
     );
     left.extend(cri.containerd().sandbox_processes());
     assert!(left.is_empty(), "left behind: {left:?}");
