@@ -172,6 +172,10 @@ for _ in $(seq 100); do [ -S "$run/fs.sock" ] && break; sleep 0.05; done
 khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 cmdline="console=ttyS0 quiet loglevel=1 panic=-1 pci=off tsc_early_khz=$khz hull_lab=$run"
 
+# mawk (Debian's awk) reads a pipe in blocks unless told otherwise, which
+# would hold the command's output back until L1 ends.
+awk_flags=()
+case "$(awk -W version 2>&1)" in *mawk*) awk_flags=(-W interactive) ;; esac
 # The backstop for an L1 that hangs: L1 boots in seconds, and stage 2 ends
 # the command itself at the timeout.
 guard=()
@@ -184,7 +188,7 @@ guard=()
     -chardev socket,id=hostroot,path="$run/fs.sock" \
     -device vhost-user-fs-device,chardev=hostroot,tag=hostroot \
     -display none -monitor none -serial stdio -no-reboot </dev/null \
-    > >(awk -v status="$run/status" '
+    > >(awk "${awk_flags[@]}" -v status="$run/status" '
         { sub(/\r$/, "") }
         /^kvm-lab: exit [0-9]+$/ { if (!done) print $3 > status; done = 1; next }
         /^\[ *[0-9.]+\] sysrq: Resetting$/ { next }

@@ -116,6 +116,7 @@ impl Env {
         });
         let output = child.wait_with_output().unwrap();
         writer.join().unwrap();
+        show_console_log_of_a_failed_boot(&output.stderr);
         output
     }
 
@@ -174,6 +175,20 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     found
+}
+
+/// Prints the guest console log a failed boot's message names, into the
+/// test's captured output (shown if the test fails): in the nested KVM lab
+/// the file is gone with the lab.
+fn show_console_log_of_a_failed_boot(stderr: &[u8]) {
+    let stderr = text(stderr);
+    let Some((_, rest)) = stderr.split_once("guest console log: ") else {
+        return;
+    };
+    let path = rest.split_whitespace().next().unwrap_or_default();
+    if let Ok(log) = std::fs::read_to_string(path) {
+        eprintln!("--- {path} ---\n{log}\n---");
+    }
 }
 
 fn text(bytes: &[u8]) -> String {
