@@ -97,7 +97,7 @@ test: assets
 # emulated-AMD-V KVM. The lab sees this checkout read-only, so the test
 # binary is built here and run there directly, from the package directory
 # as cargo would. Not yet part of `make test`: about one boot in twenty on
-# hull-vmm in the lab ends in an early guest reset (docs/kvm-lab.md), which
+# hull-vmm in the lab ends in a guest triple fault (docs/kvm-lab.md), which
 # would fail CI at random until it is found.
 test-kvm: assets
 	@echo "test-kvm: hull run's end-to-end tests on hull-vmm, in the nested KVM lab"
