@@ -177,12 +177,15 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     found
 }
 
-/// Prints the guest console log a failed boot's message names, into the
-/// test's captured output (shown if the test fails): in the nested KVM lab
-/// the file is gone with the lab.
+/// Prints the guest console log that hull names after a failed boot or
+/// run, into the test's captured output (shown if the test fails): in the
+/// nested KVM lab the file is gone with the lab.
 fn show_console_log_of_a_failed_boot(stderr: &[u8]) {
     let stderr = text(stderr);
-    let Some((_, rest)) = stderr.split_once("guest console log: ") else {
+    let Some((_, rest)) = ["guest console log: ", "guest console log is kept at "]
+        .iter()
+        .find_map(|marker| stderr.split_once(marker))
+    else {
         return;
     };
     let path = rest.split_whitespace().next().unwrap_or_default();

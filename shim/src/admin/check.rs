@@ -452,7 +452,6 @@ pub fn check_virtiofsd(configured: &Path, virtiofsd: Option<&Program>) -> Check 
     }
 }
 
-/// A guest asset; `magic` is what its first bytes must be.
 /// Whether virtiofsd can run unprivileged here: the one place a host
 /// that cannot id-map the share is reported, so every sandbox does not
 /// repeat it.
@@ -482,6 +481,7 @@ pub fn check_share_isolation(mode: UserNamespaceMode, idmapped: &Result<(), Stri
     }
 }
 
+/// A guest asset; `magic` is what its first bytes must be.
 pub fn check_asset(
     name: &'static str,
     path: &Path,
