@@ -19,6 +19,22 @@ use crate::sys::fs::{open_beneath, Crossing};
 use crate::sys::mount::{clone_tree, set_attrs, MountAttrs, NewFilesystem};
 use crate::sys::userns::IdMappedNamespace;
 
+/// Whether overlayfs takes its lower layers one `lowerdir+` at a time
+/// (Linux 6.8). Asked once per process, of a throwaway overlay context.
+/// Before 6.5 overlayfs reads its options the legacy way: `fsconfig` accepts
+/// any key, and only creating the mount fails (EINVAL). So a key no overlayfs
+/// knows is tried first; only a kernel that refuses it answers the question.
+fn overlay_takes_layers_one_by_one() -> bool {
+    static PROBE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PROBE.get_or_init(|| {
+        let Ok(fs) = NewFilesystem::open("overlay") else {
+            return false;
+        };
+        let legacy = fs.set_string("hull-probe", OsStr::new("1")).is_ok();
+        !legacy && fs.set_string("lowerdir+", OsStr::new("/")).is_ok()
+    })
+}
+
 /// One of containerd's mounts for a container's rootfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RootfsMountSpec {
@@ -183,8 +199,8 @@ impl RootfsMountSpec {
         .map_err(self.step_error("creating the overlay"))
     }
 
-    /// Layers by path: one `lowerdir+` each (no length limit), or, on
-    /// kernels before 6.8, the whole `lowerdir` string.
+    /// Layers by path: one `lowerdir+` each (no length limit) where the
+    /// kernel takes that (6.8), else the whole `lowerdir` string.
     fn plain_layers(
         &self,
         fs: &NewFilesystem,
@@ -193,16 +209,14 @@ impl RootfsMountSpec {
         upper: Option<&Path>,
         work: Option<&Path>,
     ) -> Result<(), MountError> {
-        for (i, layer) in layers.iter().enumerate() {
-            match fs.set_string("lowerdir+", layer.as_os_str()) {
-                Ok(()) => {}
-                Err(err) if i == 0 && err.raw_os_error() == Some(libc::EINVAL) => {
-                    fs.set_string("lowerdir", OsStr::new(lower))
-                        .map_err(self.step_error("lowerdir"))?;
-                    break;
-                }
-                Err(err) => return Err(self.step_error(format!("layer {}", layer.display()))(err)),
+        if overlay_takes_layers_one_by_one() {
+            for layer in layers {
+                fs.set_string("lowerdir+", layer.as_os_str())
+                    .map_err(self.step_error(format!("layer {}", layer.display())))?;
             }
+        } else {
+            fs.set_string("lowerdir", OsStr::new(lower))
+                .map_err(self.step_error("lowerdir"))?;
         }
         for (key, dir) in [("upperdir", upper), ("workdir", work)] {
             if let Some(dir) = dir {
