@@ -55,7 +55,8 @@ pub struct HullConfig {
 
 impl HullConfig {
     /// The guest assets `make test` names in HULL_TEST_KERNEL and
-    /// HULL_TEST_INITRD.
+    /// HULL_TEST_INITRD, and the agent timeout in HULL_TEST_AGENT_TIMEOUT
+    /// where set (`make test-kvm`: the lab's one emulated CPU boots slowly).
     pub fn from_env() -> Self {
         let asset = |var: &str| {
             let path = std::env::var_os(var).unwrap_or_else(|| {
@@ -65,9 +66,14 @@ impl HullConfig {
             assert!(path.exists(), "{var}={} does not exist", path.display());
             path
         };
+        let agent_timeout_secs = std::env::var("HULL_TEST_AGENT_TIMEOUT").ok().map(|secs| {
+            secs.parse()
+                .unwrap_or_else(|_| panic!("HULL_TEST_AGENT_TIMEOUT={secs:?} is not whole seconds"))
+        });
         Self {
             kernel: Some(asset("HULL_TEST_KERNEL")),
             initrd: Some(asset("HULL_TEST_INITRD")),
+            agent_timeout_secs,
             ..Self::default()
         }
     }
@@ -126,8 +132,12 @@ impl Containerd {
     }
 
     fn launch(config: HullConfig, cri: bool) -> Self {
-        // Short: containerd's and Hull's Unix sockets live under it.
-        let dir = nix::unistd::mkdtemp("/tmp/hc-XXXXXX").expect("mkdtemp under /tmp");
+        // Short: containerd's and Hull's Unix sockets live under it. In
+        // TMPDIR where one is set: the nested KVM lab points it at a tmpfs,
+        // as containerd's overlay snapshots cannot live on its overlay root.
+        let template = std::env::temp_dir().join("hc-XXXXXX");
+        let dir = nix::unistd::mkdtemp(&template)
+            .unwrap_or_else(|e| panic!("mkdtemp {}: {e}", template.display()));
         let tag = dir
             .file_name()
             .unwrap()
