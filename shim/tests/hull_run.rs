@@ -493,3 +493,31 @@ fn tty_gives_the_process_a_terminal() {
     assert!(stdout.ends_with("done\n"), "{stdout:?}");
     env.assert_nothing_left();
 }
+
+/// `--vcpus 2` gives the VM two CPUs and the guest brings both up (on
+/// hull-vmm: the second through INIT/SIPI), so the container sees two.
+#[test]
+fn two_vcpus_give_the_container_two_cpus() {
+    let env = Env::new();
+    let output = env.hull(
+        &["--vcpus", "2"],
+        &["sh", "-c", "nproc; grep -c ^processor /proc/cpuinfo"],
+        b"",
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout), "2\n2\n");
+    env.assert_nothing_left();
+}
+
+#[test]
+fn an_impossible_vcpu_count_is_refused_before_any_vm_starts() {
+    let env = Env::new();
+    for count in ["0", "65"] {
+        let output = env.hull(&["--vcpus", count], &["true"], b"");
+        assert_eq!(output.status.code(), Some(2), "--vcpus {count}");
+        let stderr = text(&output.stderr);
+        assert!(stderr.contains("--vcpus"), "{stderr}");
+        assert!(stderr.contains(count), "{stderr}");
+    }
+    assert!(!env.state_dir().exists() || walk(&env.state_dir()).is_empty());
+}

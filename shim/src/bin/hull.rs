@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use hull_shim::admin::{check, containerd_config, install};
-use hull_shim::config::Config;
+use hull_shim::config::{Config, MAX_VCPUS};
 use hull_shim::run::{self, RunOptions, EXIT_HULL_ERROR};
 use hull_shim::spec::ProcessOptions;
 
@@ -49,6 +49,9 @@ enum Command {
         /// Seconds to wait for the guest agent (overrides the configuration).
         #[arg(long)]
         boot_timeout: Option<u64>,
+        /// Virtual CPUs of the VM (overrides the configuration).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS)))]
+        vcpus: Option<u32>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -181,6 +184,7 @@ fn main() {
             kernel,
             initrd,
             boot_timeout,
+            vcpus,
             command,
         } => {
             let mut config = match Config::load(cli.config.as_deref()) {
@@ -195,6 +199,9 @@ fn main() {
             }
             if let Some(secs) = boot_timeout {
                 config.agent_timeout_secs = secs.max(1);
+            }
+            if let Some(vcpus) = vcpus {
+                config.vcpus = vcpus;
             }
             let options = RunOptions {
                 rootfs,
