@@ -1,7 +1,7 @@
 //! What this host offers a VM. Telling KVM from PVM lives with the VMM
 //! (`hull_vmm::host`); the shim adds what only QEMU/TCG needs.
 
-pub use hull_vmm::host::Virtualization;
+pub use hull_vmm_api::host::Virtualization;
 
 /// The host's TSC frequency in kHz, as the host kernel measured it.
 ///

@@ -8,13 +8,14 @@
 //! All netlink work runs on a dedicated thread that has entered the pod's
 //! namespace, never on a shared runtime thread.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
+pub use hull_vmm_api::net::TapHeader;
+use hull_vmm_api::net::{attach_tap, TapError};
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
@@ -48,22 +49,12 @@ pub enum Error {
         what: String,
         message: String,
     },
-    #[error("Creating the tap {TAP_NAME} in {netns}: {source}")]
+    #[error("Creating the tap in {netns}: {source}")]
     Tap {
         netns: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: TapError,
     },
-}
-
-/// What frames on the tap carry in front of them, which the VMM decides: it
-/// is fixed when the tap is created.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TapHeader {
-    /// Bare frames (QEMU, handed the tap without `vnet_hdr`).
-    None,
-    /// A virtio-net header (`IFF_VNET_HDR`), as hull-vmm requires of a tap.
-    VirtioNet,
 }
 
 /// The guest's view of the pod's interface.
@@ -253,7 +244,7 @@ async fn setup(
         routes.extend(found.iter().filter_map(|r| guest_route(r, veth_index)));
     }
 
-    let tap = open_tap(TAP_NAME, header).map_err(|source| Error::Tap {
+    let tap = attach_tap(TAP_NAME, header).map_err(|source| Error::Tap {
         netns: netns.to_owned(),
         source,
     })?;
@@ -375,50 +366,6 @@ fn guest_route(route: &RouteMessage, veth_index: u32) -> Option<GuestRoute> {
         destination: destination.map(|d| (d, route.header.destination_prefix_length)),
         gateway,
     })
-}
-
-/// `struct ifreq` as TUNSETIFF reads it: a name and the flags.
-#[repr(C)]
-struct InterfaceRequest {
-    name: [u8; libc::IFNAMSIZ],
-    flags: libc::c_short,
-    _union_rest: [u8; 22],
-}
-
-/// `_IOW('T', 202, int)`.
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-
-/// Creates the tap `name` in the current network namespace. Frames carry
-/// no packet-information prefix, and a virtio-net header as `header` says.
-fn open_tap(name: &str, header: TapHeader) -> std::io::Result<OwnedFd> {
-    let path = CString::new("/dev/net/tun").expect("no NUL");
-    // SAFETY: a plain open(2) with a valid C string.
-    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd was just opened and is owned by nothing else.
-    let tap = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut request = InterfaceRequest {
-        name: [0; libc::IFNAMSIZ],
-        flags: match header {
-            TapHeader::None => libc::IFF_TAP | libc::IFF_NO_PI,
-            TapHeader::VirtioNet => libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR,
-        } as libc::c_short,
-        _union_rest: [0; 22],
-    };
-    if name.len() >= libc::IFNAMSIZ {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("interface name {name:?} is longer than 15 bytes"),
-        ));
-    }
-    request.name[..name.len()].copy_from_slice(name.as_bytes());
-    // SAFETY: TUNSETIFF reads a struct ifreq, which InterfaceRequest lays out.
-    if unsafe { libc::ioctl(tap.as_raw_fd(), TUNSETIFF, &request) } < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(tap)
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

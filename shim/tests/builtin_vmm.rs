@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use hull_shim::hypervisor::builtin::{Builtin, VmmJail};
 use hull_shim::hypervisor::{Hypervisor, NetDevice, VmConfig, VmExit, VmmHost};
-use hull_vmm::host::Virtualization;
+use hull_vmm_api::host::Virtualization;
 
 /// A tap created as the shim creates a pod's (with a virtio-net header),
 /// in the calling thread's network namespace.

@@ -386,7 +386,7 @@ fn a_missing_rootfs_is_refused_before_any_vm_starts() {
 /// boots the guest under hull-vmm (found next to this build's `hull`).
 #[test]
 fn builtin_hypervisor_runs_only_where_kvm_can_boot_linux() {
-    use hull_vmm::host::Virtualization;
+    use hull_vmm_api::host::Virtualization;
     let env = Env::with_hypervisor(Some("builtin"));
 
     let started = std::time::Instant::now();

@@ -222,7 +222,7 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
     }
     for fs in &config.fs {
         // Connects now: a missing virtiofsd fails the start, not the guest's mount.
-        let device = FsDevice::connect(&fs.device_config(), &memory)?;
+        let device = FsDevice::connect(&fs.into(), &memory)?;
         let device = Arc::new(Mutex::new(device));
         mmio.register_virtio_device(device.clone(), irq)
             .map_err(|e| BuildError::Devices(format!("fs {}: {e}", fs.tag)))?;

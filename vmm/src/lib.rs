@@ -6,11 +6,11 @@
 
 pub mod arch;
 pub mod builder;
-pub mod config;
+pub use hull_vmm_api::config;
 pub mod device_manager;
 pub mod devices;
 pub mod event_loop;
-pub mod host;
+pub use hull_vmm_api::host;
 pub mod jail;
 pub mod loader;
 pub mod seccomp;

@@ -1,7 +1,7 @@
 //! hull-vmm, Hull's own KVM VMM, as a backend (`hypervisor = "builtin"`).
 //!
 //! The VM is described in hull-vmm's own configuration schema
-//! (`hull_vmm::config::VmConfig`), written as TOML into the sandbox's state
+//! (`hull_vmm_api::config::VmConfig`), written as TOML into the sandbox's state
 //! directory, and hull-vmm runs as a child of the shim (`--config FILE`, its
 //! stdout and stderr the console log's pipe, dying with the shim, in the
 //! sandbox's cgroups from its first instruction). Once it holds every host
@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hull_vmm::config as vmm;
-use hull_vmm::devices::virtio::net::MacAddress;
+use hull_vmm_api::config as vmm;
+use hull_vmm_api::net::MacAddress;
 use tokio::sync::watch;
 
 use super::process::VmmProcess;

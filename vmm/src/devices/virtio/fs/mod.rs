@@ -21,11 +21,10 @@ use std::io;
 use std::path::PathBuf;
 
 pub use device::FsDevice;
+pub use hull_vmm_api::fs::{validate_queue_size, validate_tag, FsSettingError, TAG_LEN};
 
 /// `VIRTIO_ID_FS`.
 pub const VIRTIO_ID_FS: u32 = 26;
-/// The tag's field in the config space, NUL padded.
-pub const TAG_LEN: usize = 36;
 /// hiprio and one request queue.
 pub const NUM_QUEUES: usize = 2;
 /// `struct virtio_fs_config`: `tag[36]`, `le32 num_request_queues`. (`notify_buf_size`
@@ -45,14 +44,8 @@ pub struct FsConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum FsError {
-    #[error("virtio-fs tag {tag:?} is {len} bytes long: it must be 1 to {TAG_LEN} bytes (UTF-8)")]
-    TagLength { tag: String, len: usize },
-    #[error("virtio-fs tag {0:?} contains a NUL byte, which would end it early")]
-    TagNul(String),
-    #[error(
-        "virtio-fs queue size {0} is not a power of two from 2 to 32768 (virtio's split rings)"
-    )]
-    QueueSize(u16),
+    #[error(transparent)]
+    Setting(#[from] FsSettingError),
     #[error(
         "Cannot connect to virtiofsd at {}: {source}; start virtiofsd --socket-path={} first",
         socket.display(),
@@ -89,27 +82,14 @@ pub enum FsError {
     EventFd(#[source] io::Error),
 }
 
-/// Checks a tag the guest will mount the device by: 1 to 36 bytes, without NUL.
-pub fn validate_tag(tag: &str) -> Result<(), FsError> {
-    if tag.is_empty() || tag.len() > TAG_LEN {
-        return Err(FsError::TagLength {
-            tag: tag.to_owned(),
-            len: tag.len(),
-        });
+impl From<&hull_vmm_api::config::FsDeviceConfig> for FsConfig {
+    fn from(config: &hull_vmm_api::config::FsDeviceConfig) -> Self {
+        FsConfig {
+            socket: config.socket.clone(),
+            tag: config.tag.clone(),
+            queue_size: config.queue_size,
+        }
     }
-    if tag.contains('\0') {
-        return Err(FsError::TagNul(tag.to_owned()));
-    }
-    Ok(())
-}
-
-/// Checks a virtqueue size: a power of two, at least 2 (a FUSE request and its reply are two
-/// descriptors at least), at most 32768 (the largest split ring).
-pub fn validate_queue_size(size: u16) -> Result<(), FsError> {
-    if size < 2 || !size.is_power_of_two() || size > 32768 {
-        return Err(FsError::QueueSize(size));
-    }
-    Ok(())
 }
 
 /// The device's config space for `tag`, which must be valid.
@@ -138,35 +118,6 @@ mod unit_tests {
         let config = config_space(&longest).unwrap();
         assert_eq!(&config[..36], longest.as_bytes(), "no room left for a NUL");
         assert_eq!(&config[36..], &[1, 0, 0, 0]);
-    }
-
-    #[test]
-    fn tags_are_1_to_36_bytes_without_nul() {
-        for good in ["a", "hull", "rootfs-0", &"x".repeat(36), "é"] {
-            assert!(validate_tag(good).is_ok(), "{good}");
-        }
-        let err = validate_tag("").unwrap_err().to_string();
-        assert!(err.contains("\"\"") && err.contains("0 bytes"), "{err}");
-        let long = "y".repeat(37);
-        let err = validate_tag(&long).unwrap_err().to_string();
-        assert!(err.contains(&long) && err.contains("37 bytes"), "{err}");
-        // 18 two-byte characters: 36 bytes fit, 19 do not.
-        assert!(validate_tag(&"é".repeat(18)).is_ok());
-        let err = validate_tag(&"é".repeat(19)).unwrap_err().to_string();
-        assert!(err.contains("38 bytes"), "{err}");
-        let err = validate_tag("a\0b").unwrap_err().to_string();
-        assert!(err.contains("NUL") && err.contains("a\\0b"), "{err}");
         assert!(config_space("").is_err());
-    }
-
-    #[test]
-    fn queue_sizes_are_powers_of_two_up_to_32768() {
-        for good in [2, 128, 512, 1024, 32768] {
-            assert!(validate_queue_size(good).is_ok(), "{good}");
-        }
-        for bad in [0, 1, 3, 500, 65535] {
-            let err = validate_queue_size(bad).unwrap_err().to_string();
-            assert!(err.contains(&bad.to_string()), "{err}");
-        }
     }
 }

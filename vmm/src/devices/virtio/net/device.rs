@@ -24,8 +24,8 @@ use vm_memory::{GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMm
 use vmm_sys_util::epoll::EventSet;
 
 use super::frame::{gather_tx_frame, RxBuffers, MAX_FRAME_LEN, TAP_HEADER, VNET_HDR_SIZE};
-use super::mac::MacAddress;
 use super::tap::{Tap, TapError};
+use super::MacAddress;
 use crate::devices::virtio::mmio::{
     read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
 };

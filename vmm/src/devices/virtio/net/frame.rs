@@ -13,8 +13,8 @@
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-/// Size of `struct virtio_net_hdr_v1`, which precedes every frame with `VIRTIO_F_VERSION_1`.
-pub const VNET_HDR_SIZE: usize = 12;
+pub use hull_vmm_api::net::VNET_HDR_SIZE;
+
 /// An Ethernet header: destination, source, EtherType.
 pub const ETH_HLEN: usize = 14;
 /// The longest frame either side carries: the largest MTU Linux gives a tap or a virtio-net

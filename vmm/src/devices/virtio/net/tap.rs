@@ -16,83 +16,15 @@
 //! mode and close-on-exec are set here as for a tap opened by name. Non-blocking mode is a
 //! property of the open file, so the opener's copy of the descriptor becomes non-blocking too.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 
-use vmm_sys_util::ioctl::{ioctl_with_mut_ref, ioctl_with_ref, ioctl_with_val};
+use hull_vmm_api::net::{attach_tap, TapHeader, REQUIRED_TAP_FLAGS};
+pub use hull_vmm_api::net::{check_tap_name, TapError};
+use vmm_sys_util::ioctl::{ioctl_with_ref, ioctl_with_val};
 
 use super::frame::VNET_HDR_SIZE;
-
-const TUN_PATH: &str = "/dev/net/tun";
-
-/// Errors of opening a tap. Each names the tap.
-#[derive(Debug, thiserror::Error)]
-pub enum TapError {
-    #[error("Tap name {0:?} is not a valid interface name: 1 to 15 bytes, without '/', ':' or whitespace")]
-    InvalidName(String),
-    #[error("Opening tap device {name}: {TUN_PATH}: {source}")]
-    OpenTun {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Opening tap device {name}: TUNSETIFF failed (an existing interface of that name must be a tap without multiqueue; creating a tap, or attaching to one owned by another user, needs CAP_NET_ADMIN): {source}")]
-    Attach {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Opening tap device {name}: setting its {what}: {source}")]
-    Configure {
-        name: String,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Tap fd {fd} is not open in hull-vmm: its caller must pass the tap it opened as descriptor {fd}: {source}")]
-    NotOpen {
-        fd: RawFd,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Tap fd {fd} is not a tap: TUNGETIFF failed (pass a /dev/net/tun descriptor attached to a tap with TUNSETIFF): {source}")]
-    NotATap {
-        fd: RawFd,
-        #[source]
-        source: io::Error,
-    },
-    #[error("Tap fd {fd} ({name}) lacks {missing}: attach it with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, which cannot be changed once attached")]
-    Flags {
-        fd: RawFd,
-        name: String,
-        missing: String,
-    },
-}
-
-/// The flags a tap needs: Ethernet frames, no packet information, a virtio-net header.
-const REQUIRED_FLAGS: [(libc::c_int, &str); 3] = [
-    (libc::IFF_TAP, "IFF_TAP"),
-    (libc::IFF_NO_PI, "IFF_NO_PI"),
-    (libc::IFF_VNET_HDR, "IFF_VNET_HDR"),
-];
-
-/// Checks `name` as the kernel checks an interface name (`dev_valid_name`).
-pub fn check_tap_name(name: &str) -> Result<(), TapError> {
-    let valid = !name.is_empty()
-        && name.len() < libc::IFNAMSIZ
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
-    if valid {
-        Ok(())
-    } else {
-        Err(TapError::InvalidName(name.to_owned()))
-    }
-}
 
 /// An open tap: frames, each behind a `virtio_net_hdr_v1`.
 #[derive(Debug)]
@@ -104,31 +36,15 @@ pub struct Tap {
 impl Tap {
     /// Opens (or creates) the tap called `name`.
     pub fn open(name: &str) -> Result<Self, TapError> {
-        check_tap_name(name)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(TUN_PATH)
-            .map_err(|source| TapError::OpenTun {
+        let fd = attach_tap(name, TapHeader::VirtioNet)?;
+        let file = File::from(fd);
+        set_fd_flags(&file, libc::F_GETFL, libc::F_SETFL, libc::O_NONBLOCK).map_err(|source| {
+            TapError::Configure {
                 name: name.to_owned(),
+                what: "non-blocking mode",
                 source,
-            })?;
-
-        // SAFETY: all zeroes is a valid ifreq (a name and a union of plain integers).
-        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-        for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
-            *slot = byte as libc::c_char;
-        }
-        request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as _;
-        // SAFETY: TUNSETIFF reads and writes one ifreq, which lives across the call; the name
-        // is NUL-terminated since check_tap_name kept it below IFNAMSIZ bytes.
-        if unsafe { ioctl_with_mut_ref(&file, libc::TUNSETIFF as _, &mut request) } < 0 {
-            return Err(TapError::Attach {
-                name: name.to_owned(),
-                source: io::Error::last_os_error(),
-            });
-        }
+            }
+        })?;
         Self::configure(file, name.to_owned())
     }
 
@@ -161,7 +77,7 @@ impl Tap {
             .collect();
         // SAFETY: TUNGETIFF filled the flags member.
         let flags = libc::c_int::from(unsafe { request.ifr_ifru.ifru_flags });
-        let missing: Vec<&str> = REQUIRED_FLAGS
+        let missing: Vec<&str> = REQUIRED_TAP_FLAGS
             .iter()
             .filter(|(flag, _)| flags & flag == 0)
             .map(|(_, label)| *label)
@@ -268,27 +184,6 @@ impl AsRawFd for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn interface_names_are_checked_as_the_kernel_does() {
-        for good in ["tap0", "a", "hull-tap.1_x", "fifteen-chars-x"] {
-            assert!(check_tap_name(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "",
-            ".",
-            "..",
-            "sixteen-chars-xx",
-            "a/b",
-            "a:1",
-            "a b",
-            "tab\t",
-            "nul\0",
-        ] {
-            let err = check_tap_name(bad).unwrap_err().to_string();
-            assert!(err.contains(&format!("{bad:?}")), "{err}");
-        }
-    }
 
     #[test]
     fn bad_names_fail_before_touching_the_tun_device() {

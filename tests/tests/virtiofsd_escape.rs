@@ -12,8 +12,8 @@
 //! the guest's ordinary requests must still work, with the owner they ask
 //! for on disk.
 //!
-//! Needs root (mounts, user namespaces), virtiofsd, and hull-vmm built beside
-//! this build's `hull` (`cargo test --workspace`).
+//! Needs root (mounts, user namespaces), virtiofsd, and hull-vmm built (`cargo
+//! test --workspace` builds it).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -62,7 +62,7 @@ async fn a_privileged_virtiofsd_keeps_a_hostile_guest_in_the_share() {
 }
 
 async fn guest_stays_in_the_share(mode: Mode) {
-    let jailer = Path::new(env!("CARGO_BIN_EXE_hull")).with_file_name("hull-vmm");
+    let jailer = hull_tests::artifacts::bin_dir().join("hull-vmm");
     assert!(
         jailer.is_file(),
         "{} is missing: run the tests with `cargo test --workspace` (make test)",

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::devices::virtio::fs;
-use crate::devices::virtio::net::{check_tap_name, MacAddress};
+use crate::fs::{self, FsSettingError};
+use crate::net::{check_tap_name, MacAddress};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -47,7 +47,7 @@ pub struct VmConfig {
     /// virtio-net devices, in order (`[[net]]`), after the fs devices.
     #[serde(default)]
     pub net: Vec<NetDeviceConfig>,
-    /// Where hull-vmm confines itself once the VM is built (`crate::jail`).
+    /// Where hull-vmm confines itself once the VM is built (hull-vmm's `jail`).
     #[serde(default)]
     pub jail: Option<JailConfig>,
 }
@@ -133,17 +133,6 @@ pub struct FsDeviceConfig {
     /// The size of each virtqueue, a power of two from 2 to 32768.
     #[serde(default = "default_fs_queue_size")]
     pub queue_size: u16,
-}
-
-impl FsDeviceConfig {
-    /// The device's view of it.
-    pub fn device_config(&self) -> fs::FsConfig {
-        fs::FsConfig {
-            socket: self.socket.clone(),
-            tag: self.tag.clone(),
-            queue_size: self.queue_size,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -333,7 +322,7 @@ impl VmConfig {
 
     fn validate_fs(&self) -> Result<(), ConfigError> {
         for (index, device) in self.fs.iter().enumerate() {
-            let invalid = |e: fs::FsError| {
+            let invalid = |e: FsSettingError| {
                 ConfigError::Invalid(format!("fs socket {}: {e}", device.socket.display()))
             };
             fs::validate_tag(&device.tag).map_err(invalid)?;
@@ -358,7 +347,7 @@ impl VmConfig {
 }
 
 impl JailConfig {
-    /// What can be checked without looking at the host; `crate::jail`
+    /// What can be checked without looking at the host; hull-vmm's `jail`
     /// checks the directories themselves.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !self.root.is_absolute() {
