@@ -7,24 +7,29 @@
 
 pub mod admission;
 mod cgroup;
+mod error;
+mod guest_network;
 mod log;
+mod progress;
+mod state_dir;
 mod virtiofsd;
 pub mod vmm_ids;
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hull_protocols::agent::{
-    CreateSandboxRequest, DestroySandboxRequest, Interface, IpAddress, Route, SharedFilesystem,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
-};
+use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, SharedFilesystem};
 
 pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
+pub use self::error::Error;
+use self::guest_network::configure_guest_network;
 pub use self::log::{capped_log, rotated_path, LogPipe};
+pub use self::progress::{Milestone, Progress};
+pub use self::state_dir::{create_state_dir, remove_state, SandboxPaths, SHARED_DIR_NAME};
 pub use self::virtiofsd::{Virtiofsd, VirtiofsdLaunch};
 pub use self::vmm_ids::VMM_ID_COUNT;
-use crate::agent_client::{self, context, rpc_message, AgentClient, HybridVsock};
+use crate::agent_client::{context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
 use crate::hypervisor::builtin::{Builtin, VmmJail};
@@ -32,7 +37,7 @@ use crate::hypervisor::qemu::{Qemu, QemuJail};
 use crate::hypervisor::{
     self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig, VmmHost,
 };
-use crate::network::{self, format_mac, PodNetwork, TapHeader, GUEST_INTERFACE};
+use crate::network::{format_mac, PodNetwork, TapHeader};
 use crate::pod::VmSize;
 use crate::rootfs::{self, RootfsMountSpec, SharedDir};
 pub use crate::sys::process::find_program;
@@ -48,160 +53,6 @@ const SETUP_CALL: Duration = Duration::from_secs(60);
 const GUEST_CID: u64 = 3;
 /// Hull's part of the guest kernel command line.
 const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{what} not found at {path}: {hint}")]
-    MissingAsset {
-        what: &'static str,
-        path: PathBuf,
-        hint: &'static str,
-    },
-    #[error("{0} not found: install QEMU with `make deps` (Debian package qemu-system-x86)")]
-    MissingQemu(PathBuf),
-    #[error("{0} not found: install it with `make deps` (cargo install virtiofsd)")]
-    MissingVirtiofsd(PathBuf),
-    #[error("{0} not found: hull-vmm runs the VM (hypervisor = \"builtin\") and, with QEMU, jails QEMU and virtiofsd and serves vsock; install it with `make install` (`hull install` puts it next to the shim) or set `vmm` in Hull's configuration to its path")]
-    MissingVmm(PathBuf),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("Cannot start {program} ({hint}): {source}")]
-    Spawn {
-        program: String,
-        hint: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{program} exited ({status}); see {log}", log = log.display())]
-    Exited {
-        program: String,
-        status: String,
-        log: PathBuf,
-    },
-    #[error("{program} did not get ready; see {log}", log = log.display())]
-    NotReady { program: String, log: PathBuf },
-    #[error("{0}")]
-    Cancelled(String),
-    #[error(transparent)]
-    Hypervisor(#[from] hypervisor::Error),
-    #[error("The VM did not boot: {source}{queued}; guest console log: {log}", log = log.display(), queued = queued_note(*queued))]
-    Boot {
-        #[source]
-        source: agent_client::Error,
-        /// How long the boot waited for a boot slot before it started.
-        queued: Duration,
-        log: PathBuf,
-    },
-    #[error("The VM stopped while booting ({exit:?}); guest console log: {log}", log = log.display())]
-    VmDied {
-        exit: hypervisor::VmExit,
-        log: PathBuf,
-    },
-    #[error("Setting up the sandbox in the guest: {message}; guest console log: {log}", log = log.display())]
-    Agent { message: String, log: PathBuf },
-    #[error(transparent)]
-    Share(#[from] rootfs::ShareError),
-    #[error("The sandbox's host cgroup: {0}")]
-    Cgroup(#[from] CgroupError),
-    #[error("virtiofsd_user_namespace = \"on\", but this kernel cannot serve the share to an unprivileged virtiofsd ({0}); set it to \"auto\" or \"off\"")]
-    NoIdMapping(String),
-    #[error(transparent)]
-    InvalidId(#[from] crate::ids::InvalidId),
-    #[error(transparent)]
-    Network(#[from] network::Error),
-}
-
-/// Per-sandbox paths under `<state_dir>/<id>/`. Socket paths stay short:
-/// Unix socket paths are limited to 107 bytes.
-#[derive(Debug, Clone)]
-pub struct SandboxPaths {
-    pub dir: PathBuf,
-    pub shared: PathBuf,
-    pub vsock: PathBuf,
-    pub vhost_vsock: PathBuf,
-    pub virtiofsd: PathBuf,
-    /// hull-vmm's configuration (builtin backend).
-    pub vmm_config: PathBuf,
-    pub console_log: PathBuf,
-    pub virtiofsd_log: PathBuf,
-    /// The VMM's pid, for operators and tests that must find "the VMM" of a
-    /// sandbox whatever the backend (hull-vmm, or QEMU under its jailer).
-    pub vmm_pid: PathBuf,
-}
-
-impl SandboxPaths {
-    pub fn new(state_dir: &Path, id: &str) -> Self {
-        let dir = state_dir.join(id);
-        SandboxPaths {
-            shared: dir.join("shared"),
-            vsock: dir.join("vsock.sock"),
-            vhost_vsock: dir.join("vhost-vsock.sock"),
-            virtiofsd: dir.join("virtiofsd.sock"),
-            vmm_config: dir.join("vmm.toml"),
-            console_log: dir.join("console.log"),
-            virtiofsd_log: dir.join("virtiofsd.log"),
-            vmm_pid: dir.join("vmm.pid"),
-            dir,
-        }
-    }
-}
-
-/// Prints start-up steps with the time since the start, for `-v`.
-pub struct Progress {
-    start: Instant,
-    verbose: bool,
-    reached: std::sync::Mutex<Vec<(Milestone, Duration)>>,
-}
-
-/// Points of a sandbox's life that `hull bench` measures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Milestone {
-    VmStarted,
-    AgentReady,
-    ContainerStarted,
-    ContainerExited,
-    SandboxRemoved,
-}
-
-impl Progress {
-    pub fn new(verbose: bool) -> Self {
-        Progress {
-            start: Instant::now(),
-            verbose,
-            reached: Default::default(),
-        }
-    }
-
-    pub fn step(&self, what: &str) {
-        if self.verbose {
-            eprintln!("hull: [{:7.3}s] {what}", self.start.elapsed().as_secs_f64());
-        }
-    }
-
-    /// A step that is also recorded for measurement.
-    pub fn milestone(&self, milestone: Milestone, what: &str) {
-        let elapsed = self.start.elapsed();
-        self.reached
-            .lock()
-            .expect("progress lock")
-            .push((milestone, elapsed));
-        self.step(what);
-    }
-
-    /// When `milestone` was reached, counted from the start.
-    pub fn time_of(&self, milestone: Milestone) -> Option<Duration> {
-        self.reached
-            .lock()
-            .expect("progress lock")
-            .iter()
-            .find(|(m, _)| *m == milestone)
-            .map(|(_, t)| *t)
-    }
-}
 
 /// What a sandbox's VM gets beyond the configuration: its size and, for a
 /// pod, the network namespace CNI prepared.
@@ -698,15 +549,6 @@ pub fn share_user_namespace(
     })
 }
 
-/// The part of a boot error that says the boot queued first.
-fn queued_note(queued: Duration) -> String {
-    if queued < Duration::from_millis(100) {
-        String::new()
-    } else {
-        format!(" (after waiting {queued:.1?} for a boot slot)")
-    }
-}
-
 /// What the sandbox's host processes may use together: the VM's RAM and
 /// vCPUs plus the configured overheads.
 fn host_limits(config: &Config, size: &VmSize) -> CgroupLimits {
@@ -714,123 +556,6 @@ fn host_limits(config: &Config, size: &VmSize) -> CgroupLimits {
         u64::from(size.memory_mib) + u64::from(config.sandbox_memory_overhead_mib),
         u64::from(size.vcpus) * 1000 + u64::from(config.sandbox_cpu_overhead_millicpus),
     )
-}
-
-/// Gives the guest NIC the pod interface's MAC, MTU, addresses and routes.
-async fn configure_guest_network(
-    agent: &AgentClient,
-    network: &PodNetwork,
-) -> Result<(), ttrpc::Error> {
-    let interface = &network.interface;
-    let request = UpdateInterfaceRequest {
-        interface: Some(Interface {
-            name: GUEST_INTERFACE.into(),
-            mac_address: format_mac(&interface.mac),
-            mtu: interface.mtu,
-            addresses: interface
-                .addresses
-                .iter()
-                .map(|(address, prefix)| IpAddress {
-                    address: address.to_string(),
-                    prefix_length: u32::from(*prefix),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
-    agent
-        .api()
-        .update_interface(context(SETUP_CALL), &request)
-        .await?;
-    let request = UpdateRoutesRequest {
-        routes: network
-            .routes
-            .iter()
-            .map(|route| Route {
-                destination: route
-                    .destination
-                    .map_or_else(|| "default".into(), |(ip, len)| format!("{ip}/{len}")),
-                gateway: route.gateway.map(|g| g.to_string()).unwrap_or_default(),
-                device: GUEST_INTERFACE.into(),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
-    agent
-        .api()
-        .update_routes(context(SETUP_CALL), &request)
-        .await?;
-    Ok(())
-}
-
-/// The name of the share in the sandbox's state directory.
-pub const SHARED_DIR_NAME: &str = "shared";
-
-/// Creates `state_dir` (if missing) and the sandbox's directory `dir` in
-/// it, both 0711: root's, and only traversable by others (a jailed VMM
-/// reaches its sockets by name in them).
-pub fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
-    for (path, recursive) in [(state_dir, true), (dir, false)] {
-        let made = std::fs::DirBuilder::new()
-            .recursive(recursive)
-            .mode(0o711)
-            .create(path);
-        match made {
-            Err(err) if !(recursive && err.kind() == std::io::ErrorKind::AlreadyExists) => {
-                return Err(Error::Io {
-                    what: format!("creating {}", path.display()),
-                    source: err,
-                });
-            }
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// Removes the sandbox's state directory; with `keep_logs`, leaves the
-/// console and virtiofsd logs. Every mount below it (the share, and what is
-/// mounted in the share) is detached first, by descriptor; removal then
-/// never follows a symlink or enters a mount that stayed, so a mount that
-/// would not go away cannot make us delete a volume's files through it.
-pub fn remove_state(paths: &SandboxPaths, keep_logs: bool) {
-    let dir = match std::fs::File::open(&paths.dir) {
-        Ok(dir) => std::os::fd::OwnedFd::from(dir),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-        Err(err) => {
-            tracing::warn!(dir = %paths.dir.display(), %err, "opening the state directory");
-            return;
-        }
-    };
-    use std::os::fd::AsFd;
-    for (mount, err) in crate::sys::mount::detach_below(dir.as_fd(), &paths.dir, Path::new("")) {
-        tracing::warn!(mount = %mount.display(), %err, "not detached");
-    }
-    let keep: Vec<&std::ffi::OsStr> = [&paths.console_log, &paths.virtiofsd_log]
-        .iter()
-        .filter_map(|p| p.file_name())
-        .collect();
-    let names: Vec<std::ffi::OsString> = match std::fs::read_dir(&paths.dir) {
-        Ok(entries) => entries.flatten().map(|e| e.file_name()).collect(),
-        Err(_) => Vec::new(),
-    };
-    for name in names {
-        if keep_logs && keep.contains(&name.as_os_str()) {
-            continue;
-        }
-        let leftovers = crate::sys::fs::remove_beneath(dir.as_fd(), &name);
-        if !leftovers.is_empty() {
-            tracing::warn!(dir = %paths.dir.display(), ?leftovers, "left in the state directory");
-        }
-    }
-    if !keep_logs {
-        let _ = std::fs::remove_dir(&paths.dir);
-    }
 }
 
 fn check_assets(config: &Config) -> Result<(), Error> {
@@ -852,219 +577,4 @@ fn check_assets(config: &Config) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn socket_paths_fit_a_sockaddr_un_for_64_character_ids() {
-        let paths = SandboxPaths::new(Path::new("/run/hull"), &"a".repeat(64));
-        for socket in [&paths.vsock, &paths.vhost_vsock, &paths.virtiofsd] {
-            // Guest-initiated hybrid vsock connections append `_<port>`.
-            assert!(socket.as_os_str().len() + 11 <= 107, "{}", socket.display());
-        }
-    }
-
-    fn options(vcpus: u32) -> SandboxOptions {
-        SandboxOptions {
-            size: VmSize {
-                vcpus,
-                memory_mib: 256,
-            },
-            netns: None,
-        }
-    }
-
-    fn prepare(config: &Config, vcpus: u32, host: Virtualization) -> Result<Backend, String> {
-        let paths = SandboxPaths::new(&config.state_dir, "s1");
-        Launch::prepare(config, &paths, &options(vcpus), host, (1000, 1000))
-            .map(|launch| launch.backend)
-            .map_err(|e| e.to_string())
-    }
-
-    /// A configuration whose programs all exist (`true` stands in for each).
-    fn with_programs() -> Config {
-        let truth = find_program(Path::new("true")).expect("true is on PATH");
-        Config {
-            qemu: truth.clone(),
-            virtiofsd: truth.clone(),
-            vmm: truth,
-            ..Config::default()
-        }
-    }
-
-    #[test]
-    fn the_backend_and_its_programs_are_settled_before_anything_starts() {
-        let mut config = with_programs();
-        assert_eq!(
-            prepare(&config, 1, Virtualization::Hardware),
-            Ok(Backend::Builtin)
-        );
-        assert_eq!(
-            prepare(&config, 1, Virtualization::Pvm),
-            Ok(Backend::Qemu(ResolvedAccelerator::Tcg))
-        );
-
-        // On PVM, builtin is refused naming the host and the way out.
-        config.hypervisor = crate::config::HypervisorKind::Builtin;
-        let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();
-        assert!(err.contains(Virtualization::Pvm.describe()), "{err}");
-        assert!(err.contains("hypervisor = \"qemu\""), "{err}");
-
-        let err = prepare(&config, 33, Virtualization::Hardware).unwrap_err();
-        assert!(err.contains("at most 32 vCPUs"), "{err}");
-
-        config.vmm = "/nonexistent/hull-vmm".into();
-        let err = prepare(&config, 1, Virtualization::Hardware).unwrap_err();
-        assert!(err.contains("/nonexistent/hull-vmm"), "{err}");
-        assert!(err.contains("hull install"), "{err}");
-        // QEMU's binary is not looked for when hull-vmm runs the VM; hull-vmm
-        // is needed either way (it jails QEMU and virtiofsd).
-        config.vmm = with_programs().vmm;
-        config.qemu = "/nonexistent/qemu".into();
-        assert_eq!(
-            prepare(&config, 1, Virtualization::Hardware),
-            Ok(Backend::Builtin)
-        );
-        config.hypervisor = crate::config::HypervisorKind::Qemu;
-        let err = prepare(&config, 1, Virtualization::Hardware).unwrap_err();
-        assert!(err.contains("/nonexistent/qemu"), "{err}");
-        config.qemu = with_programs().qemu;
-        config.vmm = "/nonexistent/hull-vmm".into();
-        let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();
-        assert!(
-            err.contains("/nonexistent/hull-vmm") && err.contains("jails QEMU"),
-            "{err}"
-        );
-        config.vmm = with_programs().vmm;
-
-        config.virtiofsd = "/nonexistent/virtiofsd".into();
-        let err = prepare(&config, 1, Virtualization::Pvm).unwrap_err();
-        assert!(err.contains("/nonexistent/virtiofsd"), "{err}");
-    }
-
-    #[test]
-    fn hull_vmm_is_jailed_in_the_sandbox_dir() {
-        let paths = SandboxPaths::new(Path::new("/run/hull"), "pod-1");
-        assert_eq!(
-            builtin_jail(&paths, (1000, 1001)),
-            VmmJail {
-                root: "/run/hull/pod-1".into(),
-                uid: 1000,
-                gid: 1001,
-            }
-        );
-        // The sockets hull-vmm keeps using after the jail are inside it.
-        assert!(paths.vsock.starts_with(&paths.dir));
-        let relative = SandboxPaths::new(Path::new("state"), "pod-1");
-        let root = builtin_jail(&relative, (1000, 1001)).root;
-        assert!(
-            root.is_absolute() && root.ends_with("state/pod-1"),
-            "{root:?}"
-        );
-        assert!(paths.vmm_config.starts_with(&paths.dir));
-    }
-
-    #[test]
-    fn host_limits_are_the_vm_plus_the_overheads() {
-        let config = Config {
-            sandbox_memory_overhead_mib: 100,
-            sandbox_cpu_overhead_millicpus: 250,
-            ..Config::default()
-        };
-        let size = VmSize {
-            vcpus: 2,
-            memory_mib: 640,
-        };
-        assert_eq!(host_limits(&config, &size), CgroupLimits::new(740, 2250));
-    }
-
-    #[test]
-    fn only_qemu_under_tcg_gets_the_tsc_frequency_and_only_hull_vmm_resets_through_the_i8042() {
-        let config = Config {
-            kernel_params: "debug".into(),
-            ..Config::default()
-        };
-        let tcg = kernel_cmdline(
-            &config,
-            Backend::Qemu(ResolvedAccelerator::Tcg),
-            Some(2_000_000),
-        );
-        assert_eq!(tcg, format!("{BASE_CMDLINE} tsc_early_khz=2000000 debug"));
-        assert_eq!(
-            kernel_cmdline(
-                &config,
-                Backend::Qemu(ResolvedAccelerator::Kvm),
-                Some(2_000_000)
-            ),
-            format!("{BASE_CMDLINE} debug")
-        );
-        assert_eq!(
-            kernel_cmdline(&config, Backend::Builtin, Some(2_000_000)),
-            format!("{BASE_CMDLINE} reboot=k debug")
-        );
-    }
-
-    #[test]
-    fn failed_start_keeps_only_the_logs() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(dir.path(), "s1");
-        std::fs::create_dir_all(paths.shared.join("c/rootfs")).unwrap();
-        std::os::unix::fs::symlink("/etc", paths.dir.join("planted")).unwrap();
-        std::fs::write(&paths.console_log, "boot").unwrap();
-        std::fs::write(&paths.vsock, "").unwrap();
-        remove_state(&paths, true);
-        assert!(paths.console_log.exists());
-        assert!(!paths.vsock.exists());
-        assert!(!paths.shared.exists());
-        remove_state(&paths, false);
-        assert!(!paths.dir.exists());
-    }
-
-    // Needs root (mounts), as the suite does.
-    #[test]
-    fn removal_detaches_the_share_and_keeps_volume_files_and_symlink_targets() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = SandboxPaths::new(&dir.path().join("state"), "s1");
-        create_state_dir(&dir.path().join("state"), &paths.dir).unwrap();
-        let volume = dir.path().join("volume");
-        let victim = dir.path().join("victim");
-        for d in [&volume, &victim] {
-            std::fs::create_dir(d).unwrap();
-            std::fs::write(d.join("precious"), "data").unwrap();
-        }
-        let share = SharedDir::create(&paths.dir, SHARED_DIR_NAME, None).unwrap();
-        let bind = crate::rootfs::ShareBind {
-            source: volume.clone(),
-            read_only: false,
-            recursive: true,
-        };
-        share.bind(&bind, Path::new("c/mounts/0")).unwrap();
-        // What a guest can plant in the share.
-        std::os::unix::fs::symlink(&victim, paths.shared.join("c/escape")).unwrap();
-        std::os::unix::fs::symlink(&victim, paths.shared.join("escape")).unwrap();
-        std::fs::write(&paths.console_log, "boot").unwrap();
-        drop(share);
-
-        remove_state(&paths, true);
-        assert!(paths.console_log.exists());
-        assert!(!paths.shared.exists());
-        remove_state(&paths, false);
-        assert!(!paths.dir.exists());
-        for d in [&volume, &victim] {
-            assert_eq!(std::fs::read_to_string(d.join("precious")).unwrap(), "data");
-        }
-        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!table.contains(dir.path().to_str().unwrap()), "{table}");
-    }
-
-    #[test]
-    fn missing_assets_are_named_with_a_fix() {
-        let config = Config {
-            kernel: "/nonexistent/vmlinux".into(),
-            ..Config::default()
-        };
-        let err = check_assets(&config).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/vmlinux"), "{err}");
-        assert!(err.contains("make install"), "{err}");
-    }
-}
+mod tests;
