@@ -85,11 +85,8 @@ impl VmmProcess {
             return VmExit::Exited(None);
         };
         let mut exit = self.exit_tx.subscribe();
-        let wait = |mut exit: watch::Receiver<Option<VmExit>>| async move {
-            exit.wait_for(Option::is_some)
-                .await
-                .map(|e| e.expect("checked"))
-                .unwrap_or(VmExit::Killed)
+        let wait = |exit: watch::Receiver<Option<VmExit>>| async move {
+            crate::watch::wait_set(exit).await.unwrap_or(VmExit::Killed)
         };
         if let Ok(done) = tokio::time::timeout(grace, wait(exit.clone())).await {
             return done;

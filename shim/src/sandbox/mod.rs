@@ -99,6 +99,45 @@ struct Launch {
     jailer: PathBuf,
 }
 
+/// The programs a sandbox runs, found on this host.
+struct Programs {
+    backend: Backend,
+    vmm: PathBuf,
+    /// QEMU, for the QEMU backend.
+    qemu: Option<PathBuf>,
+    virtiofsd: PathBuf,
+}
+
+impl Programs {
+    /// Picks the backend for this host and finds what it needs.
+    fn find(
+        config: &Config,
+        options: &SandboxOptions,
+        host: Virtualization,
+    ) -> Result<Self, Error> {
+        let backend = Backend::select(config, host)?;
+        if backend == Backend::Builtin {
+            Builtin::check_vcpus(options.size.vcpus)?;
+        }
+        let vmm = find_vmm(&config.vmm).ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
+        let qemu = match backend {
+            Backend::Builtin => None,
+            Backend::Qemu(_) => Some(
+                find_program(&config.qemu)
+                    .ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?,
+            ),
+        };
+        let virtiofsd = find_program(&config.virtiofsd)
+            .ok_or_else(|| Error::MissingVirtiofsd(config.virtiofsd.clone()))?;
+        Ok(Programs {
+            backend,
+            vmm,
+            qemu,
+            virtiofsd,
+        })
+    }
+}
+
 impl Launch {
     /// Picks the backend for this host and finds the programs it needs;
     /// touches nothing.
@@ -109,17 +148,15 @@ impl Launch {
         host: Virtualization,
         vmm_ids: (u32, u32),
     ) -> Result<Launch, Error> {
-        let backend = Backend::select(config, host)?;
-        if backend == Backend::Builtin {
-            Builtin::check_vcpus(options.size.vcpus)?;
-        }
-        let vmm = find_vmm(&config.vmm).ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
+        let Programs {
+            backend,
+            vmm,
+            qemu,
+            virtiofsd,
+        } = Programs::find(config, options, host)?;
         let jail = builtin_jail(paths, vmm_ids);
-        let hypervisor: Box<dyn Hypervisor> = match backend {
-            Backend::Builtin => Box::new(Builtin::new(vmm.clone(), &paths.vmm_config, jail)),
-            Backend::Qemu(accelerator) => {
-                let qemu = find_program(&config.qemu)
-                    .ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?;
+        let hypervisor: Box<dyn Hypervisor> = match (backend, qemu) {
+            (Backend::Qemu(accelerator), Some(qemu)) => {
                 let jail = QemuJail {
                     jailer: vmm.clone(),
                     root: jail.root,
@@ -128,9 +165,8 @@ impl Launch {
                 };
                 Box::new(Qemu::new(qemu, accelerator, &paths.vhost_vsock, jail))
             }
+            _ => Box::new(Builtin::new(vmm.clone(), &paths.vmm_config, jail)),
         };
-        let virtiofsd = find_program(&config.virtiofsd)
-            .ok_or_else(|| Error::MissingVirtiofsd(config.virtiofsd.clone()))?;
         Ok(Launch {
             backend,
             hypervisor,
@@ -181,6 +217,13 @@ fn kernel_cmdline(config: &Config, backend: Backend, tsc_khz: Option<u64>) -> St
 }
 
 impl SandboxVm {
+    /// What can be checked before anything starts: the assets, and the
+    /// backend and programs for this host.
+    pub fn preflight(config: &Config, options: &SandboxOptions) -> Result<(), Error> {
+        check_assets(config)?;
+        Programs::find(config, options, Virtualization::detect()).map(drop)
+    }
+
     /// Boots a sandbox VM and connects to its agent. On failure everything
     /// started so far is stopped again; the console log is kept.
     pub async fn start(config: &Config, id: &str, progress: &Progress) -> Result<Self, Error> {
@@ -409,12 +452,7 @@ impl SandboxVm {
     }
 
     async fn wait_for_vm_exit(&self) -> hypervisor::VmExit {
-        let mut exit = self.exit_watch();
-        let exited = exit.wait_for(Option::is_some).await.map(|e| *e);
-        match exited {
-            Ok(exit) => exit.expect("checked"),
-            Err(_) => std::future::pending().await,
-        }
+        crate::watch::wait_set_or_never(self.exit_watch()).await
     }
 
     /// Watches the VM's exit (`None` while it runs).

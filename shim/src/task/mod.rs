@@ -3,9 +3,7 @@
 //! CRI sandbox-id annotation joins its pod's shim (the socket address is
 //! derived from the sandbox id); any other container is its own sandbox.
 
-mod io;
 mod options;
-mod process;
 mod service;
 
 use std::sync::Arc;
@@ -107,8 +105,8 @@ impl Shim for HullShim {
         }
         tracing::info!(id = %self.id, namespace = %self.namespace, "cleaned up after a dead shim");
         Ok(DeleteResponse {
-            exit_status: process::UNKNOWN_EXIT,
-            exited_at: Some(process::timestamp(std::time::SystemTime::now())).into(),
+            exit_status: crate::manager::UNKNOWN_EXIT,
+            exited_at: Some(service::timestamp(std::time::SystemTime::now())).into(),
             ..Default::default()
         })
     }

@@ -11,7 +11,8 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::agent_client::{self, AgentClient};
+use super::agent::Agent;
+use crate::agent_client;
 
 /// The stdio paths containerd gave for one process.
 #[derive(Debug, Clone, Default)]
@@ -77,7 +78,7 @@ impl Drop for ProcessIo {
 impl ProcessIo {
     /// Opens the process's streams at the agent and starts copying.
     pub async fn attach(
-        agent: &AgentClient,
+        agent: &dyn Agent,
         container_id: &str,
         exec_id: &str,
         paths: &StdioPaths,
@@ -142,9 +143,9 @@ impl ProcessIo {
         })
     }
 
-    /// Ends the process's stdin (containerd's CloseIO).
-    pub async fn close_stdin(&self) {
-        close_stdin(&self.stdin).await;
+    /// What ends the process's stdin (containerd's CloseIO).
+    pub fn stdin(&self) -> StdinHandle {
+        StdinHandle(self.stdin.clone())
     }
 
     /// Waits until the guest has ended every output stream, i.e. all the
@@ -153,6 +154,16 @@ impl ProcessIo {
         for output in self.outputs.drain(..) {
             let _ = output.await;
         }
+    }
+}
+
+/// A process's stdin towards the guest, to be closed.
+#[derive(Clone)]
+pub struct StdinHandle(std::sync::Arc<Mutex<Option<WriteHalf<UnixStream>>>>);
+
+impl StdinHandle {
+    pub async fn close(&self) {
+        close_stdin(&self.0).await;
     }
 }
 

@@ -1,0 +1,144 @@
+//! What the manager needs of a sandbox's VM, as traits: [`Launcher`] boots
+//! one, [`BootedVm`] is one that runs. [`VmLauncher`] and [`SandboxVm`] are
+//! the real ones; the lifecycle tests use fakes, with no VM.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::agent::Agent;
+use crate::config::Config;
+use crate::hypervisor::VmExit;
+use crate::rootfs::{RootfsMountSpec, ShareBind, ShareError};
+use crate::sandbox::{self, Progress, SandboxOptions, SandboxVm};
+use crate::spec::HostShare;
+
+/// Ends a boot early, with why.
+pub type Cancel = Pin<Box<dyn Future<Output = String> + Send>>;
+
+/// What a sandbox is booted with.
+pub struct BootRequest {
+    pub config: Config,
+    pub id: String,
+    pub options: SandboxOptions,
+    pub progress: Arc<Progress>,
+}
+
+#[async_trait]
+pub trait Launcher: Send + Sync + 'static {
+    /// What can be checked before anything starts (assets, programs, the
+    /// backend on this host).
+    fn preflight(&self, config: &Config, options: &SandboxOptions) -> Result<(), sandbox::Error>;
+    /// Boots the VM to a ready agent, or tears down what it started.
+    async fn boot(
+        &self,
+        request: BootRequest,
+        cancel: Cancel,
+    ) -> Result<Box<dyn BootedVm>, sandbox::Error>;
+}
+
+#[async_trait]
+pub trait BootedVm: Send + Sync + 'static {
+    fn agent(&self) -> Arc<dyn Agent>;
+    /// The VM's end (`None` while it runs).
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>>;
+    /// Puts a container's rootfs and host shares in the sandbox's share.
+    fn mount_container(
+        &self,
+        id: &str,
+        rootfs: &[RootfsMountSpec],
+        shares: &[HostShare],
+    ) -> Result<(), MountError>;
+    /// Undoes `mount_container` and removes what the container left in the share.
+    fn unmount_container(&self, id: &str);
+    /// Stops the VM and everything around it.
+    async fn shutdown(self: Box<Self>);
+}
+
+/// Why a container's files could not be put in the share.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("Mounting the container's rootfs: {0}")]
+    Rootfs(#[source] ShareError),
+    #[error("Sharing a volume: {0}")]
+    Volume(#[source] ShareError),
+}
+
+/// Boots real sandbox VMs.
+pub struct VmLauncher;
+
+#[async_trait]
+impl Launcher for VmLauncher {
+    fn preflight(&self, config: &Config, options: &SandboxOptions) -> Result<(), sandbox::Error> {
+        SandboxVm::preflight(config, options)
+    }
+
+    async fn boot(
+        &self,
+        request: BootRequest,
+        cancel: Cancel,
+    ) -> Result<Box<dyn BootedVm>, sandbox::Error> {
+        let vm = SandboxVm::start_unless(
+            &request.config,
+            &request.id,
+            &request.options,
+            &request.progress,
+            cancel,
+        )
+        .await?;
+        let agent: Arc<dyn Agent> = Arc::new(vm.agent().clone());
+        Ok(Box::new(RunningVm { vm, agent }))
+    }
+}
+
+struct RunningVm {
+    vm: SandboxVm,
+    agent: Arc<dyn Agent>,
+}
+
+#[async_trait]
+impl BootedVm for RunningVm {
+    fn agent(&self) -> Arc<dyn Agent> {
+        self.agent.clone()
+    }
+
+    fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
+        self.vm.exit_watch()
+    }
+
+    fn mount_container(
+        &self,
+        id: &str,
+        rootfs: &[RootfsMountSpec],
+        shares: &[HostShare],
+    ) -> Result<(), MountError> {
+        let share = self.vm.share();
+        share.mount_rootfs(id, rootfs).map_err(MountError::Rootfs)?;
+        for host in shares {
+            let bind = ShareBind {
+                source: host.source.clone(),
+                read_only: host.read_only,
+                recursive: host.recursive,
+            };
+            share
+                .bind(&bind, &host.share_path)
+                .map_err(MountError::Volume)?;
+        }
+        Ok(())
+    }
+
+    fn unmount_container(&self, id: &str) {
+        let leftovers = self.vm.share().remove_container(id);
+        if !leftovers.is_empty() {
+            tracing::warn!(container = %id, ?leftovers, "left in the share");
+        }
+    }
+
+    async fn shutdown(self: Box<Self>) {
+        tracing::info!(sandbox = %self.vm.id, "stopping the sandbox VM");
+        self.vm.shutdown().await;
+    }
+}
