@@ -349,6 +349,11 @@ impl Containerd {
         Background::spawn(self.ctr_command(&run_args(runtime, BUSYBOX, id, &[], cmd)))
     }
 
+    /// Any `ctr` command left running in the background.
+    pub fn spawn_ctr(&self, args: &[&str]) -> Background {
+        Background::spawn(self.ctr_command(args))
+    }
+
     /// `ctr run -d`: creates and starts the task, then returns.
     pub fn run_detached(&self, runtime: &str, id: &str, cmd: &[&str]) {
         let mut args = vec!["run", "-d", "--runtime", runtime, BUSYBOX, id];

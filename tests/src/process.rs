@@ -165,6 +165,11 @@ impl Background {
         }
     }
 
+    /// Whether the command is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Waits for the command to exit (killing it after `timeout`).
     pub fn wait(mut self, timeout: Duration) -> Output {
         let status = wait_until(&mut self.child, Instant::now() + timeout);

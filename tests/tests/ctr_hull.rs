@@ -257,6 +257,83 @@ fn a_sandbox_id_that_is_a_path_is_refused_and_touches_nothing() {
     assert_no_leftovers(&c);
 }
 
+/// The shim holds no lock across a boot: while a pod's VM boots (here it
+/// never finishes: the guest is silent), its containers are listed, their
+/// State and Pids answer, a Kill ends the one it is sent to, and deleting
+/// the pod cancels the boot, leaving nothing behind.
+#[test]
+fn state_and_kill_answer_while_the_pods_vm_boots() {
+    require_hull_shim();
+    let config = HullConfig {
+        initrd: Some(artifacts::silent_initrd().to_path_buf()),
+        agent_timeout_secs: Some(600),
+        ..HullConfig::from_env()
+    };
+    let c = Containerd::start_with(config);
+    c.import_busybox();
+    let pod = c.id("pod");
+    let app = c.id("app");
+    let run = |id: &str, kind: &str| {
+        let sandbox = format!("io.kubernetes.cri.sandbox-id={pod}");
+        let role = format!("io.kubernetes.cri.container-type={kind}");
+        c.spawn_ctr(&[
+            "run",
+            "-d",
+            "--runtime",
+            HULL,
+            "--annotation",
+            &sandbox,
+            "--annotation",
+            &role,
+            hull_tests::BUSYBOX,
+            id,
+            "sleep",
+            "1000",
+        ])
+    };
+    let mut pod_run = run(&pod, "sandbox");
+    assert!(
+        c.wait_for_status(&pod, "CREATED", Duration::from_secs(60)),
+        "the pod's task was not listed while its VM booted
+{}",
+        c.log_tail(40)
+    );
+    let mut app_run = run(&app, "container");
+    assert!(
+        c.wait_for_status(&app, "CREATED", Duration::from_secs(60)),
+        "the second container was not listed while the VM booted
+{}",
+        c.log_tail(40)
+    );
+    assert_eq!(
+        c.ps(&app),
+        Vec::<u32>::new(),
+        "a container waiting for the VM has no process"
+    );
+    assert!(
+        pod_run.is_running() && app_run.is_running(),
+        "the VM is no longer booting: the test proves nothing
+pod: {}
+app: {}",
+        pod_run.stderr(),
+        app_run.stderr()
+    );
+    c.kill(&app, "SIGKILL");
+    assert!(
+        c.wait_for_status(&app, "STOPPED", Duration::from_secs(30)),
+        "Kill did not end a container waiting for the VM"
+    );
+    let app_out = app_run.wait(Duration::from_secs(30));
+    assert_ne!(exit_code(&app_out), 0, "{}", describe(&app_out));
+    assert_eq!(c.remove(&app), 137);
+    c.kill(&pod, "SIGKILL");
+    assert!(c.wait_for_status(&pod, "STOPPED", Duration::from_secs(30)));
+    c.remove(&pod);
+    let pod_out = pod_run.wait(Duration::from_secs(60));
+    assert_ne!(exit_code(&pod_out), 0, "{}", describe(&pod_out));
+    assert_no_leftovers(&c);
+}
+
 /// Processes burning CPU beside a test, killed when dropped.
 struct CpuBurners(Vec<std::process::Child>);
 
