@@ -238,6 +238,7 @@ impl Manager {
             netns: (role == Role::Sandbox)
                 .then(|| network_namespace(&spec))
                 .flatten(),
+            hostname: spec.hostname().clone().unwrap_or_default(),
         };
         let sandbox_shm = (role == Role::Sandbox).then(|| shm_source(&spec)).flatten();
         // Everything the guest cannot do is refused before a VM starts; the

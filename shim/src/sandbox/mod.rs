@@ -60,6 +60,8 @@ const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
 pub struct SandboxOptions {
     pub size: VmSize,
     pub netns: Option<PathBuf>,
+    /// The guest's hostname (the pod's); empty leaves the guest's own.
+    pub hostname: String,
 }
 
 impl SandboxOptions {
@@ -71,6 +73,7 @@ impl SandboxOptions {
                 memory_mib: config.memory_mib,
             },
             netns: None,
+            hostname: String::new(),
         }
     }
 }
@@ -422,7 +425,7 @@ impl SandboxVm {
                 context(SETUP_CALL),
                 &CreateSandboxRequest {
                     sandbox_id: self.id.clone(),
-                    hostname: String::new(),
+                    hostname: options.hostname.clone(),
                     shares: vec![SharedFilesystem {
                         tag: SHARE_TAG.into(),
                         mount_point: GUEST_SHARE_DIR.into(),

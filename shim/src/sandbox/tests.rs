@@ -16,6 +16,7 @@ fn options(vcpus: u32) -> SandboxOptions {
             memory_mib: 256,
         },
         netns: None,
+        hostname: String::new(),
     }
 }
 
