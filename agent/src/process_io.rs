@@ -134,12 +134,6 @@ impl ProcessIo {
         FdStream::new(fd).map_err(AttachError::Dup)
     }
 
-    /// Closes stdin if the host has not attached it (an attached stdin is
-    /// closed by the end of its stream).
-    pub fn close_stdin(&self) {
-        self.stdin.lock().expect("io lock").take();
-    }
-
     pub fn resize(&self, rows: u16, columns: u16) -> io::Result<()> {
         let master = self.terminal.get().ok_or_else(|| {
             io::Error::new(io::ErrorKind::NotFound, "the process has no terminal")

@@ -472,11 +472,6 @@ impl Sandbox {
             .map_err(io_error("resizing the terminal"))
     }
 
-    pub fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
-        self.process(container_id, exec_id)?.io.close_stdin();
-        Ok(())
-    }
-
     pub fn attach(&self, header: &StreamHeader) -> Result<FdStream> {
         let process = self.process(&header.container_id, &header.exec_id)?;
         Ok(process.io.attach(header.kind)?)

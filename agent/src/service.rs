@@ -198,11 +198,6 @@ impl Agent for AgentService {
         Ok(Empty::new())
     }
 
-    async fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> Result<Empty> {
-        self.sandbox.close_stdin(&req.container_id, &req.exec_id)?;
-        Ok(Empty::new())
-    }
-
     async fn stats_container(
         &self,
         _: &TtrpcContext,

@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hull_protocols::agent::{CreateContainerRequest, StartContainerRequest, Stdio};
+use std::sync::Arc;
 
-use crate::agent_client::{context, rpc_message};
 use crate::config::Config;
+use crate::manager::{ContainerRequest, Manager, StdioPaths, StdioWiring, VmLauncher};
+use crate::rootfs::RootfsMountSpec;
 use crate::run::{run_with, RunOptions};
-use crate::sandbox::{Milestone, Progress, SandboxVm};
+use crate::sandbox::{Milestone, Progress};
 use crate::spec::{container_spec, ProcessOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +93,7 @@ pub async fn bench(
         ..Default::default()
     };
     for _ in 0..iterations {
-        let progress = Progress::new(false);
+        let progress = Arc::new(Progress::new(false));
         let options = RunOptions {
             rootfs: rootfs.to_owned(),
             process: ProcessOptions {
@@ -238,56 +239,39 @@ fn runc_burst(rootfs: &Path, count: usize) -> Result<Duration, BenchError> {
     Ok(elapsed)
 }
 
-/// A sandbox with one started container running `args`.
+/// A sandbox with one started container running `args`, through the same
+/// lifecycle manager as containerd's.
 async fn sandbox_with_container(
     config: &Config,
     id: &str,
     rootfs: &Path,
     args: &[&str],
-) -> Result<SandboxVm, BenchError> {
-    let mut vm = SandboxVm::start(config, id, &Progress::new(false))
-        .await
-        .map_err(|e| BenchError::Sandbox(e.to_string()))?;
-    let started = async {
-        let guest_rootfs = vm
-            .share_rootfs("c", rootfs)
-            .map_err(|e| BenchError::Sandbox(e.to_string()))?;
-        let spec = container_spec(
-            &guest_rootfs,
+) -> Result<Manager, BenchError> {
+    let (manager, _events) = Manager::new(Arc::new(VmLauncher), Arc::new(Progress::new(false)));
+    let request = ContainerRequest {
+        id: id.to_owned(),
+        bundle: String::new(),
+        spec: container_spec(
+            Path::new("rootfs"),
             &ProcessOptions {
                 args: args.iter().map(|a| a.to_string()).collect(),
                 ..Default::default()
             },
-        );
-        let agent = vm.agent();
-        let create = CreateContainerRequest {
-            container_id: "c".into(),
-            oci_spec: serde_json::to_vec(&spec).expect("spec serializes"),
-            stdio: Some(Stdio::default()).into(),
-            ..Default::default()
-        };
-        agent
-            .api()
-            .create_container(context(Duration::from_secs(60)), &create)
-            .await
-            .map_err(|e| BenchError::Sandbox(rpc_message(&e)))?;
-        let start = StartContainerRequest {
-            container_id: "c".into(),
-            ..Default::default()
-        };
-        agent
-            .api()
-            .start_container(context(Duration::from_secs(60)), &start)
-            .await
-            .map_err(|e| BenchError::Sandbox(rpc_message(&e)))?;
-        Ok(())
+        ),
+        rootfs: vec![RootfsMountSpec::bind(rootfs)],
+        stdio: StdioWiring::Fifos(StdioPaths::default()),
+        config: config.clone(),
+    };
+    let started = async {
+        manager.create(request).await?;
+        manager.start(id, "").await
     }
     .await;
     match started {
-        Ok(()) => Ok(vm),
+        Ok(_) => Ok(manager),
         Err(err) => {
-            vm.shutdown().await;
-            Err(err)
+            manager.destroy().await;
+            Err(BenchError::Sandbox(err.to_string()))
         }
     }
 }
@@ -305,7 +289,7 @@ async fn hull_burst(config: &Config, rootfs: &Path, count: usize) -> Result<Dura
     let mut failure = None;
     for result in started {
         match result {
-            Ok(vm) => vm.shutdown().await,
+            Ok(manager) => manager.destroy().await,
             Err(err) => failure = Some(err),
         }
     }
@@ -319,17 +303,16 @@ async fn hull_burst(config: &Config, rootfs: &Path, count: usize) -> Result<Dura
 /// of its other processes (virtiofsd, the vsock backend).
 async fn idle_memory(config: &Config, rootfs: &Path) -> Result<(u64, u64), BenchError> {
     let id = format!("bench-{}", std::process::id());
-    let vm = sandbox_with_container(config, &id, rootfs, &["sleep", "60"]).await?;
+    let manager = sandbox_with_container(config, &id, rootfs, &["sleep", "60"]).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let vmm = vm.vmm_pid();
+    let (vmm, pids) = manager.host_processes().unwrap_or_default();
     let vmm_rss = vmm.map_or(0, rss_kib);
-    let helpers_rss = vm
-        .pids()
+    let helpers_rss = pids
         .into_iter()
         .filter(|&pid| Some(pid) != vmm)
         .map(rss_kib)
         .sum();
-    vm.shutdown().await;
+    manager.destroy().await;
     Ok((vmm_rss, helpers_rss))
 }
 

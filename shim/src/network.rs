@@ -36,7 +36,7 @@ const INGRESS_PARENT: u32 = 0xffff_0000;
 const MAIN_TABLE: u8 = 254;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum PodNetworkError {
     #[error("Entering the pod's network namespace {path}: {source}")]
     Namespace {
         path: PathBuf,
@@ -89,7 +89,10 @@ impl PodNetwork {
     /// Wires the pod's interface to a new tap whose frames carry `header`.
     /// `None` when the namespace has no interface besides loopback (a pod
     /// without CNI networking).
-    pub async fn setup(netns: &Path, header: TapHeader) -> Result<Option<PodNetwork>, Error> {
+    pub async fn setup(
+        netns: &Path,
+        header: TapHeader,
+    ) -> Result<Option<PodNetwork>, PodNetworkError> {
         let path = netns.to_owned();
         in_namespace(netns, move |handle| async move {
             setup(&path, &handle, header).await
@@ -137,13 +140,13 @@ impl PodNetwork {
 
 /// Runs `work` with a netlink handle inside the network namespace `netns`,
 /// on a thread of its own that ends with the work.
-async fn in_namespace<T, F, Fut>(netns: &Path, work: F) -> Result<T, Error>
+async fn in_namespace<T, F, Fut>(netns: &Path, work: F) -> Result<T, PodNetworkError>
 where
     T: Send + 'static,
     F: FnOnce(Handle) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T>,
 {
-    let namespace_error = |source| Error::Namespace {
+    let namespace_error = |source| PodNetworkError::Namespace {
         path: netns.to_owned(),
         source,
     };
@@ -175,10 +178,10 @@ async fn setup(
     netns: &Path,
     handle: &Handle,
     header: TapHeader,
-) -> Result<Option<PodNetwork>, Error> {
+) -> Result<Option<PodNetwork>, PodNetworkError> {
     let failed = |what: &str| {
         let what = what.to_owned();
-        move |e: rtnetlink::Error| Error::Netlink {
+        move |e: rtnetlink::Error| PodNetworkError::Netlink {
             netns: netns.to_owned(),
             what,
             message: e.to_string(),
@@ -195,7 +198,7 @@ async fn setup(
         return Ok(None);
     };
     let veth_index = veth.header.index;
-    let mac = link_mac(veth).ok_or_else(|| Error::Netlink {
+    let mac = link_mac(veth).ok_or_else(|| PodNetworkError::Netlink {
         netns: netns.to_owned(),
         what: format!("interface {}", link_name(veth)),
         message: "has no Ethernet address".into(),
@@ -244,7 +247,7 @@ async fn setup(
         routes.extend(found.iter().filter_map(|r| guest_route(r, veth_index)));
     }
 
-    let tap = attach_tap(TAP_NAME, header).map_err(|source| Error::Tap {
+    let tap = attach_tap(TAP_NAME, header).map_err(|source| PodNetworkError::Tap {
         netns: netns.to_owned(),
         source,
     })?;
@@ -257,7 +260,7 @@ async fn setup(
         .await
         .map_err(failed("finding the tap"))?
         .map(|l| l.header.index)
-        .ok_or_else(|| Error::Netlink {
+        .ok_or_else(|| PodNetworkError::Netlink {
             netns: netns.to_owned(),
             what: format!("finding {TAP_NAME}"),
             message: "not listed after creating it".into(),

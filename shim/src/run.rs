@@ -4,26 +4,21 @@
 //! everything down.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hull_protocols::agent::{
-    CreateContainerRequest, ResizeTerminalRequest, SignalProcessRequest, StartContainerRequest,
-    Stdio, WaitProcessRequest,
-};
-use hull_protocols::stdio::{StreamHeader, StreamKind};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::agent_client::{context, rpc_code, rpc_message, AgentClient};
+use crate::agent_client::{rpc_code, rpc_message};
 use crate::config::Config;
-use crate::sandbox::{Milestone, Progress, SandboxVm};
+use crate::manager::{ContainerRequest, LifecycleError, Manager, StdioWiring, VmLauncher};
+use crate::rootfs::RootfsMountSpec;
+use crate::sandbox::{Milestone, Progress, SandboxPaths};
 use crate::spec::{container_spec, ProcessOptions};
 
-/// The container's id inside the sandbox.
-const CONTAINER_ID: &str = "run";
-
-/// Exit status for a failure of Hull itself (as `docker run` uses 125).
+/// ProcessExit status for a failure of Hull itself (as `docker run` uses 125).
 pub const EXIT_HULL_ERROR: i32 = 125;
 
 #[derive(Debug, Clone)]
@@ -47,18 +42,40 @@ impl RunError {
             message: err.to_string(),
         }
     }
+
+    /// A lifecycle error: a missing or non-executable command is the
+    /// user's, with a shell's status; anything else is Hull's.
+    fn lifecycle(err: LifecycleError) -> Self {
+        let cause = match &err {
+            LifecycleError::Creation(inner) => inner.as_ref(),
+            other => other,
+        };
+        match cause {
+            LifecycleError::Agent { source, .. } => RunError {
+                status: match rpc_code(source) {
+                    Some(ttrpc::Code::NOT_FOUND) => 127,
+                    Some(ttrpc::Code::PERMISSION_DENIED) => 126,
+                    _ => EXIT_HULL_ERROR,
+                },
+                message: rpc_message(source),
+            },
+            LifecycleError::Sandbox(err) => RunError::hull(err),
+            other => RunError::hull(other),
+        }
+    }
 }
 
 pub async fn run(config: &Config, options: RunOptions) -> Result<i32, RunError> {
-    let progress = Progress::new(options.verbose);
+    let progress = Arc::new(Progress::new(options.verbose));
     run_with(config, options, &progress).await
 }
 
 /// `run`, reporting its steps to `progress` (which `hull bench` reads).
+/// The container goes through the same lifecycle manager as containerd's.
 pub async fn run_with(
     config: &Config,
     options: RunOptions,
-    progress: &Progress,
+    progress: &Arc<Progress>,
 ) -> Result<i32, RunError> {
     let rootfs = std::fs::canonicalize(&options.rootfs).map_err(|_| {
         RunError::hull(format!(
@@ -77,62 +94,60 @@ pub async fn run_with(
     // before the container starts they stop the boot and remove the
     // sandbox; after, they go to the container.
     let mut signals = Interrupts::catch();
-    let options_for_boot = crate::sandbox::SandboxOptions::from_config(config);
-    let mut vm = SandboxVm::start_unless(config, &id, &options_for_boot, progress, async {
-        format!("interrupted by {}", signal_name(signals.next().await))
-    })
-    .await
-    .map_err(|err| match err {
-        crate::sandbox::Error::Cancelled(why) => RunError {
-            status: 128 + signals.last,
-            message: why,
+    let (manager, _events) = Manager::new(Arc::new(VmLauncher), progress.clone());
+    let request = ContainerRequest {
+        id: id.clone(),
+        bundle: String::new(),
+        spec: container_spec(Path::new("rootfs"), &options.process),
+        rootfs: vec![RootfsMountSpec::bind(&rootfs)],
+        stdio: StdioWiring::Caller {
+            terminal: options.process.terminal,
         },
-        err => RunError::hull(err),
-    })?;
-    let result = run_in(&mut vm, &rootfs, &options, &mut signals, progress).await;
-    if let Err(err) = &result {
-        if err.status == EXIT_HULL_ERROR {
-            eprintln!(
-                "hull: the guest console log is kept at {}",
-                vm.paths.console_log.display()
-            );
-            // Keep the log for a failure of Hull itself; everything else goes.
-            let log = vm.paths.console_log.clone();
-            let saved = std::fs::read(&log).ok();
-            vm.shutdown().await;
-            if let Some(saved) = saved {
-                let _ = std::fs::create_dir_all(log.parent().expect("log has a parent"));
-                let _ = std::fs::write(&log, saved);
-            }
-            progress.milestone(Milestone::SandboxRemoved, "sandbox removed");
-            return result;
-        }
+        config: config.clone(),
+    };
+    // What can be refused without a VM is refused here.
+    manager.create(request).await.map_err(RunError::lifecycle)?;
+    let result = run_in(&manager, &id, &options, &mut signals, progress).await;
+    let console_log = SandboxPaths::new(&config.state_dir, &id).console_log;
+    // Keep the log for a failure of Hull itself; everything else goes.
+    let saved = match &result {
+        Err(err) if err.status == EXIT_HULL_ERROR => std::fs::read(&console_log).ok(),
+        _ => None,
+    };
+    manager.destroy().await;
+    if let Some(saved) = saved {
+        let _ = std::fs::create_dir_all(console_log.parent().expect("log has a parent"));
+        let _ = std::fs::write(&console_log, saved);
+        eprintln!(
+            "hull: the guest console log is kept at {}",
+            console_log.display()
+        );
     }
-    vm.shutdown().await;
     progress.milestone(Milestone::SandboxRemoved, "sandbox removed");
     result
 }
 
 async fn run_in(
-    vm: &mut SandboxVm,
-    rootfs: &std::path::Path,
+    manager: &Manager,
+    id: &str,
     options: &RunOptions,
     signals: &mut Interrupts,
     progress: &Progress,
 ) -> Result<i32, RunError> {
-    let created = tokio::select! {
-        created = create_and_attach(vm, rootfs, options, progress) => created?,
+    // Start waits for the VM and the container's creation in it.
+    let started = tokio::select! {
+        started = manager.start(id, "") => started,
         signal = signals.next() => return Err(RunError {
             status: 128 + signal,
             message: format!("interrupted by {} before the container started", signal_name(signal)),
         }),
     };
-    let Attached {
-        stdout,
-        stderr,
-        stdin,
-    } = created;
-    let agent = vm.agent();
+    started.map_err(RunError::lifecycle)?;
+    progress.milestone(Milestone::ContainerStarted, "container started");
+    let streams = manager
+        .take_streams(id)
+        .map_err(RunError::lifecycle)?
+        .ok_or_else(|| RunError::hull("the container's streams were not kept"))?;
     let terminal = options.process.terminal;
     let _raw = if terminal && std::io::stdin().is_terminal() {
         Some(RawTerminal::enter().map_err(RunError::hull)?)
@@ -140,38 +155,21 @@ async fn run_in(
         None
     };
     if terminal {
-        resize(agent).await;
+        resize(manager, id).await;
     }
 
-    let stdout_pump = tokio::spawn(copy_out(stdout, tokio::io::stdout()));
-    let stderr_pump = stderr.map(|s| tokio::spawn(copy_out(s, tokio::io::stderr())));
+    let stdout_pump = tokio::spawn(copy_out(streams.stdout, tokio::io::stdout()));
+    let stderr_pump = streams
+        .stderr
+        .map(|s| tokio::spawn(copy_out(s, tokio::io::stderr())));
     // Stdin is read by a blocking thread that may never return; it is not
     // awaited, and the process exits without waiting for it.
-    tokio::spawn(copy_in(tokio::io::stdin(), stdin));
+    tokio::spawn(copy_in(tokio::io::stdin(), streams.stdin));
 
-    agent
-        .api()
-        .start_container(
-            context(Duration::from_secs(60)),
-            &StartContainerRequest {
-                container_id: CONTAINER_ID.into(),
-                ..Default::default()
-            },
-        )
+    let wait = manager.wait(id, "");
+    let status = forward_signals_until(manager, id, terminal, signals, wait)
         .await
-        .map_err(|e| RunError::hull(format!("starting the container: {}", rpc_message(&e))))?;
-    progress.milestone(Milestone::ContainerStarted, "container started");
-
-    let wait_request = WaitProcessRequest {
-        container_id: CONTAINER_ID.into(),
-        ..Default::default()
-    };
-    let wait = agent
-        .api()
-        .wait_process(context(Duration::ZERO), &wait_request);
-    let status = forward_signals_until(agent, terminal, signals, wait)
-        .await
-        .map_err(|e| RunError::hull(format!("waiting for the container: {}", rpc_message(&e))))?
+        .map_err(RunError::lifecycle)?
         .status;
     progress.milestone(
         Milestone::ContainerExited,
@@ -184,89 +182,7 @@ async fn run_in(
     if let Some(pump) = stderr_pump {
         let _ = tokio::time::timeout(drain, pump).await;
     }
-    Ok(status)
-}
-
-/// The created container's stdio streams.
-struct Attached {
-    stdout: tokio::net::UnixStream,
-    stderr: Option<tokio::net::UnixStream>,
-    stdin: tokio::net::UnixStream,
-}
-
-/// Shares the rootfs, creates the container and attaches its streams.
-async fn create_and_attach(
-    vm: &mut SandboxVm,
-    rootfs: &std::path::Path,
-    options: &RunOptions,
-    progress: &Progress,
-) -> Result<Attached, RunError> {
-    let guest_rootfs = vm
-        .share_rootfs(CONTAINER_ID, rootfs)
-        .map_err(RunError::hull)?;
-    let terminal = options.process.terminal;
-    let spec = container_spec(&guest_rootfs, &options.process);
-    let agent = vm.agent();
-    let create = CreateContainerRequest {
-        container_id: CONTAINER_ID.into(),
-        oci_spec: serde_json::to_vec(&spec).expect("spec serializes"),
-        stdio: Some(Stdio {
-            terminal,
-            stdin: true,
-            stdout: true,
-            stderr: !terminal,
-            ..Default::default()
-        })
-        .into(),
-        ..Default::default()
-    };
-    if let Err(err) = agent
-        .api()
-        .create_container(context(Duration::from_secs(60)), &create)
-        .await
-    {
-        // A missing or non-executable command is the user's, with a shell's
-        // status; anything else is Hull's.
-        let status = match rpc_code(&err) {
-            Some(ttrpc::Code::NOT_FOUND) => 127,
-            Some(ttrpc::Code::PERMISSION_DENIED) => 126,
-            _ => EXIT_HULL_ERROR,
-        };
-        return Err(RunError {
-            status,
-            message: rpc_message(&err),
-        });
-    }
-    progress.step("container created");
-
-    let stream = |kind| StreamHeader {
-        kind,
-        container_id: CONTAINER_ID.into(),
-        exec_id: String::new(),
-    };
-    let stdout = agent
-        .open_stream(&stream(StreamKind::Stdout))
-        .await
-        .map_err(RunError::hull)?;
-    let stderr = if terminal {
-        None
-    } else {
-        Some(
-            agent
-                .open_stream(&stream(StreamKind::Stderr))
-                .await
-                .map_err(RunError::hull)?,
-        )
-    };
-    let stdin = agent
-        .open_stream(&stream(StreamKind::Stdin))
-        .await
-        .map_err(RunError::hull)?;
-    Ok(Attached {
-        stdout,
-        stderr,
-        stdin,
-    })
+    Ok(status as i32)
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught from `catch` on.
@@ -311,7 +227,8 @@ fn signal_name(signal: i32) -> &'static str {
 /// Awaits `wait` while passing SIGINT, SIGTERM and SIGHUP on to the
 /// container (and, with a terminal, window size changes).
 async fn forward_signals_until<F, T>(
-    agent: &AgentClient,
+    manager: &Manager,
+    id: &str,
     terminal: bool,
     signals: &mut Interrupts,
     wait: F,
@@ -326,35 +243,20 @@ where
             result = &mut wait => return result,
             signal = signals.next() => signal,
             _ = winch.recv(), if terminal => {
-                resize(agent).await;
+                resize(manager, id).await;
                 continue;
             }
         };
-        let request = SignalProcessRequest {
-            container_id: CONTAINER_ID.into(),
-            signal: forwarded as u32,
-            ..Default::default()
-        };
-        let _ = agent
-            .api()
-            .signal_process(context(Duration::from_secs(10)), &request)
-            .await;
+        let _ = manager.kill(id, "", forwarded as u32, false).await;
     }
 }
 
-async fn resize(agent: &AgentClient) {
+async fn resize(manager: &Manager, id: &str) {
     let Some((rows, columns)) = terminal_size() else {
         return;
     };
-    let request = ResizeTerminalRequest {
-        container_id: CONTAINER_ID.into(),
-        rows: rows.into(),
-        columns: columns.into(),
-        ..Default::default()
-    };
-    let _ = agent
-        .api()
-        .resize_terminal(context(Duration::from_secs(10)), &request)
+    let _ = manager
+        .resize_terminal(id, "", rows.into(), columns.into())
         .await;
 }
 

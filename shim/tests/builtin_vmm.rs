@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use hull_shim::hypervisor::builtin::{Builtin, VmmJail};
-use hull_shim::hypervisor::{Hypervisor, NetDevice, VmConfig, VmExit, VmmHost};
+use hull_shim::hypervisor::{Hypervisor, NetDevice, VmExit, VmParams, VmmHost};
 use hull_vmm_api::host::Virtualization;
 
 /// A tap created as the shim creates a pod's (with a virtio-net header),
@@ -51,7 +51,7 @@ fn hull_vmm_takes_the_shims_configuration_jail_and_tap() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = dir.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
-    let config = VmConfig {
+    let config = VmParams {
         // Opened only after the steps this test is about.
         kernel: dir.path().join("vmlinux"),
         initrd: dir.path().join("initrd.img"),
@@ -77,7 +77,7 @@ fn hull_vmm_takes_the_shims_configuration_jail_and_tap() {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET): run as root");
         let tap = open_tap("hull0");
-        let config = VmConfig {
+        let config = VmParams {
             net: Some(NetDevice {
                 tap_fd: tap.as_raw_fd(),
                 mac: "02:42:ac:11:00:0a".into(),

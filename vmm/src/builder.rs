@@ -54,8 +54,12 @@ pub enum BuildError {
     Loader(#[from] loader::LoaderError),
     #[error(transparent)]
     MpTable(#[from] MpTableError),
-    #[error("Setting up devices: {0}")]
-    Devices(String),
+    #[error("Setting up {device}: {source}")]
+    Device {
+        device: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error(transparent)]
     Fs(#[from] FsError),
     #[error("CPUID: {0}")]
@@ -128,17 +132,26 @@ pub struct RunningVm {
     _memory: GuestMemoryMmap,
 }
 
+/// `map_err` for a device that could not be set up: which one, and why.
+fn device_error<E: std::error::Error + Send + Sync + 'static>(
+    device: impl Into<String>,
+) -> impl FnOnce(E) -> BuildError {
+    let device = device.into();
+    move |source| BuildError::Device {
+        device,
+        source: Box::new(source),
+    }
+}
+
 /// The taps passed as open descriptors, at the index of their net device.
 fn take_passed_taps(config: &VmConfig) -> Result<Vec<Option<Tap>>, BuildError> {
     config
         .net
         .iter()
         .map(|net| match net.source() {
-            Ok(TapSource::Fd(fd)) => Tap::from_fd(fd)
-                .map(Some)
-                .map_err(|e| BuildError::Devices(format!("net: {e}"))),
+            Ok(TapSource::Fd(fd)) => Tap::from_fd(fd).map(Some).map_err(device_error("net")),
             Ok(TapSource::Name(_)) => Ok(None),
-            Err(e) => Err(BuildError::Devices(e.to_string())),
+            Err(e) => Err(device_error("net")(e)),
         })
         .collect()
 }
@@ -185,15 +198,15 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
         })?),
         None => Box::new(std::io::sink()),
     };
-    let reset = EventFd::new(EFD_NONBLOCK).map_err(|e| BuildError::Devices(e.to_string()))?;
+    let reset = EventFd::new(EFD_NONBLOCK).map_err(device_error("the reset eventfd"))?;
     let legacy = LegacyDeviceManager::new(
         serial_out,
-        irq(COM1_IRQ).map_err(|e| BuildError::Devices(e.to_string()))?,
+        irq(COM1_IRQ).map_err(device_error("the serial port"))?,
         reset
             .try_clone()
-            .map_err(|e| BuildError::Devices(e.to_string()))?,
+            .map_err(device_error("the reset eventfd"))?,
     )
-    .map_err(|e| BuildError::Devices(e.to_string()))?;
+    .map_err(device_error("the legacy devices"))?;
 
     let mut mmio = MmioDeviceManager::new(
         GuestMemoryAtomic::new(memory.clone()),
@@ -207,42 +220,38 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
             guest_cid: vsock.guest_cid,
             uds_path: vsock.uds_path.clone(),
         })
-        .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
+        .map_err(device_error("vsock"))?;
         let device = Arc::new(Mutex::new(device));
         mmio.register_virtio_device(device.clone(), irq)
-            .map_err(|e| BuildError::Devices(format!("vsock: {e}")))?;
+            .map_err(device_error("vsock"))?;
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
     for block in &config.block {
         let what = || format!("block {}", block.path.display());
-        let device = BlockDevice::open(&block.path, block.read_only)
-            .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
+        let device =
+            BlockDevice::open(&block.path, block.read_only).map_err(device_error(what()))?;
         mmio.register_virtio_device(Arc::new(Mutex::new(device)), irq)
-            .map_err(|e| BuildError::Devices(format!("{}: {e}", what())))?;
+            .map_err(device_error(what()))?;
     }
     for fs in &config.fs {
         // Connects now: a missing virtiofsd fails the start, not the guest's mount.
         let device = FsDevice::connect(&fs.into(), &memory)?;
         let device = Arc::new(Mutex::new(device));
         mmio.register_virtio_device(device.clone(), irq)
-            .map_err(|e| BuildError::Devices(format!("fs {}: {e}", fs.tag)))?;
+            .map_err(device_error(format!("fs {}", fs.tag)))?;
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
     for (index, net) in config.net.iter().enumerate() {
-        let source = net
-            .source()
-            .map_err(|e| BuildError::Devices(e.to_string()))?;
+        let source = net.source().map_err(device_error("net"))?;
         // A named tap is opened (or created) now, while the VMM still has its capabilities;
         // a passed one was opened by the caller, in whatever network namespace it lives.
         let tap = match source {
-            TapSource::Name(name) => {
-                Tap::open(name).map_err(|e| BuildError::Devices(format!("net: {e}")))?
-            }
+            TapSource::Name(name) => Tap::open(name).map_err(device_error("net"))?,
             TapSource::Fd(_) => passed_taps[index].take().expect("taken at the start"),
         };
         let device = Arc::new(Mutex::new(NetDevice::new(tap, net.guest_mac(index))));
         mmio.register_virtio_device(device.clone(), irq)
-            .map_err(|e| BuildError::Devices(format!("net {source}: {e}")))?;
+            .map_err(device_error(format!("net {source}")))?;
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
 

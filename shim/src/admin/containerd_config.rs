@@ -16,7 +16,7 @@ pub const DEFAULT_PATH: &str = "/etc/containerd/config.toml";
 /// Why a containerd configuration cannot be read or merged into. The
 /// messages are fragments: the caller names the file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Error {
+pub enum ContainerdConfigError {
     #[error("invalid TOML at line {line}: {message}")]
     Syntax { line: usize, message: String },
     #[error("version 1 config, which Hull does not edit: convert it to version 2")]
@@ -68,39 +68,42 @@ pub enum Registration {
     Added { text: String, snippet: String },
 }
 
-fn parse(text: &str) -> Result<DocumentMut, Error> {
-    text.parse::<DocumentMut>().map_err(|err| Error::Syntax {
-        line: err
-            .span()
-            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
-            .unwrap_or(1),
-        message: err
-            .message()
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .collect::<Vec<_>>()
-            .join("; "),
-    })
+fn parse(text: &str) -> Result<DocumentMut, ContainerdConfigError> {
+    text.parse::<DocumentMut>()
+        .map_err(|err| ContainerdConfigError::Syntax {
+            line: err
+                .span()
+                .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1)
+                .unwrap_or(1),
+            message: err
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|line| !line.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
 }
 
 /// The schema the document declares; `None` for a document without any
 /// settings (absent, empty or only comments), which Hull may start afresh.
-fn schema(doc: &DocumentMut) -> Result<Option<Schema>, Error> {
+fn schema(doc: &DocumentMut) -> Result<Option<Schema>, ContainerdConfigError> {
     match doc.get("version") {
         None if doc.as_table().is_empty() => Ok(None),
-        None => Err(Error::NoVersion),
+        None => Err(ContainerdConfigError::NoVersion),
         Some(item) => match item.as_integer() {
-            Some(1) => Err(Error::Version1),
+            Some(1) => Err(ContainerdConfigError::Version1),
             Some(2) => Ok(Some(Schema::V2)),
             Some(3) => Ok(Some(Schema::V3)),
-            _ => Err(Error::UnknownVersion(item.to_string().trim().to_owned())),
+            _ => Err(ContainerdConfigError::UnknownVersion(
+                item.to_string().trim().to_owned(),
+            )),
         },
     }
 }
 
 /// The names of the runtimes whose `runtime_type` is Hull's, in file order.
-pub fn hull_handlers(text: &str) -> Result<Vec<String>, Error> {
+pub fn hull_handlers(text: &str) -> Result<Vec<String>, ContainerdConfigError> {
     let doc = parse(text)?;
     let Some(schema) = schema(&doc)? else {
         return Ok(Vec::new());
@@ -128,7 +131,7 @@ fn runtime_type(runtime: &Item) -> Option<&str> {
 
 /// Merges the `hull` runtime handler into `text`, keeping every other line,
 /// comment and layout as it was. An empty text becomes a version 2 config.
-pub fn register(text: &str) -> Result<Registration, Error> {
+pub fn register(text: &str) -> Result<Registration, ContainerdConfigError> {
     let mut doc = parse(text)?;
     let schema = match schema(&doc)? {
         Some(schema) => schema,
@@ -149,8 +152,10 @@ pub fn register(text: &str) -> Result<Registration, Error> {
     if let Some(existing) = runtimes.as_table_like().and_then(|t| t.get(HANDLER)) {
         return match runtime_type(existing) {
             Some(RUNTIME_TYPE) => Ok(Registration::AlreadyRegistered),
-            Some(other) => Err(Error::Conflict(format!("runtime_type = {other:?}"))),
-            None => Err(Error::Conflict("no runtime_type".into())),
+            Some(other) => Err(ContainerdConfigError::Conflict(format!(
+                "runtime_type = {other:?}"
+            ))),
+            None => Err(ContainerdConfigError::Conflict("no runtime_type".into())),
         };
     }
     if insert_handler(runtimes, after_last, &trailing) {
@@ -164,9 +169,13 @@ pub fn register(text: &str) -> Result<Registration, Error> {
 
 /// The child table `key` of `parent`, created (as an implicit table, or an
 /// inline one inside an inline table) when absent.
-fn child_table<'a>(parent: &'a mut Item, key: &str, path: &[&str]) -> Result<&'a mut Item, Error> {
+fn child_table<'a>(
+    parent: &'a mut Item,
+    key: &str,
+    path: &[&str],
+) -> Result<&'a mut Item, ContainerdConfigError> {
     let inline = parent.is_inline_table();
-    let not_a_table = || Error::NotATable(dotted(path));
+    let not_a_table = || ContainerdConfigError::NotATable(dotted(path));
     let table = parent.as_table_like_mut().ok_or_else(not_a_table)?;
     let child = table.entry(key).or_insert_with(|| {
         if inline {
@@ -413,22 +422,28 @@ version = 2
     #[test]
     fn version_1_and_unversioned_configs_are_refused() {
         let v1 = "version = 1\n[plugins.cri]\n";
-        assert_eq!(register(v1).unwrap_err(), Error::Version1);
-        assert_eq!(hull_handlers(v1).unwrap_err(), Error::Version1);
+        assert_eq!(register(v1).unwrap_err(), ContainerdConfigError::Version1);
+        assert_eq!(
+            hull_handlers(v1).unwrap_err(),
+            ContainerdConfigError::Version1
+        );
         assert_eq!(
             register("root = \"/var/lib/containerd\"\n").unwrap_err(),
-            Error::NoVersion
+            ContainerdConfigError::NoVersion
         );
         assert!(matches!(
             register("version = 7\n").unwrap_err(),
-            Error::UnknownVersion(v) if v == "7"
+            ContainerdConfigError::UnknownVersion(v) if v == "7"
         ));
     }
 
     #[test]
     fn broken_toml_is_refused_with_its_line() {
         let err = register("version = 2\n[plugins\nfoo = 1\n").unwrap_err();
-        assert!(matches!(err, Error::Syntax { line: 2, .. }), "{err:?}");
+        assert!(
+            matches!(err, ContainerdConfigError::Syntax { line: 2, .. }),
+            "{err:?}"
+        );
         assert!(!err.to_string().contains('\n'), "{err}");
     }
 
@@ -442,7 +457,7 @@ version = 2
     #[test]
     fn a_non_table_on_the_path_is_named() {
         let err = register("version = 2\nplugins = 3\n").unwrap_err();
-        assert_eq!(err, Error::NotATable("plugins".into()));
+        assert_eq!(err, ContainerdConfigError::NotATable("plugins".into()));
     }
 
     #[test]

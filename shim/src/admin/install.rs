@@ -42,7 +42,7 @@ overhead:
 ";
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum InstallError {
     #[error("{name} not found in {dir}: build it with `make build` (cargo build --release -p hull-shim -p hull-vmm)")]
     MissingBinary { name: &'static str, dir: PathBuf },
     #[error("Guest {what} not found at {path}: run `make assets`, or pass --{what} PATH")]
@@ -63,7 +63,7 @@ pub enum Error {
     ContainerdConfig {
         path: PathBuf,
         #[source]
-        source: containerd_config::Error,
+        source: containerd_config::ContainerdConfigError,
     },
 }
 
@@ -168,7 +168,10 @@ impl InstallOptions {
 
 /// Installs Hull, telling `report` about each step as it is done. Sources
 /// and containerd's configuration are checked before anything is written.
-pub fn install(options: &InstallOptions, report: &mut dyn FnMut(&Action)) -> Result<(), Error> {
+pub fn install(
+    options: &InstallOptions,
+    report: &mut dyn FnMut(&Action),
+) -> Result<(), InstallError> {
     let binaries = BINARIES
         .iter()
         .map(|&name| {
@@ -176,7 +179,7 @@ pub fn install(options: &InstallOptions, report: &mut dyn FnMut(&Action)) -> Res
             if path.is_file() {
                 Ok((name, path))
             } else {
-                Err(Error::MissingBinary {
+                Err(InstallError::MissingBinary {
                     name,
                     dir: options.binaries_from.clone(),
                 })
@@ -216,8 +219,8 @@ pub fn install(options: &InstallOptions, report: &mut dyn FnMut(&Action)) -> Res
 
 /// A guest asset, with symlinks resolved (`make kernel` links the kernel
 /// from its cache).
-fn asset_source(what: &'static str, path: &Path) -> Result<PathBuf, Error> {
-    let missing = || Error::MissingAsset {
+fn asset_source(what: &'static str, path: &Path) -> Result<PathBuf, InstallError> {
+    let missing = || InstallError::MissingAsset {
         what,
         path: path.to_owned(),
     };
@@ -230,12 +233,17 @@ fn asset_source(what: &'static str, path: &Path) -> Result<PathBuf, Error> {
 }
 
 /// Copies `source` to `dest` unless `dest` already has the same content.
-fn install_file(source: &Path, dest: &Path, mode: u32, show_source: bool) -> Result<Action, Error> {
+fn install_file(
+    source: &Path,
+    dest: &Path,
+    mode: u32,
+    show_source: bool,
+) -> Result<Action, InstallError> {
     if same_content(source, dest)? {
         set_mode(dest, mode)?;
         return Ok(Action::UpToDate(dest.to_owned()));
     }
-    let read_error = |source_err| Error::Read {
+    let read_error = |source_err| InstallError::Read {
         path: source.to_owned(),
         source: source_err,
     };
@@ -247,7 +255,7 @@ fn install_file(source: &Path, dest: &Path, mode: u32, show_source: bool) -> Res
     })
 }
 
-fn write_if_changed(dest: &Path, content: &[u8], mode: u32) -> Result<Action, Error> {
+fn write_if_changed(dest: &Path, content: &[u8], mode: u32) -> Result<Action, InstallError> {
     match fs::read(dest) {
         Ok(existing) if existing == content => {
             set_mode(dest, mode)?;
@@ -263,19 +271,21 @@ fn write_if_changed(dest: &Path, content: &[u8], mode: u32) -> Result<Action, Er
     }
 }
 
-fn set_mode(path: &Path, mode: u32) -> Result<(), Error> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| Error::Write {
-        path: path.to_owned(),
-        source,
+fn set_mode(path: &Path, mode: u32) -> Result<(), InstallError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        InstallError::Write {
+            path: path.to_owned(),
+            source,
+        }
     })
 }
 
 /// Whether `dest` exists with exactly the bytes of `source`.
-fn same_content(source: &Path, dest: &Path) -> Result<bool, Error> {
+fn same_content(source: &Path, dest: &Path) -> Result<bool, InstallError> {
     let Ok(mut theirs) = File::open(dest) else {
         return Ok(false);
     };
-    let read_error = |err| Error::Read {
+    let read_error = |err| InstallError::Read {
         path: source.to_owned(),
         source: err,
     };
@@ -326,8 +336,8 @@ fn write_temp(
     dest: &Path,
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<PathBuf, Error> {
-    let write_error = |source| Error::Write {
+) -> Result<PathBuf, InstallError> {
+    let write_error = |source| InstallError::Write {
         path: dest.to_owned(),
         source,
     };
@@ -360,11 +370,11 @@ fn write_atomically(
     dest: &Path,
     mode: u32,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
-) -> Result<(), Error> {
+) -> Result<(), InstallError> {
     let temp = write_temp(dest, mode, fill)?;
     fs::rename(&temp, dest).map_err(|source| {
         let _ = fs::remove_file(&temp);
-        Error::Write {
+        InstallError::Write {
             path: dest.to_owned(),
             source,
         }
@@ -378,7 +388,7 @@ fn install_hull_config(
     installed_kernel: &Path,
     installed_initrd: &Path,
     report: &mut dyn FnMut(&Action),
-) -> Result<(), Error> {
+) -> Result<(), InstallError> {
     let path = &options.hull_config;
     let defaults = Config::default();
     match fs::read_to_string(path) {
@@ -432,7 +442,7 @@ fn install_hull_config(
                     report(&Action::KeptConfig(path.clone()))
                 }
                 Err(source) => {
-                    return Err(Error::Write {
+                    return Err(InstallError::Write {
                         path: path.clone(),
                         source,
                     })
@@ -440,7 +450,7 @@ fn install_hull_config(
             }
             Ok(())
         }
-        Err(source) => Err(Error::Read {
+        Err(source) => Err(InstallError::Read {
             path: path.clone(),
             source,
         }),
@@ -463,8 +473,8 @@ struct RegistrationPlan {
     registration: Registration,
 }
 
-fn plan_registration(path: &Path) -> Result<RegistrationPlan, Error> {
-    let read_error = |source| Error::Read {
+fn plan_registration(path: &Path) -> Result<RegistrationPlan, InstallError> {
+    let read_error = |source| InstallError::Read {
         path: path.to_owned(),
         source,
     };
@@ -483,7 +493,7 @@ fn plan_registration(path: &Path) -> Result<RegistrationPlan, Error> {
     };
     let text = previous.as_ref().map_or("", |(text, _)| text.as_str());
     let registration =
-        containerd_config::register(text).map_err(|source| Error::ContainerdConfig {
+        containerd_config::register(text).map_err(|source| InstallError::ContainerdConfig {
             path: path.to_owned(),
             source,
         })?;
@@ -494,7 +504,7 @@ fn plan_registration(path: &Path) -> Result<RegistrationPlan, Error> {
     })
 }
 
-fn apply_registration(plan: RegistrationPlan) -> Result<Action, Error> {
+fn apply_registration(plan: RegistrationPlan) -> Result<Action, InstallError> {
     let (text, snippet) = match plan.registration {
         Registration::AlreadyRegistered => return Ok(Action::AlreadyRegistered(plan.path)),
         Registration::Added { text, snippet } => (text, snippet),

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum AgentClientError {
     #[error("Connecting to {path}: {source}")]
     Connect {
         path: PathBuf,
@@ -54,13 +54,14 @@ impl HybridVsock {
     }
 
     /// Opens a stream to guest `port`: `CONNECT <port>\n`, then `OK <n>\n`.
-    pub async fn connect(&self, port: u32) -> Result<UnixStream, Error> {
-        let mut stream = UnixStream::connect(&self.uds)
-            .await
-            .map_err(|source| Error::Connect {
-                path: self.uds.clone(),
-                source,
-            })?;
+    pub async fn connect(&self, port: u32) -> Result<UnixStream, AgentClientError> {
+        let mut stream =
+            UnixStream::connect(&self.uds)
+                .await
+                .map_err(|source| AgentClientError::Connect {
+                    path: self.uds.clone(),
+                    source,
+                })?;
         let handshake = async {
             stream
                 .write_all(format!("CONNECT {port}\n").as_bytes())
@@ -70,18 +71,18 @@ impl HybridVsock {
         };
         let line = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
             .await
-            .map_err(|_| Error::Handshake {
+            .map_err(|_| AgentClientError::Handshake {
                 port,
                 reason: "no answer from the guest".into(),
             })?
-            .map_err(|reason| Error::Handshake { port, reason })?;
+            .map_err(|reason| AgentClientError::Handshake { port, reason })?;
         match line.strip_prefix("OK ") {
             Some(n) if n.trim().parse::<u32>().is_ok() => Ok(stream),
-            _ if line.is_empty() => Err(Error::Handshake {
+            _ if line.is_empty() => Err(AgentClientError::Handshake {
                 port,
                 reason: "the guest refused the connection (nobody listening yet)".into(),
             }),
-            _ => Err(Error::Handshake {
+            _ => Err(AgentClientError::Handshake {
                 port,
                 reason: format!("unexpected answer {line:?}"),
             }),
@@ -125,7 +126,7 @@ impl AgentClient {
     /// (one deadline for the whole boot, not one per step): retries the
     /// connection until the agent listens, then gives the version check
     /// what is left.
-    pub async fn connect(vsock: HybridVsock, timeout: Duration) -> Result<Self, Error> {
+    pub async fn connect(vsock: HybridVsock, timeout: Duration) -> Result<Self, AgentClientError> {
         let started = Instant::now();
         let deadline = started + timeout;
         let mut attempts = 0;
@@ -144,7 +145,7 @@ impl AgentClient {
                 Err(_) => {}
             }
             if Instant::now() >= deadline {
-                return Err(Error::NotListening {
+                return Err(AgentClientError::NotListening {
                     waited: started.elapsed(),
                     attempts,
                     last,
@@ -163,13 +164,13 @@ impl AgentClient {
         let info = match api.check(context(left), &request).await {
             Ok(info) => info,
             Err(err) if is_deadline(&err) || Instant::now() >= deadline => {
-                return Err(Error::CheckTimeout {
+                return Err(AgentClientError::CheckTimeout {
                     connected_after,
                     waited: left,
                     deadline: timeout,
                 })
             }
-            Err(err) => return Err(Error::Version(rpc_message(&err))),
+            Err(err) => return Err(AgentClientError::Version(rpc_message(&err))),
         };
         Ok(AgentClient { api, vsock, info })
     }
@@ -179,9 +180,9 @@ impl AgentClient {
     }
 
     /// Opens the stdio stream that `header` names.
-    pub async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, Error> {
+    pub async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentClientError> {
         let mut stream = self.vsock.connect(AGENT_STDIO_PORT).await?;
-        let refused = |reason: String| Error::StreamRefused {
+        let refused = |reason: String| AgentClientError::StreamRefused {
             stream: header.kind.to_string(),
             reason,
         };
@@ -276,7 +277,10 @@ mod tests {
             .await
             .err()
             .unwrap();
-        assert!(matches!(err, Error::NotListening { .. }), "{err}");
+        assert!(
+            matches!(err, AgentClientError::NotListening { .. }),
+            "{err}"
+        );
         let message = err.to_string();
         assert!(
             message.contains("attempts") && message.contains("refused"),
@@ -308,7 +312,10 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert!(matches!(err, Error::CheckTimeout { .. }), "{err}");
+        assert!(
+            matches!(err, AgentClientError::CheckTimeout { .. }),
+            "{err}"
+        );
         let message = err.to_string();
         assert!(
             message.contains("version check") && message.contains("700ms"),

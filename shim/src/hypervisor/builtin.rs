@@ -30,7 +30,7 @@ use hull_vmm_api::net::MacAddress;
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
-use super::{Error, Hypervisor, VmConfig, VmExit, VmmHost};
+use super::{Hypervisor, HypervisorError, VmExit, VmParams, VmmHost};
 
 /// The descriptor number hull-vmm finds the pod's tap at.
 pub const TAP_FD: RawFd = 3;
@@ -64,19 +64,19 @@ impl Builtin {
     }
 
     /// hull-vmm's vCPU count for `vcpus`, or why it cannot run that many.
-    pub fn check_vcpus(vcpus: u32) -> Result<u8, Error> {
+    pub fn check_vcpus(vcpus: u32) -> Result<u8, HypervisorError> {
         u8::try_from(vcpus)
             .ok()
             .filter(|&n| (1..=vmm::MAX_VCPUS).contains(&n))
-            .ok_or(Error::TooManyVcpus {
+            .ok_or(HypervisorError::TooManyVcpus {
                 vcpus,
                 max: vmm::MAX_VCPUS,
             })
     }
 
     /// hull-vmm's configuration for `config` (no side effects, so tests see it).
-    pub fn vm_config(&self, config: &VmConfig) -> Result<vmm::VmConfig, Error> {
-        let invalid = |message: String| Error::VmmConfig {
+    pub fn vm_config(&self, config: &VmParams) -> Result<vmm::VmConfig, HypervisorError> {
+        let invalid = |message: String| HypervisorError::VmmConfig {
             path: self.config_file.clone(),
             message,
         };
@@ -130,8 +130,8 @@ impl Builtin {
         Ok(vm)
     }
 
-    fn write_config(&self, vm: &vmm::VmConfig) -> Result<(), Error> {
-        let failed = |message: String| Error::VmmConfig {
+    fn write_config(&self, vm: &vmm::VmConfig) -> Result<(), HypervisorError> {
+        let failed = |message: String| HypervisorError::VmmConfig {
             path: self.config_file.clone(),
             message,
         };
@@ -145,7 +145,7 @@ const SERIAL_TO_STDOUT: &str = "/dev/stdout";
 
 #[async_trait]
 impl Hypervisor for Builtin {
-    async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error> {
+    async fn start(&mut self, config: &VmParams, host: VmmHost) -> Result<(), HypervisorError> {
         let vm = self.vm_config(config)?;
         self.write_config(&vm)?;
         let fds: Vec<_> = config.net.iter().map(|net| (net.tap_fd, TAP_FD)).collect();
@@ -156,7 +156,7 @@ impl Hypervisor for Builtin {
         self.process.spawn(&self.binary, &args, &host, fds)
     }
 
-    async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
+    async fn stop(&mut self, grace: Duration) -> Result<VmExit, HypervisorError> {
         Ok(self.process.stop(grace).await)
     }
 
@@ -178,8 +178,8 @@ mod tests {
     use super::super::NetDevice;
     use super::*;
 
-    fn vm_config(dir: &Path, net: Option<NetDevice>) -> VmConfig {
-        VmConfig {
+    fn vm_config(dir: &Path, net: Option<NetDevice>) -> VmParams {
+        VmParams {
             kernel: "/usr/local/share/hull/vmlinux".into(),
             initrd: "/usr/local/share/hull/hull-initrd.img".into(),
             cmdline: "console=ttyS0 quiet panic=-1 pci=off".into(),

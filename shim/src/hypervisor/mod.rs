@@ -18,7 +18,7 @@ use crate::host::Virtualization;
 
 /// Everything a backend needs to start one VM, whichever backend it is.
 #[derive(Debug, Clone)]
-pub struct VmConfig {
+pub struct VmParams {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
@@ -83,12 +83,14 @@ impl Backend {
     /// Picks the backend the configuration asks for on a host with `host`
     /// virtualization: `auto` is the built-in VMM where KVM has VT-x/AMD-V,
     /// else QEMU. The built-in VMM is refused where it cannot boot Linux.
-    pub fn select(config: &Config, host: Virtualization) -> Result<Self, Error> {
+    pub fn select(config: &Config, host: Virtualization) -> Result<Self, HypervisorError> {
         match (config.hypervisor, host) {
             (HypervisorKind::Builtin | HypervisorKind::Auto, Virtualization::Hardware) => {
                 Ok(Backend::Builtin)
             }
-            (HypervisorKind::Builtin, host) => Err(Error::BuiltinNeedsHardware(host.describe())),
+            (HypervisorKind::Builtin, host) => {
+                Err(HypervisorError::BuiltinNeedsHardware(host.describe()))
+            }
             (HypervisorKind::Qemu | HypervisorKind::Auto, host) => Ok(Backend::Qemu(
                 ResolvedAccelerator::resolve(config.accelerator, host)?,
             )),
@@ -115,19 +117,19 @@ pub enum ResolvedAccelerator {
 impl ResolvedAccelerator {
     /// Picks the accelerator for `wanted` on a host with `host`
     /// virtualization. KVM is only chosen where it can boot a Linux guest.
-    pub fn resolve(wanted: Accelerator, host: Virtualization) -> Result<Self, Error> {
+    pub fn resolve(wanted: Accelerator, host: Virtualization) -> Result<Self, HypervisorError> {
         match (wanted, host) {
             (Accelerator::Tcg, _) => Ok(ResolvedAccelerator::Tcg),
             (Accelerator::Auto, Virtualization::Hardware)
             | (Accelerator::Kvm, Virtualization::Hardware) => Ok(ResolvedAccelerator::Kvm),
             (Accelerator::Auto, _) => Ok(ResolvedAccelerator::Tcg),
-            (Accelerator::Kvm, host) => Err(Error::NoKvm(host.describe())),
+            (Accelerator::Kvm, host) => Err(HypervisorError::NoKvm(host.describe())),
         }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum HypervisorError {
     #[error("accelerator = \"kvm\" cannot work here: {0}; use \"tcg\" or \"auto\"")]
     NoKvm(&'static str),
     #[error(
@@ -138,8 +140,6 @@ pub enum Error {
     TooManyVcpus { vcpus: u32, max: u8 },
     #[error("Writing hull-vmm's configuration {path}: {message}")]
     VmmConfig { path: PathBuf, message: String },
-    #[error("Starting the vsock backend for QEMU: {0}")]
-    Vsock(String),
     #[error("Cannot start {program}: {source}")]
     Spawn {
         program: String,
@@ -163,10 +163,10 @@ pub enum VmExit {
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     /// Starts the VM; returns once the VMM process runs.
-    async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error>;
+    async fn start(&mut self, config: &VmParams, host: VmmHost) -> Result<(), HypervisorError>;
     /// Waits up to `grace` for the VM to end by itself (after the agent was
     /// told to power off), then kills it.
-    async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error>;
+    async fn stop(&mut self, grace: Duration) -> Result<VmExit, HypervisorError>;
     /// Watches the VMM's exit: `None` while it runs.
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>>;
     /// The VMM's pid, for accounting and clean-up.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::{Error, VmExit, VmmHost};
+use super::{HypervisorError, VmExit, VmmHost};
 
 pub struct VmmProcess {
     pid: Option<u32>,
@@ -41,8 +41,8 @@ impl VmmProcess {
         args: &[String],
         host: &VmmHost,
         fds: Vec<(RawFd, RawFd)>,
-    ) -> Result<(), Error> {
-        let spawn_error = |source| Error::Spawn {
+    ) -> Result<(), HypervisorError> {
+        let spawn_error = |source| HypervisorError::Spawn {
             program: binary.display().to_string(),
             source,
         };
@@ -59,7 +59,7 @@ impl VmmProcess {
         crate::sys::process::die_with_parent(&mut command);
         crate::sys::process::join_cgroups(&mut command, cgroups);
         crate::sys::process::pass_fds(&mut command, fds);
-        let mut child = command.spawn().map_err(|source| Error::Spawn {
+        let mut child = command.spawn().map_err(|source| HypervisorError::Spawn {
             program: binary.display().to_string(),
             source,
         })?;

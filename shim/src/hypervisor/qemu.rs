@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
-use super::{Error, Hypervisor, ResolvedAccelerator, VmConfig, VmExit, VmmHost};
+use super::{Hypervisor, HypervisorError, ResolvedAccelerator, VmExit, VmParams, VmmHost};
 
 /// The descriptors QEMU finds the pod's tap and its vhost-user connections
 /// at.
@@ -84,7 +84,7 @@ impl Qemu {
 
     /// QEMU's own command line for `config`, with the paths and descriptors
     /// it has inside its jail (no side effects, so tests see it).
-    pub fn args(&self, config: &VmConfig) -> Vec<String> {
+    pub fn args(&self, config: &VmParams) -> Vec<String> {
         let accel = match self.accelerator {
             ResolvedAccelerator::Kvm => "kvm",
             ResolvedAccelerator::Tcg => "tcg",
@@ -148,7 +148,7 @@ impl Qemu {
     }
 
     /// `hull-vmm jail ... -- qemu ...`: the jailer's arguments for `config`.
-    pub fn jailed_args(&self, config: &VmConfig) -> Result<Vec<String>, Error> {
+    pub fn jailed_args(&self, config: &VmParams) -> Result<Vec<String>, HypervisorError> {
         let jail = &self.jail;
         let mut args: Vec<String> = vec![
             "jail".into(),
@@ -204,13 +204,16 @@ impl Qemu {
 
     /// QEMU's binary with symlinks resolved; it must be under /usr, the
     /// only host directory its jail has.
-    fn real_binary(&self) -> Result<PathBuf, Error> {
-        let real = self.binary.canonicalize().map_err(|source| Error::Spawn {
-            program: self.binary.display().to_string(),
-            source,
-        })?;
+    fn real_binary(&self) -> Result<PathBuf, HypervisorError> {
+        let real = self
+            .binary
+            .canonicalize()
+            .map_err(|source| HypervisorError::Spawn {
+                program: self.binary.display().to_string(),
+                source,
+            })?;
         if !real.starts_with("/usr") {
-            return Err(Error::Spawn {
+            return Err(HypervisorError::Spawn {
                 program: real.display().to_string(),
                 source: std::io::Error::other(
                     "QEMU runs in a jail that has only /usr of the host: install it under /usr",
@@ -221,11 +224,11 @@ impl Qemu {
     }
 
     /// `hull-vmm vsock ...`: the vsock backend's arguments.
-    fn vsock_args(&self, config: &VmConfig) -> Result<Vec<String>, Error> {
+    fn vsock_args(&self, config: &VmParams) -> Result<Vec<String>, HypervisorError> {
         let name = config
             .vsock_uds
             .strip_prefix(&self.jail.root)
-            .map_err(|_| Error::Spawn {
+            .map_err(|_| HypervisorError::Spawn {
                 program: "hull-vmm vsock".into(),
                 source: std::io::Error::other(format!(
                     "the vsock socket {} is not in the jail directory {}",
@@ -252,7 +255,11 @@ impl Qemu {
         ])
     }
 
-    async fn start_processes(&mut self, config: &VmConfig, host: &VmmHost) -> Result<(), Error> {
+    async fn start_processes(
+        &mut self,
+        config: &VmParams,
+        host: &VmmHost,
+    ) -> Result<(), HypervisorError> {
         let vhost = bind(&self.vhost_vsock_socket)?;
         let hybrid = bind(&config.vsock_uds)?;
         let vsock_args = self.vsock_args(config)?;
@@ -298,27 +305,28 @@ fn usr_merge_links() -> Vec<(&'static str, Link)> {
         .collect()
 }
 
-fn absolute(path: &Path) -> Result<PathBuf, Error> {
-    path.canonicalize().map_err(|source| Error::Spawn {
-        program: format!("qemu (reading {})", path.display()),
-        source,
-    })
+fn absolute(path: &Path) -> Result<PathBuf, HypervisorError> {
+    path.canonicalize()
+        .map_err(|source| HypervisorError::Spawn {
+            program: format!("qemu (reading {})", path.display()),
+            source,
+        })
 }
 
-fn bind(path: &Path) -> Result<OwnedFd, Error> {
+fn bind(path: &Path) -> Result<OwnedFd, HypervisorError> {
     let _ = std::fs::remove_file(path);
     UnixListener::bind(path)
         .map(OwnedFd::from)
-        .map_err(|source| Error::Spawn {
+        .map_err(|source| HypervisorError::Spawn {
             program: format!("the vsock backend (binding {})", path.display()),
             source,
         })
 }
 
-fn connect(path: &Path) -> Result<OwnedFd, Error> {
+fn connect(path: &Path) -> Result<OwnedFd, HypervisorError> {
     UnixStream::connect(path)
         .map(OwnedFd::from)
-        .map_err(|source| Error::Spawn {
+        .map_err(|source| HypervisorError::Spawn {
             program: format!("qemu (connecting to {})", path.display()),
             source,
         })
@@ -326,7 +334,7 @@ fn connect(path: &Path) -> Result<OwnedFd, Error> {
 
 #[async_trait]
 impl Hypervisor for Qemu {
-    async fn start(&mut self, config: &VmConfig, host: VmmHost) -> Result<(), Error> {
+    async fn start(&mut self, config: &VmParams, host: VmmHost) -> Result<(), HypervisorError> {
         let started = self.start_processes(config, &host).await;
         if started.is_err() {
             self.vsock.stop(Duration::ZERO).await;
@@ -334,7 +342,7 @@ impl Hypervisor for Qemu {
         started
     }
 
-    async fn stop(&mut self, grace: Duration) -> Result<VmExit, Error> {
+    async fn stop(&mut self, grace: Duration) -> Result<VmExit, HypervisorError> {
         let exit = self.process.stop(grace).await;
         // It ends by itself once QEMU, its frontend, is gone.
         self.vsock.stop(Duration::from_secs(1)).await;
@@ -354,8 +362,8 @@ impl Hypervisor for Qemu {
 mod tests {
     use super::*;
 
-    fn vm_config(net: Option<super::super::NetDevice>) -> VmConfig {
-        VmConfig {
+    fn vm_config(net: Option<super::super::NetDevice>) -> VmParams {
+        VmParams {
             kernel: "/k".into(),
             initrd: "/i".into(),
             cmdline: "console=ttyS0".into(),

@@ -75,7 +75,10 @@ pub trait Agent: Send + Sync + 'static {
     /// The next container the guest reports out of memory (waits for one).
     async fn next_oom(&self) -> AgentResult<String>;
     /// Opens the stdio stream `header` names.
-    async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, agent_client::Error>;
+    async fn open_stream(
+        &self,
+        header: &StreamHeader,
+    ) -> Result<UnixStream, agent_client::AgentClientError>;
 }
 
 #[async_trait]
@@ -269,7 +272,10 @@ impl Agent for AgentClient {
         Ok(event.container_id)
     }
 
-    async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, agent_client::Error> {
+    async fn open_stream(
+        &self,
+        header: &StreamHeader,
+    ) -> Result<UnixStream, agent_client::AgentClientError> {
         AgentClient::open_stream(self, header).await
     }
 }

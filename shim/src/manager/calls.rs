@@ -5,10 +5,10 @@ use std::time::Duration;
 use hull_protocols::agent::StatsContainerResponse;
 
 use super::agent::cleanup_deadline;
-use super::container::{Container, Creation};
+use super::container::{Creation, ManagedContainer};
 use super::error::{agent_failed, LifecycleError};
-use super::process::{Exit, Process, ProcessStatus, UNKNOWN_EXIT};
-use super::stdio::{ProcessIo, StdioPaths};
+use super::process::{ProcessExit, ProcessRecord, ProcessStatus, UNKNOWN_EXIT};
+use super::stdio::{ProcessIo, StdioPaths, StdioWiring};
 use super::{Event, Manager, ProcessState};
 
 /// Signals whose default action ends a process: what a signal does to a
@@ -70,7 +70,8 @@ impl Manager {
                 .exec_process(id, exec_id, spec, stdio.request())
                 .await
                 .map_err(agent_failed("starting the exec process"))?;
-            let io = ProcessIo::attach(agent.as_ref(), id, exec_id, &stdio).await?;
+            let wiring = StdioWiring::Fifos(stdio);
+            let io = ProcessIo::attach(agent.as_ref(), id, exec_id, &wiring).await?;
             {
                 let mut record = container.record();
                 let process = record.process_mut(exec_id)?;
@@ -110,7 +111,7 @@ impl Manager {
             if record.execs.contains_key(exec_id) {
                 return Err(LifecycleError::ExecExists(exec_id.to_owned()));
             }
-            let mut exec = Process::new(stdio);
+            let mut exec = ProcessRecord::new(stdio);
             exec.exec_spec = Some(process);
             record.execs.insert(exec_id.to_owned(), exec);
         }
@@ -140,7 +141,7 @@ impl Manager {
         }
         if exec_id.is_empty() && container.waiting_for_vm() {
             if ends_by_default(signal) {
-                let exit = Exit::now(128 + signal);
+                let exit = ProcessExit::now(128 + signal);
                 if container.abandon(exit) {
                     self.send(Event::Exited {
                         id: id.to_owned(),
@@ -165,7 +166,11 @@ impl Manager {
 
     /// Removes an exec process, or a container that is not running. The
     /// sandbox goes with its own container or its last one.
-    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, Exit), LifecycleError> {
+    pub async fn delete(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> Result<(u32, ProcessExit), LifecycleError> {
         let container = self.container(id)?;
         if !exec_id.is_empty() {
             let mut record = container.record();
@@ -175,7 +180,7 @@ impl Manager {
                     "exec {exec_id} is still running"
                 )));
             }
-            let (pid, exit) = (process.pid, process.exit().unwrap_or(Exit::now(0)));
+            let (pid, exit) = (process.pid, process.exit().unwrap_or(ProcessExit::now(0)));
             record.execs.remove(exec_id);
             return Ok((pid, exit));
         }
@@ -187,7 +192,7 @@ impl Manager {
             )));
         }
         // A container still waiting for the VM never gets there.
-        container.abandon(Exit::now(UNKNOWN_EXIT));
+        container.abandon(ProcessExit::now(UNKNOWN_EXIT));
         let ops = container.ops.lock().await;
         let in_guest = matches!(*container.creation.borrow(), Creation::Done(Ok(_)));
         if in_guest {
@@ -200,7 +205,7 @@ impl Manager {
             .expect("containers lock")
             .remove(id);
         let (_, pid, exit) = container.init_state();
-        let exit = exit.unwrap_or(Exit::now(UNKNOWN_EXIT));
+        let exit = exit.unwrap_or(ProcessExit::now(UNKNOWN_EXIT));
         let own_sandbox = self.sandbox_id().as_deref() == Some(id);
         if own_sandbox || !self.has_containers() {
             self.shutdown_sandbox().await;
@@ -215,7 +220,7 @@ impl Manager {
 
     /// Removes a created container from the guest (killing it first if it
     /// never started) and its files from the share.
-    async fn remove_from_guest(&self, container: &Container) {
+    async fn remove_from_guest(&self, container: &ManagedContainer) {
         let id = &container.id;
         let Some(vm) = self.booted() else { return };
         if vm.alive() {
@@ -254,7 +259,7 @@ impl Manager {
     }
 
     /// Waits for a process to end.
-    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<Exit, LifecycleError> {
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ProcessExit, LifecycleError> {
         let exit = self.container(id)?.record().process(exec_id)?.exit_watch();
         crate::watch::wait_set(exit)
             .await

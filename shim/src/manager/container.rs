@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 use super::error::LifecycleError;
-use super::process::{Exit, Process, ProcessStatus};
-use super::stdio::StdioPaths;
+use super::process::{ProcessExit, ProcessRecord, ProcessStatus};
+use super::stdio::{StdioPaths, StdioWiring};
 use crate::rootfs::RootfsMountSpec;
 
 /// Where a container is on its way into the guest.
@@ -30,10 +30,10 @@ pub struct GuestCreate {
     /// The container's OCI spec as containerd gave it.
     pub spec: oci_spec::runtime::Spec,
     pub rootfs: Vec<RootfsMountSpec>,
-    pub stdio: StdioPaths,
+    pub stdio: StdioWiring,
 }
 
-pub struct Container {
+pub struct ManagedContainer {
     pub id: String,
     pub bundle: String,
     /// Serializes the calls that change this container in the guest.
@@ -43,12 +43,12 @@ pub struct Container {
 }
 
 pub struct Record {
-    pub init: Process,
-    pub execs: HashMap<String, Process>,
+    pub init: ProcessRecord,
+    pub execs: HashMap<String, ProcessRecord>,
 }
 
 impl Record {
-    pub fn process(&self, exec_id: &str) -> Result<&Process, LifecycleError> {
+    pub fn process(&self, exec_id: &str) -> Result<&ProcessRecord, LifecycleError> {
         if exec_id.is_empty() {
             return Ok(&self.init);
         }
@@ -57,7 +57,7 @@ impl Record {
             .ok_or_else(|| LifecycleError::ExecNotFound(exec_id.to_owned()))
     }
 
-    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process, LifecycleError> {
+    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut ProcessRecord, LifecycleError> {
         if exec_id.is_empty() {
             return Ok(&mut self.init);
         }
@@ -67,15 +67,15 @@ impl Record {
     }
 }
 
-impl Container {
+impl ManagedContainer {
     pub fn new(id: &str, bundle: &str, stdio: StdioPaths, creation: Creation) -> Self {
-        Container {
+        ManagedContainer {
             id: id.to_owned(),
             bundle: bundle.to_owned(),
             ops: tokio::sync::Mutex::new(()),
             creation: watch::channel(creation).0,
             record: Mutex::new(Record {
-                init: Process::new(stdio),
+                init: ProcessRecord::new(stdio),
                 execs: HashMap::new(),
             }),
         }
@@ -110,7 +110,7 @@ impl Container {
 
     /// Stops a container that never reached the guest: no process there
     /// to signal, so the end is recorded here. False if it had got further.
-    pub fn abandon(&self, exit: Exit) -> bool {
+    pub fn abandon(&self, exit: ProcessExit) -> bool {
         let abandoned = self.creation.send_if_modified(|c| {
             let waiting = matches!(c, Creation::Waiting);
             if waiting {
@@ -125,7 +125,7 @@ impl Container {
     }
 
     /// The init's status, pid and exit.
-    pub fn init_state(&self) -> (ProcessStatus, u32, Option<Exit>) {
+    pub fn init_state(&self) -> (ProcessStatus, u32, Option<ProcessExit>) {
         let record = self.record();
         (record.init.status, record.init.pid, record.init.exit())
     }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::stdio::IoError;
-use super::vm::MountError;
+use super::vm::ContainerShareError;
 use crate::agent_client::rpc_message;
 use crate::ids::InvalidId;
 use crate::pod::PodError;
@@ -38,7 +38,7 @@ pub enum LifecycleError {
     /// The sandbox's VM could not be started; every container waiting for
     /// it gets the same error.
     #[error("Hull: {0}")]
-    Sandbox(Arc<sandbox::Error>),
+    Sandbox(Arc<sandbox::SandboxError>),
     #[error("container {container} belongs to sandbox {wanted}, not to this shim's {ours}")]
     OtherSandbox {
         container: String,
@@ -48,7 +48,7 @@ pub enum LifecycleError {
     #[error("the sandbox VM is not running")]
     VmNotRunning,
     #[error("Hull: {0}")]
-    Mount(#[from] MountError),
+    Mount(#[from] ContainerShareError),
     #[error("{doing}: {}", rpc_message(source))]
     Agent {
         doing: &'static str,
@@ -61,8 +61,8 @@ pub enum LifecycleError {
     Creation(Arc<LifecycleError>),
 }
 
-impl From<sandbox::Error> for LifecycleError {
-    fn from(err: sandbox::Error) -> Self {
+impl From<sandbox::SandboxError> for LifecycleError {
+    fn from(err: sandbox::SandboxError) -> Self {
         LifecycleError::Sandbox(Arc::new(err))
     }
 }

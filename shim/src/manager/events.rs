@@ -1,7 +1,7 @@
 //! What happened to a sandbox's containers, in the order it happened: the
 //! containerd adapter publishes each as a task event.
 
-use super::process::Exit;
+use super::process::ProcessExit;
 use super::stdio::StdioPaths;
 use crate::rootfs::RootfsMountSpec;
 
@@ -32,7 +32,7 @@ pub enum Event {
         id: String,
         exec_id: String,
         pid: u32,
-        exit: Exit,
+        exit: ProcessExit,
     },
     OutOfMemory {
         id: String,
@@ -46,6 +46,6 @@ pub enum Event {
     Deleted {
         id: String,
         pid: u32,
-        exit: Exit,
+        exit: ProcessExit,
     },
 }

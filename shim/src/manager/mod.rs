@@ -34,13 +34,13 @@ use oci_spec::runtime::Spec;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use self::agent::{Agent, AgentResult, GuestExit, AGENT_CALL};
-use self::container::{Container, Creation, GuestCreate};
+use self::container::{Creation, GuestCreate, ManagedContainer};
 use self::error::agent_failed;
 pub use self::error::LifecycleError;
 pub use self::events::Event;
-pub use self::process::{Exit, ProcessStatus, UNKNOWN_EXIT};
-pub use self::stdio::{IoError, StdioPaths};
-pub use self::vm::{BootRequest, BootedVm, Cancel, Launcher, MountError, VmLauncher};
+pub use self::process::{ProcessExit, ProcessStatus, UNKNOWN_EXIT};
+pub use self::stdio::{CallerStreams, IoError, StdioPaths, StdioWiring};
+pub use self::vm::{BootRequest, BootedVm, Cancel, ContainerShareError, Launcher, VmLauncher};
 use crate::config::Config;
 use crate::hypervisor::VmExit;
 use crate::pod::{network_namespace, vm_size, Role};
@@ -54,7 +54,7 @@ pub struct ContainerRequest {
     pub bundle: String,
     pub spec: Spec,
     pub rootfs: Vec<RootfsMountSpec>,
-    pub stdio: StdioPaths,
+    pub stdio: StdioWiring,
     /// Hull's configuration for this container's sandbox, should it boot one.
     pub config: Config,
 }
@@ -66,7 +66,7 @@ pub struct ProcessState {
     pub pid: u32,
     pub status: ProcessStatus,
     pub stdio: StdioPaths,
-    pub exit: Option<Exit>,
+    pub exit: Option<ProcessExit>,
 }
 
 /// Where the sandbox's VM is.
@@ -83,7 +83,7 @@ enum Phase {
     },
     Failed {
         id: String,
-        error: Arc<sandbox::Error>,
+        error: Arc<sandbox::SandboxError>,
     },
     /// Shut down; a shim serves one sandbox once.
     Stopped,
@@ -123,7 +123,7 @@ struct Inner {
     cancel_boot: Mutex<Option<oneshot::Sender<String>>>,
     /// The boot task, awaited by a shutdown that cancelled it.
     boot_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
+    containers: Mutex<HashMap<String, Arc<ManagedContainer>>>,
     pod: Mutex<PodContext>,
 }
 
@@ -157,7 +157,7 @@ impl Manager {
         let _ = self.inner.events.send(event);
     }
 
-    fn container(&self, id: &str) -> Result<Arc<Container>, LifecycleError> {
+    fn container(&self, id: &str) -> Result<Arc<ManagedContainer>, LifecycleError> {
         self.inner
             .containers
             .lock()
@@ -244,16 +244,17 @@ impl Manager {
         // Everything the guest cannot do is refused before a VM starts; the
         // spec is made again at creation, with the pod as it is then.
         self.guest_spec(&spec, &id)?;
+        let paths = stdio.paths();
         let create = GuestCreate {
             spec,
             rootfs,
-            stdio: stdio.clone(),
+            stdio,
         };
 
-        let container = Arc::new(Container::new(
+        let container = Arc::new(ManagedContainer::new(
             &id,
             &bundle,
-            stdio.clone(),
+            paths.clone(),
             Creation::Waiting,
         ));
         {
@@ -285,7 +286,7 @@ impl Manager {
                     id,
                     bundle,
                     rootfs: rootfs_mounts,
-                    stdio,
+                    stdio: paths,
                     pid,
                 });
                 Ok(pid)
@@ -373,7 +374,11 @@ impl Manager {
 
     /// Records the boot's outcome, unless the sandbox was shut down
     /// meanwhile: then a VM that came up anyway is stopped.
-    async fn finish_boot(&self, id: String, booted: Result<Box<dyn BootedVm>, sandbox::Error>) {
+    async fn finish_boot(
+        &self,
+        id: String,
+        booted: Result<Box<dyn BootedVm>, sandbox::SandboxError>,
+    ) {
         let next = match booted {
             Ok(vm) => Phase::Up {
                 id: id.clone(),
@@ -411,7 +416,12 @@ impl Manager {
     }
 
     /// Creates a container that waits for the VM once the VM is up.
-    fn create_when_booted(&self, container: Arc<Container>, role: Role, create: GuestCreate) {
+    fn create_when_booted(
+        &self,
+        container: Arc<ManagedContainer>,
+        role: Role,
+        create: GuestCreate,
+    ) {
         let manager = self.clone();
         tokio::spawn(async move {
             let mut phase = manager.inner.phase.subscribe();
@@ -443,7 +453,7 @@ impl Manager {
     /// with its stdio attached. Called with the container's `ops` lock.
     async fn create_in_guest(
         &self,
-        container: &Container,
+        container: &ManagedContainer,
         vm: &Booted,
         role: Role,
         create: GuestCreate,
@@ -459,6 +469,7 @@ impl Manager {
                 .create_container(id, spec, create.stdio.request())
                 .await
                 .map_err(agent_failed("creating the container in the guest"))?;
+            self.inner.progress.step("container created");
             let io = stdio::ProcessIo::attach(vm.agent.as_ref(), id, "", &create.stdio).await?;
             Ok::<_, LifecycleError>((pid, io))
         }
@@ -495,6 +506,17 @@ impl Manager {
         )?)
     }
 
+    /// The streams of a container created with [`StdioWiring::Caller`], once.
+    pub fn take_streams(&self, id: &str) -> Result<Option<CallerStreams>, LifecycleError> {
+        let container = self.container(id)?;
+        let mut record = container.record();
+        Ok(record
+            .init
+            .io
+            .as_mut()
+            .and_then(stdio::ProcessIo::take_caller_streams))
+    }
+
     /// Stops the VM (a boot in progress is cancelled) and everything around
     /// it. Idempotent.
     async fn shutdown_sandbox(&self) {
@@ -519,6 +541,24 @@ impl Manager {
             }
             Phase::Empty | Phase::Failed { .. } | Phase::Stopped => {}
         }
+    }
+
+    /// Ends the sandbox whatever its containers are doing: for `hull run`
+    /// and `hull bench`, which own the whole sandbox.
+    pub async fn destroy(&self) {
+        self.inner
+            .containers
+            .lock()
+            .expect("containers lock")
+            .clear();
+        self.shutdown_sandbox().await;
+    }
+
+    /// The VM's host processes, while it runs: the VMM's pid, and every
+    /// process of the sandbox (for accounting).
+    pub fn host_processes(&self) -> Option<(Option<u32>, Vec<u32>)> {
+        self.booted()
+            .and_then(|vm| vm.with_vm(|v| (v.vmm_pid(), v.host_pids())))
     }
 
     /// containerd's Shutdown: ends the sandbox once it has no containers.

@@ -17,14 +17,14 @@ pub enum ProcessStatus {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Exit {
+pub struct ProcessExit {
     pub status: u32,
     pub at: SystemTime,
 }
 
-impl Exit {
+impl ProcessExit {
     pub fn now(status: u32) -> Self {
-        Exit {
+        ProcessExit {
             status,
             at: SystemTime::now(),
         }
@@ -32,18 +32,18 @@ impl Exit {
 
     /// The guest's report; a time before 1970 is taken as 1970.
     pub fn from_guest(exit: GuestExit) -> Self {
-        Exit {
+        ProcessExit {
             status: exit.status,
             at: UNIX_EPOCH + Duration::from_nanos(exit.exited_at_unix_nanos.max(0) as u64),
         }
     }
 }
 
-/// Exit status reported when the real one is unknown (the VM died): what a
+/// ProcessExit status reported when the real one is unknown (the VM died): what a
 /// SIGKILL gives.
 pub const UNKNOWN_EXIT: u32 = 137;
 
-pub struct Process {
+pub struct ProcessRecord {
     pub pid: u32,
     pub status: ProcessStatus,
     pub stdio: StdioPaths,
@@ -51,12 +51,12 @@ pub struct Process {
     pub exec_spec: Option<Vec<u8>>,
     pub io: Option<ProcessIo>,
     /// Set (once) when the process's exit has been recorded.
-    pub exit_tx: watch::Sender<Option<Exit>>,
+    pub exit_tx: watch::Sender<Option<ProcessExit>>,
 }
 
-impl Process {
+impl ProcessRecord {
     pub fn new(stdio: StdioPaths) -> Self {
-        Process {
+        ProcessRecord {
             pid: 0,
             status: ProcessStatus::Created,
             stdio,
@@ -66,16 +66,16 @@ impl Process {
         }
     }
 
-    pub fn exit(&self) -> Option<Exit> {
+    pub fn exit(&self) -> Option<ProcessExit> {
         *self.exit_tx.borrow()
     }
 
-    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ProcessExit>> {
         self.exit_tx.subscribe()
     }
 
     /// Records the end: the status and, for State and Wait, the exit.
-    pub fn stopped(&mut self, exit: Exit) {
+    pub fn stopped(&mut self, exit: ProcessExit) {
         self.status = ProcessStatus::Stopped;
         // send_replace keeps the exit for State even when nobody waits.
         self.exit_tx.send_replace(Some(exit));

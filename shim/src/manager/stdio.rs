@@ -1,7 +1,8 @@
-//! A process's stdio between containerd's FIFOs and the agent's vsock
-//! streams: stdout and stderr are copied to their FIFOs until the guest ends
-//! the stream; stdin is copied from its FIFO until containerd closes it (or
-//! CloseIO), then half-closed towards the guest.
+//! A process's stdio and the agent's vsock streams. For containerd, between
+//! its FIFOs and the streams: stdout and stderr are copied to their FIFOs
+//! until the guest ends the stream; stdin is copied from its FIFO until
+//! containerd closes it (or CloseIO), then half-closed towards the guest.
+//! For a caller in this process (`hull run`), the streams themselves.
 
 use std::path::{Path, PathBuf};
 
@@ -34,7 +35,7 @@ pub enum IoError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Agent(#[from] agent_client::Error),
+    Agent(#[from] agent_client::AgentClientError),
 }
 
 impl StdioPaths {
@@ -59,8 +60,61 @@ impl StdioPaths {
     }
 }
 
+/// Where a process's stdio goes.
+#[derive(Debug, Clone)]
+pub enum StdioWiring {
+    /// containerd's FIFOs, which the manager copies to and from.
+    Fifos(StdioPaths),
+    /// The agent's streams, handed to the caller: stdin, stdout and (without
+    /// a terminal) stderr.
+    Caller { terminal: bool },
+}
+
+impl StdioWiring {
+    /// The paths State reports (none for a caller's streams).
+    pub fn paths(&self) -> StdioPaths {
+        match self {
+            StdioWiring::Fifos(paths) => paths.clone(),
+            StdioWiring::Caller { terminal } => StdioPaths {
+                terminal: *terminal,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// What to ask the agent for.
+    pub fn request(&self) -> hull_protocols::agent::Stdio {
+        match self {
+            StdioWiring::Fifos(paths) => paths.request(),
+            StdioWiring::Caller { terminal } => hull_protocols::agent::Stdio {
+                terminal: *terminal,
+                stdin: true,
+                stdout: true,
+                stderr: !terminal,
+                ..Default::default()
+            },
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), IoError> {
+        match self {
+            StdioWiring::Fifos(paths) => paths.validate(),
+            StdioWiring::Caller { .. } => Ok(()),
+        }
+    }
+}
+
+/// A process's streams, for a caller that copies them itself.
+pub struct CallerStreams {
+    pub stdout: UnixStream,
+    pub stderr: Option<UnixStream>,
+    pub stdin: UnixStream,
+}
+
 /// The running copies of one process's stdio.
 pub struct ProcessIo {
+    /// Streams not yet taken by the caller ([`StdioWiring::Caller`]).
+    caller: Option<CallerStreams>,
     outputs: Vec<JoinHandle<()>>,
     stdin: std::sync::Arc<Mutex<Option<WriteHalf<UnixStream>>>>,
     stdin_copy: Option<JoinHandle<()>>,
@@ -76,17 +130,39 @@ impl Drop for ProcessIo {
 }
 
 impl ProcessIo {
-    /// Opens the process's streams at the agent and starts copying.
+    /// Opens the process's streams at the agent and starts copying (or
+    /// keeps them for the caller).
     pub async fn attach(
         agent: &dyn Agent,
         container_id: &str,
         exec_id: &str,
-        paths: &StdioPaths,
+        wiring: &StdioWiring,
     ) -> Result<Self, IoError> {
         let header = |kind| StreamHeader {
             kind,
             container_id: container_id.to_owned(),
             exec_id: exec_id.to_owned(),
+        };
+        let paths = match wiring {
+            StdioWiring::Fifos(paths) => paths,
+            StdioWiring::Caller { terminal } => {
+                let stdout = agent.open_stream(&header(StreamKind::Stdout)).await?;
+                let stderr = match terminal {
+                    true => None,
+                    false => Some(agent.open_stream(&header(StreamKind::Stderr)).await?),
+                };
+                let stdin = agent.open_stream(&header(StreamKind::Stdin)).await?;
+                return Ok(ProcessIo {
+                    caller: Some(CallerStreams {
+                        stdout,
+                        stderr,
+                        stdin,
+                    }),
+                    outputs: Vec::new(),
+                    stdin: Default::default(),
+                    stdin_copy: None,
+                });
+            }
         };
         let mut outputs = Vec::new();
         let output_paths = [
@@ -137,10 +213,16 @@ impl ProcessIo {
             }));
         }
         Ok(ProcessIo {
+            caller: None,
             outputs,
             stdin,
             stdin_copy,
         })
+    }
+
+    /// The streams kept for the caller, once.
+    pub fn take_caller_streams(&mut self) -> Option<CallerStreams> {
+        self.caller.take()
     }
 
     /// What ends the process's stdin (containerd's CloseIO).

@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
 
 use super::agent::{Agent, AgentResult, GuestExit};
-use super::vm::{BootRequest, BootedVm, Cancel, Launcher, MountError};
+use super::vm::{BootRequest, BootedVm, Cancel, ContainerShareError, Launcher};
 use super::watchers::OomFilter;
 use super::*;
 use crate::agent_client;
@@ -187,7 +187,10 @@ impl Agent for FakeAgent {
         std::future::pending().await
     }
 
-    async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, agent_client::Error> {
+    async fn open_stream(
+        &self,
+        header: &StreamHeader,
+    ) -> Result<UnixStream, agent_client::AgentClientError> {
         panic!("no stdio was asked for, yet {header:?} was opened")
     }
 }
@@ -223,13 +226,21 @@ impl BootedVm for FakeVm {
         id: &str,
         _: &[RootfsMountSpec],
         _: &[HostShare],
-    ) -> Result<(), MountError> {
+    ) -> Result<(), ContainerShareError> {
         self.log.lock().unwrap().mounted.push(id.to_owned());
         Ok(())
     }
 
     fn unmount_container(&self, id: &str) {
         self.log.lock().unwrap().unmounted.push(id.to_owned());
+    }
+
+    fn vmm_pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        Vec::new()
     }
 
     async fn shutdown(self: Box<Self>) {
@@ -248,7 +259,7 @@ struct FakeLauncher {
 
 #[async_trait]
 impl Launcher for FakeLauncher {
-    fn preflight(&self, _: &Config, _: &SandboxOptions) -> Result<(), sandbox::Error> {
+    fn preflight(&self, _: &Config, _: &SandboxOptions) -> Result<(), sandbox::SandboxError> {
         Ok(())
     }
 
@@ -256,18 +267,18 @@ impl Launcher for FakeLauncher {
         &self,
         _: BootRequest,
         cancel: Cancel,
-    ) -> Result<Box<dyn BootedVm>, sandbox::Error> {
+    ) -> Result<Box<dyn BootedVm>, sandbox::SandboxError> {
         self.log.lock().unwrap().boots += 1;
         let mut gate = self.gate.clone();
         tokio::select! {
             _ = gate.wait_for(|open| *open) => {}
             why = cancel => {
                 self.log.lock().unwrap().cancelled.push(why.clone());
-                return Err(sandbox::Error::Cancelled(why));
+                return Err(sandbox::SandboxError::Cancelled(why));
             }
         }
         if let Some(message) = &self.fail {
-            return Err(sandbox::Error::Cancelled(message.clone()));
+            return Err(sandbox::SandboxError::Cancelled(message.clone()));
         }
         Ok(Box::new(FakeVm {
             agent: self.agent.clone(),
@@ -331,7 +342,7 @@ impl Harness {
             bundle: format!("/run/bundles/{id}"),
             spec,
             rootfs: vec![RootfsMountSpec::bind(Path::new("/rootfs"))],
-            stdio: StdioPaths::default(),
+            stdio: StdioWiring::Fifos(StdioPaths::default()),
             config: Config::default(),
         }
     }

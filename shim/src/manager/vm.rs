@@ -31,13 +31,17 @@ pub struct BootRequest {
 pub trait Launcher: Send + Sync + 'static {
     /// What can be checked before anything starts (assets, programs, the
     /// backend on this host).
-    fn preflight(&self, config: &Config, options: &SandboxOptions) -> Result<(), sandbox::Error>;
+    fn preflight(
+        &self,
+        config: &Config,
+        options: &SandboxOptions,
+    ) -> Result<(), sandbox::SandboxError>;
     /// Boots the VM to a ready agent, or tears down what it started.
     async fn boot(
         &self,
         request: BootRequest,
         cancel: Cancel,
-    ) -> Result<Box<dyn BootedVm>, sandbox::Error>;
+    ) -> Result<Box<dyn BootedVm>, sandbox::SandboxError>;
 }
 
 #[async_trait]
@@ -51,16 +55,20 @@ pub trait BootedVm: Send + Sync + 'static {
         id: &str,
         rootfs: &[RootfsMountSpec],
         shares: &[HostShare],
-    ) -> Result<(), MountError>;
+    ) -> Result<(), ContainerShareError>;
     /// Undoes `mount_container` and removes what the container left in the share.
     fn unmount_container(&self, id: &str);
+    /// The VMM's pid, while it runs.
+    fn vmm_pid(&self) -> Option<u32>;
+    /// Every host process of the sandbox (VMM, virtiofsd, the vsock backend).
+    fn host_pids(&self) -> Vec<u32>;
     /// Stops the VM and everything around it.
     async fn shutdown(self: Box<Self>);
 }
 
 /// Why a container's files could not be put in the share.
 #[derive(Debug, thiserror::Error)]
-pub enum MountError {
+pub enum ContainerShareError {
     #[error("Mounting the container's rootfs: {0}")]
     Rootfs(#[source] ShareError),
     #[error("Sharing a volume: {0}")]
@@ -72,7 +80,11 @@ pub struct VmLauncher;
 
 #[async_trait]
 impl Launcher for VmLauncher {
-    fn preflight(&self, config: &Config, options: &SandboxOptions) -> Result<(), sandbox::Error> {
+    fn preflight(
+        &self,
+        config: &Config,
+        options: &SandboxOptions,
+    ) -> Result<(), sandbox::SandboxError> {
         SandboxVm::preflight(config, options)
     }
 
@@ -80,7 +92,7 @@ impl Launcher for VmLauncher {
         &self,
         request: BootRequest,
         cancel: Cancel,
-    ) -> Result<Box<dyn BootedVm>, sandbox::Error> {
+    ) -> Result<Box<dyn BootedVm>, sandbox::SandboxError> {
         let vm = SandboxVm::start_unless(
             &request.config,
             &request.id,
@@ -114,9 +126,11 @@ impl BootedVm for RunningVm {
         id: &str,
         rootfs: &[RootfsMountSpec],
         shares: &[HostShare],
-    ) -> Result<(), MountError> {
+    ) -> Result<(), ContainerShareError> {
         let share = self.vm.share();
-        share.mount_rootfs(id, rootfs).map_err(MountError::Rootfs)?;
+        share
+            .mount_rootfs(id, rootfs)
+            .map_err(ContainerShareError::Rootfs)?;
         for host in shares {
             let bind = ShareBind {
                 source: host.source.clone(),
@@ -125,7 +139,7 @@ impl BootedVm for RunningVm {
             };
             share
                 .bind(&bind, &host.share_path)
-                .map_err(MountError::Volume)?;
+                .map_err(ContainerShareError::Volume)?;
         }
         Ok(())
     }
@@ -135,6 +149,14 @@ impl BootedVm for RunningVm {
         if !leftovers.is_empty() {
             tracing::warn!(container = %id, ?leftovers, "left in the share");
         }
+    }
+
+    fn vmm_pid(&self) -> Option<u32> {
+        self.vm.vmm_pid()
+    }
+
+    fn host_pids(&self) -> Vec<u32> {
+        self.vm.pids()
     }
 
     async fn shutdown(self: Box<Self>) {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::calls::DRAIN_TIMEOUT;
-use super::container::Container;
-use super::process::{Exit, ProcessStatus, UNKNOWN_EXIT};
+use super::container::ManagedContainer;
+use super::process::{ProcessExit, ProcessStatus, UNKNOWN_EXIT};
 use super::{Booted, Event, Manager};
 use crate::watch::{wait_set, wait_set_or_never};
 
@@ -46,7 +46,7 @@ impl OomFilter {
 impl Manager {
     /// Waits for a started process to end, drains its output, records the
     /// exit and sends it. An init's exit is sent after its execs'.
-    pub(super) fn watch_exit(&self, container: Arc<Container>, exec_id: String, pid: u32) {
+    pub(super) fn watch_exit(&self, container: Arc<ManagedContainer>, exec_id: String, pid: u32) {
         let Some(vm) = self.booted() else { return };
         let manager = self.clone();
         tokio::spawn(async move {
@@ -57,14 +57,14 @@ impl Manager {
                         if exit.oom_killed {
                             manager.send(Event::OutOfMemory { id: id.clone() });
                         }
-                        Exit::from_guest(exit)
+                        ProcessExit::from_guest(exit)
                     }
                     Err(err) => {
                         tracing::warn!(container = %id, exec = %exec_id, err = %crate::agent_client::rpc_message(&err), "lost the process");
-                        Exit::now(UNKNOWN_EXIT)
+                        ProcessExit::now(UNKNOWN_EXIT)
                     }
                 },
-                _ = wait_set_or_never(vm.exit.clone()) => Exit::now(UNKNOWN_EXIT),
+                _ = wait_set_or_never(vm.exit.clone()) => ProcessExit::now(UNKNOWN_EXIT),
             };
 
             // Output first: containerd reads the FIFOs until the exit.
@@ -104,6 +104,9 @@ impl Manager {
         let exit = vm.exit.clone();
         tokio::spawn(async move {
             let exit = wait_set_or_never(exit).await;
+            if manager.booted().is_none() {
+                return; // stopped by the shim
+            }
             tracing::warn!(?exit, "the sandbox VM stopped");
             for id in manager.container_ids() {
                 let Ok(container) = manager.container(&id) else {
@@ -114,7 +117,7 @@ impl Manager {
                     let never_started = record.init.status == ProcessStatus::Created
                         && record.init.exit().is_none();
                     if never_started {
-                        record.init.stopped(Exit::now(UNKNOWN_EXIT));
+                        record.init.stopped(ProcessExit::now(UNKNOWN_EXIT));
                     }
                     never_started.then(|| (record.init.pid, record.init.exit()))
                 };

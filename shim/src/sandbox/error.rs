@@ -7,7 +7,7 @@ use super::cgroup::CgroupError;
 use crate::{agent_client, hypervisor, network, rootfs};
 
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum SandboxError {
     #[error("{what} not found at {path}: {hint}")]
     MissingAsset {
         what: &'static str,
@@ -44,11 +44,11 @@ pub enum Error {
     #[error("{0}")]
     Cancelled(String),
     #[error(transparent)]
-    Hypervisor(#[from] hypervisor::Error),
+    Hypervisor(#[from] hypervisor::HypervisorError),
     #[error("The VM did not boot: {source}{queued}; guest console log: {log}", log = log.display(), queued = queued_note(*queued))]
     Boot {
         #[source]
-        source: agent_client::Error,
+        source: agent_client::AgentClientError,
         /// How long the boot waited for a boot slot before it started.
         queued: Duration,
         log: PathBuf,
@@ -69,7 +69,7 @@ pub enum Error {
     #[error(transparent)]
     InvalidId(#[from] crate::ids::InvalidId),
     #[error(transparent)]
-    Network(#[from] network::Error),
+    Network(#[from] network::PodNetworkError),
 }
 
 /// The part of a boot error that says the boot queued first.

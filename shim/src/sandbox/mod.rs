@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, SharedFilesystem};
 
 pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
-pub use self::error::Error;
+pub use self::error::SandboxError;
 use self::guest_network::configure_guest_network;
 pub use self::log::{capped_log, rotated_path, LogPipe};
 pub use self::progress::{Milestone, Progress};
@@ -35,11 +35,11 @@ use crate::host::Virtualization;
 use crate::hypervisor::builtin::{Builtin, VmmJail};
 use crate::hypervisor::qemu::{Qemu, QemuJail};
 use crate::hypervisor::{
-    self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmConfig, VmmHost,
+    self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmParams, VmmHost,
 };
 use crate::network::{format_mac, PodNetwork, TapHeader};
 use crate::pod::VmSize;
-use crate::rootfs::{self, RootfsMountSpec, SharedDir};
+use crate::rootfs::{self, SharedDir};
 pub use crate::sys::process::find_program;
 
 /// virtio-fs tag of the sandbox share, and where the guest mounts it.
@@ -62,20 +62,6 @@ pub struct SandboxOptions {
     pub netns: Option<PathBuf>,
     /// The guest's hostname (the pod's); empty leaves the guest's own.
     pub hostname: String,
-}
-
-impl SandboxOptions {
-    /// A VM of the configured size without network.
-    pub fn from_config(config: &Config) -> Self {
-        SandboxOptions {
-            size: VmSize {
-                vcpus: config.vcpus,
-                memory_mib: config.memory_mib,
-            },
-            netns: None,
-            hostname: String::new(),
-        }
-    }
 }
 
 pub struct SandboxVm {
@@ -117,21 +103,22 @@ impl Programs {
         config: &Config,
         options: &SandboxOptions,
         host: Virtualization,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, SandboxError> {
         let backend = Backend::select(config, host)?;
         if backend == Backend::Builtin {
             Builtin::check_vcpus(options.size.vcpus)?;
         }
-        let vmm = find_vmm(&config.vmm).ok_or_else(|| Error::MissingVmm(config.vmm.clone()))?;
+        let vmm =
+            find_vmm(&config.vmm).ok_or_else(|| SandboxError::MissingVmm(config.vmm.clone()))?;
         let qemu = match backend {
             Backend::Builtin => None,
             Backend::Qemu(_) => Some(
                 find_program(&config.qemu)
-                    .ok_or_else(|| Error::MissingQemu(config.qemu.clone()))?,
+                    .ok_or_else(|| SandboxError::MissingQemu(config.qemu.clone()))?,
             ),
         };
         let virtiofsd = find_program(&config.virtiofsd)
-            .ok_or_else(|| Error::MissingVirtiofsd(config.virtiofsd.clone()))?;
+            .ok_or_else(|| SandboxError::MissingVirtiofsd(config.virtiofsd.clone()))?;
         Ok(Programs {
             backend,
             vmm,
@@ -150,7 +137,7 @@ impl Launch {
         options: &SandboxOptions,
         host: Virtualization,
         vmm_ids: (u32, u32),
-    ) -> Result<Launch, Error> {
+    ) -> Result<Launch, SandboxError> {
         let Programs {
             backend,
             vmm,
@@ -222,36 +209,22 @@ fn kernel_cmdline(config: &Config, backend: Backend, tsc_khz: Option<u64>) -> St
 impl SandboxVm {
     /// What can be checked before anything starts: the assets, and the
     /// backend and programs for this host.
-    pub fn preflight(config: &Config, options: &SandboxOptions) -> Result<(), Error> {
+    pub fn preflight(config: &Config, options: &SandboxOptions) -> Result<(), SandboxError> {
         check_assets(config)?;
         Programs::find(config, options, Virtualization::detect()).map(drop)
     }
 
-    /// Boots a sandbox VM and connects to its agent. On failure everything
-    /// started so far is stopped again; the console log is kept.
-    pub async fn start(config: &Config, id: &str, progress: &Progress) -> Result<Self, Error> {
-        Self::start_with(config, id, &SandboxOptions::from_config(config), progress).await
-    }
-
-    pub async fn start_with(
-        config: &Config,
-        id: &str,
-        options: &SandboxOptions,
-        progress: &Progress,
-    ) -> Result<Self, Error> {
-        Self::start_unless(config, id, options, progress, std::future::pending()).await
-    }
-
-    /// `start_with`, given up as soon as `cancel` ends (with why): what was
-    /// made so far is torn down before this returns
-    /// [`Error::Cancelled`].
+    /// Boots a sandbox VM and connects to its agent, given up as soon as
+    /// `cancel` ends (with why). On failure everything started so far is
+    /// stopped again and only the logs are kept; a cancelled start returns
+    /// [`SandboxError::Cancelled`].
     pub async fn start_unless(
         config: &Config,
         id: &str,
         options: &SandboxOptions,
         progress: &Progress,
         cancel: impl std::future::Future<Output = String>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, SandboxError> {
         crate::ids::validate("sandbox id", id)?;
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
@@ -259,7 +232,7 @@ impl SandboxVm {
             (Some(uid), Some(gid)) => ((uid, gid), None),
             _ => {
                 let lease = vmm_ids::lease(Path::new(vmm_ids::VMM_IDS_DIR), config.vmm_id_base, id)
-                    .map_err(|source| Error::Io {
+                    .map_err(|source| SandboxError::Io {
                         what: "leasing the VMM's uid".into(),
                         source,
                     })?;
@@ -282,7 +255,7 @@ impl SandboxVm {
         };
         let booted = tokio::select! {
             booted = vm.boot(config, options, launch, progress) => booted,
-            why = cancel => Err(Error::Cancelled(why)),
+            why = cancel => Err(SandboxError::Cancelled(why)),
         };
         match booted {
             Ok(()) => Ok(vm),
@@ -299,7 +272,7 @@ impl SandboxVm {
         options: &SandboxOptions,
         launch: Launch,
         progress: &Progress,
-    ) -> Result<(), Error> {
+    ) -> Result<(), SandboxError> {
         let Launch {
             backend,
             mut hypervisor,
@@ -345,7 +318,7 @@ impl SandboxVm {
             progress.step("pod network wired to the tap");
         }
 
-        let vm_config = VmConfig {
+        let vm_config = VmParams {
             kernel: config.kernel.clone(),
             initrd: config.initrd.clone(),
             cmdline: kernel_cmdline(config, backend, crate::host::tsc_khz()),
@@ -368,7 +341,7 @@ impl SandboxVm {
             admission::parallel_boots(config.max_parallel_boots),
         )
         .await
-        .map_err(|source| Error::Io {
+        .map_err(|source| SandboxError::Io {
             what: "taking a boot slot".into(),
             source,
         })?;
@@ -386,7 +359,7 @@ impl SandboxVm {
         started?;
         if let Some(pid) = pid {
             std::fs::write(&self.paths.vmm_pid, format!("{pid}\n")).map_err(|source| {
-                Error::Io {
+                SandboxError::Io {
                     what: format!("writing {}", self.paths.vmm_pid.display()),
                     source,
                 }
@@ -396,12 +369,12 @@ impl SandboxVm {
 
         let vsock = HybridVsock::new(&self.paths.vsock);
         let agent = tokio::select! {
-            agent = AgentClient::connect(vsock, config.agent_timeout()) => agent.map_err(|source| Error::Boot {
+            agent = AgentClient::connect(vsock, config.agent_timeout()) => agent.map_err(|source| SandboxError::Boot {
                 source,
                 queued: slot.waited,
                 log: self.paths.console_log.clone(),
             })?,
-            exit = self.wait_for_vm_exit() => return Err(Error::VmDied {
+            exit = self.wait_for_vm_exit() => return Err(SandboxError::VmDied {
                 exit,
                 log: self.paths.console_log.clone(),
             }),
@@ -436,14 +409,14 @@ impl SandboxVm {
                 },
             )
             .await
-            .map_err(|e| Error::Agent {
+            .map_err(|e| SandboxError::Agent {
                 message: rpc_message(&e),
                 log: self.paths.console_log.clone(),
             })?;
         if let Some(network) = &self.network {
             configure_guest_network(&agent, network)
                 .await
-                .map_err(|e| Error::Agent {
+                .map_err(|e| SandboxError::Agent {
                     message: format!("configuring the pod network: {}", rpc_message(&e)),
                     log: self.paths.console_log.clone(),
                 })?;
@@ -481,9 +454,13 @@ impl SandboxVm {
     }
 
     /// Starts a capped log at `path`; the pipe's write end is for a helper.
-    fn log_pipe(&mut self, path: &Path, max_bytes: u64) -> Result<std::os::fd::OwnedFd, Error> {
+    fn log_pipe(
+        &mut self,
+        path: &Path,
+        max_bytes: u64,
+    ) -> Result<std::os::fd::OwnedFd, SandboxError> {
         let LogPipe { writer, copier } =
-            capped_log(path, max_bytes).map_err(|source| Error::Io {
+            capped_log(path, max_bytes).map_err(|source| SandboxError::Io {
                 what: format!("creating the log {}", path.display()),
                 source,
             })?;
@@ -500,15 +477,6 @@ impl SandboxVm {
         self.share
             .as_ref()
             .expect("a started sandbox has its share")
-    }
-
-    /// Shares a host directory with the guest as `<share>/<name>/rootfs`;
-    /// returns the guest path.
-    pub fn share_rootfs(&mut self, name: &str, source: &Path) -> Result<PathBuf, Error> {
-        let relative = self
-            .share()
-            .mount_rootfs(name, &[RootfsMountSpec::bind(source)])?;
-        Ok(Path::new(GUEST_SHARE_DIR).join(relative))
     }
 
     /// Destroys the sandbox in the guest, stops the VM and every helper, and
@@ -560,7 +528,7 @@ impl SandboxVm {
 /// id-mapped through, when virtiofsd runs unprivileged.
 pub fn share_user_namespace(
     config: &Config,
-) -> Result<Option<crate::sys::userns::IdMappedNamespace>, Error> {
+) -> Result<Option<crate::sys::userns::IdMappedNamespace>, SandboxError> {
     use crate::config::UserNamespaceMode;
     let wanted = match (
         config.virtiofsd_user_namespace,
@@ -574,7 +542,7 @@ pub fn share_user_namespace(
             tracing::info!(%why, "virtiofsd runs as root: this kernel cannot id-map the share");
             false
         }
-        (UserNamespaceMode::On, Err(why)) => return Err(Error::NoIdMapping(why)),
+        (UserNamespaceMode::On, Err(why)) => return Err(SandboxError::NoIdMapping(why)),
     };
     if !wanted {
         return Ok(None);
@@ -584,7 +552,7 @@ pub fn share_user_namespace(
         crate::config::SHARE_ID_COUNT,
     )
     .map(Some)
-    .map_err(|source| Error::Io {
+    .map_err(|source| SandboxError::Io {
         what: "creating virtiofsd's user namespace".into(),
         source,
     })
@@ -599,16 +567,16 @@ fn host_limits(config: &Config, size: &VmSize) -> CgroupLimits {
     )
 }
 
-fn check_assets(config: &Config) -> Result<(), Error> {
+fn check_assets(config: &Config) -> Result<(), SandboxError> {
     if !config.kernel.is_file() {
-        return Err(Error::MissingAsset {
+        return Err(SandboxError::MissingAsset {
             what: "guest kernel",
             path: config.kernel.clone(),
             hint: "run `make install`, or set `kernel` in Hull's configuration (HULL_CONFIG or /etc/hull/config.toml)",
         });
     }
     if !config.initrd.is_file() {
-        return Err(Error::MissingAsset {
+        return Err(SandboxError::MissingAsset {
             what: "guest initrd",
             path: config.initrd.clone(),
             hint: "run `make install`, or set `initrd` in Hull's configuration (HULL_CONFIG or /etc/hull/config.toml)",

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::Error;
+use super::SandboxError;
 
 /// Per-sandbox paths under `<state_dir>/<id>/`. Socket paths stay short:
 /// Unix socket paths are limited to 107 bytes.
@@ -46,7 +46,7 @@ pub const SHARED_DIR_NAME: &str = "shared";
 /// Creates `state_dir` (if missing) and the sandbox's directory `dir` in
 /// it, both 0711: root's, and only traversable by others (a jailed VMM
 /// reaches its sockets by name in them).
-pub fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), Error> {
+pub fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), SandboxError> {
     use std::os::unix::fs::DirBuilderExt;
     for (path, recursive) in [(state_dir, true), (dir, false)] {
         let made = std::fs::DirBuilder::new()
@@ -55,7 +55,7 @@ pub fn create_state_dir(state_dir: &Path, dir: &Path) -> Result<(), Error> {
             .create(path);
         match made {
             Err(err) if !(recursive && err.kind() == std::io::ErrorKind::AlreadyExists) => {
-                return Err(Error::Io {
+                return Err(SandboxError::Io {
                     what: format!("creating {}", path.display()),
                     source: err,
                 });

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use super::Error;
+use super::SandboxError;
 use crate::sys::process::{die_with_parent, pass_fds};
 use crate::sys::userns::IdMappedNamespace;
 
@@ -108,9 +108,9 @@ impl Virtiofsd {
         shared: &Path,
         log: OwnedFd,
         cgroup_procs: Vec<OwnedFd>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, SandboxError> {
         let _ = std::fs::remove_file(socket);
-        let listener = UnixListener::bind(socket).map_err(|source| Error::Io {
+        let listener = UnixListener::bind(socket).map_err(|source| SandboxError::Io {
             what: format!("binding virtiofsd's socket {}", socket.display()),
             source,
         })?;
@@ -129,7 +129,7 @@ impl Virtiofsd {
             fds.push((userns.fd().as_raw_fd(), USERNS_FD));
         }
         pass_fds(&mut command, fds);
-        let child = command.spawn().map_err(|source| Error::Spawn {
+        let child = command.spawn().map_err(|source| SandboxError::Spawn {
             program: format!(
                 "{} jail -- {}",
                 launch.jailer.display(),

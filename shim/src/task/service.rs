@@ -23,8 +23,8 @@ use ttrpc::Code;
 
 use crate::config::Config;
 use crate::manager::{
-    ContainerRequest, Event, Exit, LifecycleError, Manager, MountError, ProcessStatus, StdioPaths,
-    VmLauncher,
+    ContainerRequest, ContainerShareError, Event, LifecycleError, Manager, ProcessExit,
+    ProcessStatus, StdioPaths, StdioWiring, VmLauncher,
 };
 use crate::rootfs::RootfsMountSpec;
 use crate::sandbox::Progress;
@@ -42,8 +42,8 @@ fn code_of(err: &LifecycleError) -> Code {
         E::ContainerNotFound(_) | E::ExecNotFound(_) | E::Finished => Code::NOT_FOUND,
         E::ContainerExists(_) | E::ExecExists(_) => Code::ALREADY_EXISTS,
         E::InvalidId(_) | E::Spec(_) | E::Pod(_) | E::Stdio(_) => Code::INVALID_ARGUMENT,
-        E::Mount(MountError::Volume(_)) => Code::INVALID_ARGUMENT,
-        E::Mount(MountError::Rootfs(_)) => Code::INTERNAL,
+        E::Mount(ContainerShareError::Volume(_)) => Code::INVALID_ARGUMENT,
+        E::Mount(ContainerShareError::Rootfs(_)) => Code::INTERNAL,
         E::Agent { source, .. } => match source {
             ttrpc::Error::RpcStatus(s) => s.code(),
             _ => Code::UNAVAILABLE,
@@ -68,7 +68,7 @@ pub fn timestamp(at: SystemTime) -> Timestamp {
     }
 }
 
-fn exit_timestamp(exit: Exit) -> protobuf::MessageField<Timestamp> {
+fn exit_timestamp(exit: ProcessExit) -> protobuf::MessageField<Timestamp> {
     Some(timestamp(exit.at)).into()
 }
 
@@ -287,7 +287,12 @@ impl Task for TaskService {
             bundle: req.bundle.clone(),
             rootfs: rootfs_mounts(&req, &spec_root),
             spec,
-            stdio: stdio_paths(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+            stdio: StdioWiring::Fifos(stdio_paths(
+                &req.stdin,
+                &req.stdout,
+                &req.stderr,
+                req.terminal,
+            )),
             config,
         };
         let pid = self.manager.create(request).await.map_err(to_status)?;

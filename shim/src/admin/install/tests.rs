@@ -38,7 +38,7 @@ impl Fixture {
         self.dir.path().join(rel)
     }
 
-    fn install(&self) -> Result<Vec<Action>, Error> {
+    fn install(&self) -> Result<Vec<Action>, InstallError> {
         let mut actions = Vec::new();
         install(&self.options, &mut |a| actions.push(a.clone()))?;
         Ok(actions)
