@@ -1,5 +1,6 @@
 use std::io::{Error, ErrorKind};
 
+use super::facts::first_line;
 use super::*;
 
 fn program(path: &str, version: &str) -> Program {
