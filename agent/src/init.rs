@@ -137,7 +137,7 @@ pub fn configure_sandbox(request: &CreateSandboxRequest) -> Result<()> {
     Ok(())
 }
 
-pub fn set_clock(unix_nanos: i64) -> nix::Result<()> {
+fn set_clock(unix_nanos: i64) -> nix::Result<()> {
     use nix::sys::time::TimeSpec;
     use nix::time::{clock_settime, ClockId};
     let spec = TimeSpec::new(

@@ -265,16 +265,4 @@ impl Agent for AgentService {
         self.network.update_routes(&req).await?;
         Ok(Empty::new())
     }
-
-    async fn set_guest_time(&self, _: &TtrpcContext, req: SetGuestTimeRequest) -> Result<Empty> {
-        if !self.mode.is_guest() {
-            return Err(status(
-                Code::FAILED_PRECONDITION,
-                "SetGuestTime: a host-mode agent does not set the host's clock",
-            ));
-        }
-        crate::init::set_clock(req.unix_nanos)
-            .map_err(|err| status(Code::INTERNAL, format!("setting the clock: {err}")))?;
-        Ok(Empty::new())
-    }
 }
