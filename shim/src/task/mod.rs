@@ -6,6 +6,7 @@
 mod options;
 mod service;
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -40,6 +41,66 @@ pub fn shim_config() -> ShimConfig {
     }
 }
 
+/// Where Create keeps, in the bundle, the configuration file named by the
+/// task's `ConfigPath` option: `shim delete` gets no options.
+pub const CONFIG_PATH_FILE: &str = "hull-config-path";
+
+/// Why `shim delete` could not clean up.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Id(#[from] crate::ids::InvalidId),
+    #[error("{what} is still there after the clean-up")]
+    Left { what: String },
+}
+
+/// Removes what a container whose shim is gone left on the host: its files
+/// in the sandbox's share, and, for the sandbox's own container, the
+/// sandbox's cgroup (killing whatever still runs in it: the VMM, virtiofsd,
+/// the vsock backend) and its state directory. `bundle` holds the
+/// container's spec and the configuration path Create kept.
+pub async fn cleanup_after_shim(bundle: &Path, id: &str) -> Result<(), CleanupError> {
+    let config_path = std::fs::read_to_string(bundle.join(CONFIG_PATH_FILE))
+        .ok()
+        .map(|path| PathBuf::from(path.trim()));
+    let config = Config::load(config_path.as_deref())?;
+    crate::ids::validate("container id", id)?;
+    let sandbox_id = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+        .map(|spec| crate::spec::sandbox_id(&spec, id))
+        .unwrap_or_else(|_| id.to_owned());
+    crate::ids::validate("sandbox id", &sandbox_id)?;
+    let paths = SandboxPaths::new(&config.state_dir, &sandbox_id);
+    if sandbox_id == id {
+        // Whatever of the sandbox still runs dies with its cgroup first, so
+        // nothing writes to what is removed next.
+        if let Ok(hierarchies) = crate::sandbox::Hierarchies::detect() {
+            crate::sandbox::SandboxCgroup::at(&hierarchies, &config.cgroup_parent, &sandbox_id)
+                .destroy()
+                .await;
+        }
+        crate::sandbox::remove_state(&paths, false);
+        if paths.dir.exists() {
+            return Err(CleanupError::Left {
+                what: paths.dir.display().to_string(),
+            });
+        }
+    } else if let Ok(share) = std::fs::File::open(&paths.shared) {
+        use std::os::fd::AsFd;
+        let stayed = crate::sys::mount::detach_below(share.as_fd(), &paths.shared, Path::new(id));
+        if let Some((mount, err)) = stayed.first() {
+            // Removing through a mount that stayed could delete a volume's
+            // files: leave the container's files alone.
+            return Err(CleanupError::Left {
+                what: format!("the mount {} ({err})", mount.display()),
+            });
+        }
+        crate::sys::fs::remove_beneath(share.as_fd(), std::ffi::OsStr::new(id));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Shim for HullShim {
     type T = TaskService;
@@ -67,42 +128,11 @@ impl Shim for HullShim {
     }
 
     async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
-        // Called for a container whose shim is gone: its VM went with it
-        // (the VMM and virtiofsd die with the shim); remove what is left on
-        // the host.
-        let spec = oci_spec::runtime::Spec::load("config.json").ok();
-        let sandbox_id = spec
-            .as_ref()
-            .map(|spec| crate::spec::sandbox_id(spec, &self.id))
-            .unwrap_or_else(|| self.id.clone());
-        if let Ok(config) = Config::load(None) {
-            let paths = SandboxPaths::new(&config.state_dir, &sandbox_id);
-            if crate::ids::validate("sandbox id", &sandbox_id).is_ok()
-                && crate::ids::validate("container id", &self.id).is_ok()
-            {
-                if let Ok(share) = std::fs::File::open(&paths.shared) {
-                    use std::os::fd::AsFd;
-                    crate::sys::mount::detach_below(
-                        share.as_fd(),
-                        &paths.shared,
-                        std::path::Path::new(&self.id),
-                    );
-                    crate::sys::fs::remove_beneath(share.as_fd(), std::ffi::OsStr::new(&self.id));
-                }
-                if sandbox_id == self.id {
-                    if let Ok(hierarchies) = crate::sandbox::Hierarchies::detect() {
-                        crate::sandbox::SandboxCgroup::at(
-                            &hierarchies,
-                            &config.cgroup_parent,
-                            &sandbox_id,
-                        )
-                        .destroy()
-                        .await;
-                    }
-                    crate::sandbox::remove_state(&paths, false);
-                }
-            }
-        }
+        // containerd runs this in the container's bundle, for a container
+        // whose shim is gone or never served it.
+        cleanup_after_shim(Path::new("."), &self.id)
+            .await
+            .map_err(|err| containerd_shim::Error::Other(format!("Hull: {err}")))?;
         tracing::info!(id = %self.id, namespace = %self.namespace, "cleaned up after a dead shim");
         Ok(DeleteResponse {
             exit_status: crate::manager::UNKNOWN_EXIT,
@@ -128,5 +158,78 @@ impl Shim for HullShim {
 
     async fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
         TaskService::new(self.namespace.clone(), publisher, self.exit.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bundle whose spec puts container `id` in pod `pod`, with Hull's
+    /// configuration (state dir `state`) named the way Create keeps it.
+    fn bundle(dir: &Path, id: &str, pod: &str, state: &Path) -> PathBuf {
+        let bundle = dir.join(format!("bundle-{id}"));
+        std::fs::create_dir_all(&bundle).unwrap();
+        let mut spec = oci_spec::runtime::Spec::default();
+        let annotations = [(
+            crate::spec::SANDBOX_ID_ANNOTATION.to_owned(),
+            pod.to_owned(),
+        )];
+        spec.set_annotations(Some(annotations.into_iter().collect()));
+        spec.save(bundle.join("config.json")).unwrap();
+        let config = dir.join("pod.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\ncgroup_parent = \"hull-cleanup-test-{}\"\n",
+                std::process::id()
+            ),
+        )
+        .unwrap();
+        std::fs::write(bundle.join(CONFIG_PATH_FILE), config.display().to_string()).unwrap();
+        bundle
+    }
+
+    #[tokio::test]
+    async fn cleanup_finds_the_state_dir_through_the_kept_config_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let paths = SandboxPaths::new(&state, "pod");
+        for container in ["pod", "app"] {
+            std::fs::create_dir_all(paths.shared.join(container).join("rootfs")).unwrap();
+        }
+        std::fs::write(&paths.console_log, "guest").unwrap();
+
+        // A container of the pod: only its files in the share go.
+        let app = bundle(dir.path(), "app", "pod", &state);
+        cleanup_after_shim(&app, "app").await.unwrap();
+        assert!(!paths.shared.join("app").exists());
+        assert!(paths.shared.join("pod").exists());
+
+        // The pod's own container: the whole sandbox goes.
+        let pod = bundle(dir.path(), "pod", "pod", &state);
+        cleanup_after_shim(&pod, "pod").await.unwrap();
+        assert!(!paths.dir.exists());
+        assert!(state.exists(), "only the sandbox's own dir is removed");
+    }
+
+    #[tokio::test]
+    async fn cleanup_with_a_broken_config_fails_naming_it_and_removes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let paths = SandboxPaths::new(&state, "pod");
+        std::fs::create_dir_all(paths.shared.join("pod")).unwrap();
+        let pod = bundle(dir.path(), "pod", "pod", &state);
+        let err = cleanup_after_shim(&pod, "../pod").await.unwrap_err();
+        assert!(err.to_string().contains("container id"), "{err}");
+
+        let config = dir.path().join("pod.toml");
+        std::fs::write(&config, "state_dir = [").unwrap();
+        let err = cleanup_after_shim(&pod, "pod").await.unwrap_err();
+        assert!(
+            err.to_string().contains(&config.display().to_string()),
+            "{err}"
+        );
+        assert!(paths.shared.join("pod").exists());
     }
 }

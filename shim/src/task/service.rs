@@ -226,12 +226,24 @@ fn task_event(event: Event) -> (&'static str, Box<dyn MessageDyn>) {
 
 /// Loads Hull's configuration: the task's `ConfigPath` option, else
 /// HULL_CONFIG, else /etc/hull/config.toml.
-fn load_config(options: &protobuf::MessageField<Any>) -> TtrpcResult<Config> {
+/// The path from the options is also kept in the bundle, for `shim delete`,
+/// which containerd runs without the options.
+fn load_config(options: &protobuf::MessageField<Any>, bundle: &Path) -> TtrpcResult<Config> {
     let from_options = options
         .as_ref()
         .and_then(|any| super::options::config_path(&any.type_url, &any.value));
-    Config::load(from_options.as_deref().map(Path::new))
-        .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))
+    let config = Config::load(from_options.as_deref().map(Path::new))
+        .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))?;
+    if let Some(path) = from_options {
+        let kept = bundle.join(super::CONFIG_PATH_FILE);
+        std::fs::write(&kept, path).map_err(|err| {
+            status(
+                Code::INTERNAL,
+                format!("Hull: writing {}: {err}", kept.display()),
+            )
+        })?;
+    }
+    Ok(config)
 }
 
 /// containerd's rootfs mounts for `request`, or a bind of the bundle's
@@ -276,7 +288,7 @@ impl Task for TaskService {
                 format!("reading {}: {e}", spec_path.display()),
             )
         })?;
-        let config = load_config(&req.options)?;
+        let config = load_config(&req.options, Path::new(&req.bundle))?;
         let spec_root = spec
             .root()
             .as_ref()
