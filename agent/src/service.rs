@@ -65,6 +65,29 @@ impl From<NetworkError> for ttrpc::Error {
     }
 }
 
+/// How long a probed filesystem has to answer a statfs.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Checks that the filesystem at `path` answers. statfs always reaches a
+/// FUSE server (nothing caches it). A thread that hangs in it stays hung:
+/// the host then stops the VM anyway.
+async fn probe_filesystem(path: &str) -> Result<()> {
+    let owned = path.to_owned();
+    let probe = tokio::task::spawn_blocking(move || nix::sys::statfs::statfs(owned.as_str()));
+    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+        Ok(Ok(Ok(_))) => Ok(()),
+        Ok(Ok(Err(err))) => Err(status(
+            Code::UNAVAILABLE,
+            format!("the filesystem at {path} fails: {err}"),
+        )),
+        Ok(Err(err)) => Err(status(Code::INTERNAL, format!("probing {path}: {err}"))),
+        Err(_) => Err(status(
+            Code::UNAVAILABLE,
+            format!("the filesystem at {path} did not answer within {PROBE_TIMEOUT:?}"),
+        )),
+    }
+}
+
 fn nanos(time: std::time::SystemTime) -> i64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)
@@ -86,6 +109,9 @@ impl Agent for AgentService {
                     "client asked for agent API {asked:?}; this agent speaks hull.agent.v1 ({API_VERSION:?}) only"
                 ),
             ));
+        }
+        if !req.probe_path.is_empty() {
+            probe_filesystem(&req.probe_path).await?;
         }
         let kernel_release = nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())

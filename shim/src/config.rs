@@ -87,6 +87,12 @@ pub struct Config {
     /// (one deadline for the whole boot; waiting for a boot slot is not
     /// counted).
     pub agent_timeout_secs: u64,
+    /// How often a running sandbox's agent is asked whether it is alive; 0:
+    /// never (a hung guest then goes unnoticed).
+    pub health_check_interval_secs: u64,
+    /// How long the agent has to answer one health check before the
+    /// sandbox is stopped as hung.
+    pub health_check_timeout_secs: u64,
     /// How many VMs may boot at once on this host, across all sandboxes; 0:
     /// one per CPU.
     pub max_parallel_boots: u32,
@@ -140,6 +146,8 @@ impl Default for Config {
             pod_vcpus_overhead: 0,
             kernel_params: String::new(),
             agent_timeout_secs: 30,
+            health_check_interval_secs: 10,
+            health_check_timeout_secs: 30,
             max_parallel_boots: 0,
             qemu: PathBuf::from("qemu-system-x86_64"),
             virtiofsd: PathBuf::from("virtiofsd"),
@@ -195,6 +203,11 @@ impl Config {
         }
         if self.agent_timeout_secs == 0 {
             return Err(invalid("agent_timeout_secs must be at least 1".into()));
+        }
+        if self.health_check_timeout_secs == 0 {
+            return Err(invalid(
+                "health_check_timeout_secs must be at least 1".into(),
+            ));
         }
         for (key, id) in [("vmm_uid", self.vmm_uid), ("vmm_gid", self.vmm_gid)] {
             if id == Some(0) {
@@ -274,6 +287,17 @@ impl Config {
 
     pub fn agent_timeout(&self) -> Duration {
         Duration::from_secs(self.agent_timeout_secs)
+    }
+
+    /// How often, and with what deadline, a running sandbox's agent is
+    /// checked; `None`: never.
+    pub fn health_check(&self) -> Option<(Duration, Duration)> {
+        (self.health_check_interval_secs > 0).then(|| {
+            (
+                Duration::from_secs(self.health_check_interval_secs),
+                Duration::from_secs(self.health_check_timeout_secs),
+            )
+        })
     }
 }
 

@@ -175,12 +175,50 @@ impl AgentClient {
         Ok(AgentClient { api, vsock, info })
     }
 
+    /// Asks the agent whether it is alive, and whether the filesystem at
+    /// `probe` (in the guest) answers, within `deadline`.
+    pub async fn health_check(
+        &self,
+        probe: &str,
+        deadline: Duration,
+    ) -> Result<(), HealthCheckError> {
+        let request = CheckRequest {
+            api_version: API_VERSION.into(),
+            probe_path: probe.to_owned(),
+            ..Default::default()
+        };
+        match tokio::time::timeout(deadline, self.api.check(context(deadline), &request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(err)) if is_deadline(&err) => Err(HealthCheckError::Silent),
+            Ok(Err(err)) if rpc_code(&err) == Some(ttrpc::Code::UNAVAILABLE) => {
+                Err(HealthCheckError::ShareSilent)
+            }
+            Ok(Err(ttrpc::Error::RpcStatus(_))) => Err(HealthCheckError::Refused),
+            Ok(Err(_)) => Err(HealthCheckError::Disconnected),
+            Err(_) => Err(HealthCheckError::Silent),
+        }
+    }
+
     pub fn api(&self) -> &agent_ttrpc::AgentClient {
         &self.api
     }
 
-    /// Opens the stdio stream that `header` names.
-    pub async fn open_stream(&self, header: &StreamHeader) -> Result<UnixStream, AgentClientError> {
+    /// Opens the stdio stream that `header` names, within `deadline`.
+    pub async fn open_stream(
+        &self,
+        header: &StreamHeader,
+        deadline: Duration,
+    ) -> Result<UnixStream, AgentClientError> {
+        let refused = |reason: String| AgentClientError::StreamRefused {
+            stream: header.kind.to_string(),
+            reason,
+        };
+        tokio::time::timeout(deadline, self.open_stream_now(header))
+            .await
+            .map_err(|_| refused(format!("no answer within {deadline:?}")))?
+    }
+
+    async fn open_stream_now(&self, header: &StreamHeader) -> Result<UnixStream, AgentClientError> {
         let mut stream = self.vsock.connect(AGENT_STDIO_PORT).await?;
         let refused = |reason: String| AgentClientError::StreamRefused {
             stream: header.kind.to_string(),
@@ -196,6 +234,19 @@ impl AgentClient {
         parse_answer(&answer).map_err(refused)?;
         Ok(stream)
     }
+}
+
+/// How a health check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheckError {
+    /// No answer within the deadline.
+    Silent,
+    /// The connection is gone.
+    Disconnected,
+    /// The agent answered, but the probed filesystem did not.
+    ShareSilent,
+    /// The agent answered with an error.
+    Refused,
 }
 
 /// A ttrpc context with a deadline (`Duration::ZERO`: none).

@@ -167,6 +167,10 @@ impl Hypervisor for Builtin {
     fn pid(&self) -> Option<u32> {
         self.process.pid()
     }
+
+    fn killer(&self) -> Option<super::VmmKiller> {
+        self.process.killer()
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+pub use self::process::VmmKiller;
 use crate::config::{Accelerator, Config, HypervisorKind};
 use crate::host::Virtualization;
 
@@ -156,8 +157,60 @@ pub enum VmExit {
     /// The VMM exited by itself (guest power-off, or a crash) with this
     /// status (None when a signal ended it).
     Exited(Option<i32>),
-    /// We had to kill it.
+    /// We had to kill it while stopping the sandbox.
     Killed,
+    /// We killed it because another part of the sandbox failed.
+    Failed(Fault),
+}
+
+impl std::fmt::Display for VmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VmExit::Exited(Some(status)) => write!(f, "the VMM exited with status {status}"),
+            VmExit::Exited(None) => write!(f, "the VMM was killed by a signal"),
+            VmExit::Killed => write!(f, "Hull stopped the VMM"),
+            VmExit::Failed(fault) => write!(f, "Hull stopped the VMM: {fault}"),
+        }
+    }
+}
+
+/// A part of a running sandbox that failed, which ends its VM: a guest
+/// whose share or agent is gone cannot run its containers on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Fault {
+    #[error("{helper} ended (status {status:?})")]
+    HelperEnded {
+        helper: Helper,
+        /// None when a signal ended it.
+        status: Option<i32>,
+    },
+    /// The guest agent did not answer a health check in time: a hung guest
+    /// kernel, agent, VMM or vsock backend.
+    #[error("the guest agent did not answer its health check within {0:?}")]
+    AgentSilent(Duration),
+    /// The guest's share did not answer the agent: virtiofsd hangs.
+    #[error("the sandbox's share (virtiofsd) did not answer the guest")]
+    ShareSilent,
+    /// The connection to the guest agent broke.
+    #[error("the connection to the guest agent broke: {0}")]
+    AgentLost(&'static str),
+}
+
+/// A helper process of the sandbox, besides the VMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Helper {
+    Virtiofsd,
+    /// `hull-vmm vsock`, QEMU's vsock device.
+    VsockBackend,
+}
+
+impl std::fmt::Display for Helper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Helper::Virtiofsd => write!(f, "virtiofsd"),
+            Helper::VsockBackend => write!(f, "the vsock backend"),
+        }
+    }
 }
 
 #[async_trait]
@@ -171,6 +224,8 @@ pub trait Hypervisor: Send + Sync {
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>>;
     /// The VMM's pid, for accounting and clean-up.
     fn pid(&self) -> Option<u32>;
+    /// Kills the running VMM for a fault; `None` before it started.
+    fn killer(&self) -> Option<VmmKiller>;
 }
 
 #[cfg(test)]

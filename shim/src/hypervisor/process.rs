@@ -1,34 +1,58 @@
 //! A VMM as a child process of the shim: started with its stdout and stderr
 //! in the console log's pipe, in the sandbox's cgroups, dying with the shim
-//! (PDEATHSIG), watched for its exit, and stopped with a grace period before
-//! SIGKILL. Both backends run this way.
+//! (PDEATHSIG), watched for its exit, stopped with a grace period before
+//! SIGKILL, and killed at once through a [`VmmKiller`] when another part of
+//! the sandbox fails. Both backends run this way.
 
 use std::os::fd::RawFd;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::process::Command;
 use tokio::sync::watch;
 
-use super::{HypervisorError, VmExit, VmmHost};
+use super::{Fault, HypervisorError, VmExit, VmmHost};
+use crate::sys::child::{ChildEnd, ChildKiller, WatchedChild};
 
 pub struct VmmProcess {
-    pid: Option<u32>,
+    child: Option<WatchedChild>,
     exit_tx: watch::Sender<Option<VmExit>>,
-    /// Set when we kill the VMM, so its exit reads as `Killed`.
-    killed: Arc<AtomicBool>,
+    /// Why the VMM was killed, when a part of the sandbox failed.
+    fault: Arc<Mutex<Option<Fault>>>,
 }
 
 impl Default for VmmProcess {
     fn default() -> Self {
         VmmProcess {
-            pid: None,
+            child: None,
             exit_tx: watch::channel(None).0,
-            killed: Default::default(),
+            fault: Default::default(),
         }
+    }
+}
+
+/// Kills a running VMM because a part of its sandbox failed; its exit then
+/// reads [`VmExit::Failed`] with the fault. A no-op once the VMM has ended.
+#[derive(Clone)]
+pub struct VmmKiller {
+    child: ChildKiller,
+    exit: watch::Receiver<Option<VmExit>>,
+    fault: Arc<Mutex<Option<Fault>>>,
+}
+
+impl VmmKiller {
+    pub fn kill(&self, fault: Fault) {
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        let mut recorded = self.fault.lock().expect("fault lock");
+        if recorded.is_none() {
+            tracing::warn!(%fault, "stopping the sandbox VM");
+            *recorded = Some(fault);
+        }
+        self.child.kill();
     }
 }
 
@@ -59,21 +83,19 @@ impl VmmProcess {
         crate::sys::process::die_with_parent(&mut command);
         crate::sys::process::join_cgroups(&mut command, cgroups);
         crate::sys::process::pass_fds(&mut command, fds);
-        let mut child = command.spawn().map_err(|source| HypervisorError::Spawn {
-            program: binary.display().to_string(),
-            source,
-        })?;
-        self.pid = child.id();
+        let child = WatchedChild::spawn(&mut command).map_err(spawn_error)?;
+        let end = child.end_watch();
+        self.child = Some(child);
         let exit_tx = self.exit_tx.clone();
-        let killed = self.killed.clone();
+        let fault = self.fault.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
-            let exit = if killed.load(Ordering::SeqCst) {
-                VmExit::Killed
-            } else {
-                VmExit::Exited(status.ok().and_then(|s| s.code()))
+            let exit = match crate::watch::wait_set(end).await {
+                Some(ChildEnd::Exited(status)) => VmExit::Exited(status),
+                Some(ChildEnd::Killed) | None => match *fault.lock().expect("fault lock") {
+                    Some(fault) => VmExit::Failed(fault),
+                    None => VmExit::Killed,
+                },
             };
-            // send_replace: the value must be kept even when nobody watches yet.
             exit_tx.send_replace(Some(exit));
         });
         Ok(())
@@ -81,30 +103,30 @@ impl VmmProcess {
 
     /// Waits up to `grace` for the VMM to end by itself, then kills it.
     pub async fn stop(&mut self, grace: Duration) -> VmExit {
-        let Some(pid) = self.pid else {
+        let Some(child) = &self.child else {
             return VmExit::Exited(None);
         };
-        let mut exit = self.exit_tx.subscribe();
-        let wait = |exit: watch::Receiver<Option<VmExit>>| async move {
-            crate::watch::wait_set(exit).await.unwrap_or(VmExit::Killed)
-        };
-        if let Ok(done) = tokio::time::timeout(grace, wait(exit.clone())).await {
-            return done;
-        }
-        self.killed.store(true, Ordering::SeqCst);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        exit.mark_changed();
-        wait(exit).await
+        child.stop(grace).await;
+        crate::watch::wait_set(self.exit_tx.subscribe())
+            .await
+            .unwrap_or(VmExit::Killed)
     }
 
     pub fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
         self.exit_tx.subscribe()
     }
 
+    /// Kills the VMM for a fault; `None` before it started.
+    pub fn killer(&self) -> Option<VmmKiller> {
+        let child = self.child.as_ref()?;
+        Some(VmmKiller {
+            child: child.killer(),
+            exit: self.exit_tx.subscribe(),
+            fault: self.fault.clone(),
+        })
+    }
+
     pub fn pid(&self) -> Option<u32> {
-        self.pid
+        self.child.as_ref().and_then(WatchedChild::pid)
     }
 }

@@ -29,7 +29,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use super::process::VmmProcess;
-use super::{Hypervisor, HypervisorError, ResolvedAccelerator, VmExit, VmParams, VmmHost};
+use super::{
+    Fault, Helper, Hypervisor, HypervisorError, ResolvedAccelerator, VmExit, VmParams, VmmHost,
+};
 
 /// The descriptors QEMU finds the pod's tap and its vhost-user connections
 /// at.
@@ -281,7 +283,31 @@ impl Qemu {
             fds.push((net.tap_fd, TAP_FD));
         }
         let args = self.jailed_args(config)?;
-        self.process.spawn(&self.jail.jailer, &args, host, fds)
+        self.process.spawn(&self.jail.jailer, &args, host, fds)?;
+        self.watch_vsock_backend();
+        Ok(())
+    }
+
+    /// Ends the VM when its vsock backend ends under it: the agent is then
+    /// out of reach for good. (When QEMU stops, the backend follows it, and
+    /// this does nothing.)
+    fn watch_vsock_backend(&self) {
+        let (Some(killer), mut ended) = (self.process.killer(), self.vsock.exit_watch()) else {
+            return;
+        };
+        tokio::spawn(async move {
+            let Ok(exit) = ended.wait_for(Option::is_some).await.map(|e| *e) else {
+                return;
+            };
+            let status = match exit {
+                Some(VmExit::Exited(status)) => status,
+                _ => None,
+            };
+            killer.kill(Fault::HelperEnded {
+                helper: Helper::VsockBackend,
+                status,
+            });
+        });
     }
 }
 
@@ -355,6 +381,10 @@ impl Hypervisor for Qemu {
 
     fn pid(&self) -> Option<u32> {
         self.process.pid()
+    }
+
+    fn killer(&self) -> Option<super::VmmKiller> {
+        self.process.killer()
     }
 }
 

@@ -276,7 +276,7 @@ impl Agent for AgentClient {
         &self,
         header: &StreamHeader,
     ) -> Result<UnixStream, agent_client::AgentClientError> {
-        AgentClient::open_stream(self, header).await
+        AgentClient::open_stream(self, header, AGENT_CALL).await
     }
 }
 

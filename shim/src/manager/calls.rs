@@ -1,5 +1,6 @@
 //! The lifecycle calls on one container or process.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hull_protocols::agent::StatsContainerResponse;
@@ -9,7 +10,7 @@ use super::container::{Creation, ManagedContainer};
 use super::error::{agent_failed, LifecycleError};
 use super::process::{ProcessExit, ProcessRecord, ProcessStatus, UNKNOWN_EXIT};
 use super::stdio::{ProcessIo, StdioPaths, StdioWiring};
-use super::{Event, Manager, ProcessState};
+use super::{Agent, Event, Manager, ProcessState};
 
 /// Signals whose default action ends a process: what a signal does to a
 /// container that has no process yet (it is still waiting for the VM).
@@ -37,6 +38,21 @@ impl Manager {
         }
         let _ops = container.ops.lock().await;
         let agent = self.agent()?;
+        let pid = self
+            .unless_vm_ends(self.start_in_guest(&container, agent, exec_id))
+            .await?;
+        self.watch_exit(container.clone(), exec_id.to_owned(), pid);
+        Ok(pid)
+    }
+
+    /// Starts the init or an exec process in the guest, with its stdio.
+    async fn start_in_guest(
+        &self,
+        container: &ManagedContainer,
+        agent: Arc<dyn Agent>,
+        exec_id: &str,
+    ) -> Result<u32, LifecycleError> {
+        let id = container.id.as_str();
         let pid = if exec_id.is_empty() {
             let pid = {
                 let record = container.record();
@@ -86,7 +102,6 @@ impl Manager {
             });
             pid
         };
-        self.watch_exit(container.clone(), exec_id.to_owned(), pid);
         Ok(pid)
     }
 

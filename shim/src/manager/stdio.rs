@@ -126,6 +126,9 @@ impl Drop for ProcessIo {
         if let Some(copy) = self.stdin_copy.take() {
             copy.abort();
         }
+        for output in &self.outputs {
+            output.abort();
+        }
     }
 }
 
@@ -232,9 +235,17 @@ impl ProcessIo {
 
     /// Waits until the guest has ended every output stream, i.e. all the
     /// process's output is in the FIFOs.
-    pub async fn drain(&mut self) {
+    /// Waits up to `within` for the output copies to finish, and stops the
+    /// ones that did not: their FIFOs then close, so containerd (and a
+    /// `ctr task exec` waiting on them) sees the end even when the guest's
+    /// side of a stream hangs.
+    pub async fn drain(&mut self, within: std::time::Duration) {
+        let deadline = tokio::time::Instant::now() + within;
         for output in self.outputs.drain(..) {
-            let _ = output.await;
+            let abort = output.abort_handle();
+            if tokio::time::timeout_at(deadline, output).await.is_err() {
+                abort.abort();
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::agent::Agent;
 use crate::config::Config;
-use crate::hypervisor::VmExit;
+use crate::hypervisor::{Fault, VmExit};
 use crate::rootfs::{RootfsMountSpec, ShareBind, ShareError};
 use crate::sandbox::{self, Progress, SandboxOptions, SandboxVm};
 use crate::spec::HostShare;
@@ -62,6 +62,9 @@ pub trait BootedVm: Send + Sync + 'static {
     fn vmm_pid(&self) -> Option<u32>;
     /// Every host process of the sandbox (VMM, virtiofsd, the vsock backend).
     fn host_pids(&self) -> Vec<u32>;
+    /// Kills the VM at once because a part of the sandbox failed; its exit
+    /// then reads [`VmExit::Failed`].
+    fn fail(&self, fault: Fault);
     /// Stops the VM and everything around it.
     async fn shutdown(self: Box<Self>);
 }
@@ -157,6 +160,10 @@ impl BootedVm for RunningVm {
 
     fn host_pids(&self) -> Vec<u32> {
         self.vm.pids()
+    }
+
+    fn fail(&self, fault: Fault) {
+        self.vm.fail(fault);
     }
 
     async fn shutdown(self: Box<Self>) {

@@ -9,6 +9,7 @@ use super::calls::DRAIN_TIMEOUT;
 use super::container::ManagedContainer;
 use super::process::{ProcessExit, ProcessStatus, UNKNOWN_EXIT};
 use super::{Booted, Event, Manager};
+use crate::hypervisor::Fault;
 use crate::watch::{wait_set, wait_set_or_never};
 
 /// The shortest time between two OOM events for one container.
@@ -61,6 +62,12 @@ impl Manager {
                     }
                     Err(err) => {
                         tracing::warn!(container = %id, exec = %exec_id, err = %crate::agent_client::rpc_message(&err), "lost the process");
+                        // The guest's processes are out of reach: end the
+                        // VM rather than report exits of processes that
+                        // may still run in it.
+                        if manager.booted().is_some() {
+                            vm.with_vm(|vm| vm.fail(Fault::AgentLost("waiting for a process failed")));
+                        }
                         ProcessExit::now(UNKNOWN_EXIT)
                     }
                 },
@@ -79,7 +86,7 @@ impl Manager {
                 (io, execs)
             };
             if let Some(mut io) = io {
-                let _ = tokio::time::timeout(DRAIN_TIMEOUT, io.drain()).await;
+                io.drain(DRAIN_TIMEOUT).await;
             }
             for exec in execs {
                 let _ = tokio::time::timeout(DRAIN_TIMEOUT, wait_set(exec)).await;
@@ -107,7 +114,7 @@ impl Manager {
             if manager.booted().is_none() {
                 return; // stopped by the shim
             }
-            tracing::warn!(?exit, "the sandbox VM stopped");
+            tracing::warn!(%exit, "the sandbox VM stopped");
             for id in manager.container_ids() {
                 let Ok(container) = manager.container(&id) else {
                     continue;

@@ -53,7 +53,7 @@ pub enum SandboxError {
         queued: Duration,
         log: PathBuf,
     },
-    #[error("The VM stopped while booting ({exit:?}); guest console log: {log}", log = log.display())]
+    #[error("The VM stopped while booting ({exit}); guest console log: {log}", log = log.display())]
     VmDied {
         exit: hypervisor::VmExit,
         log: PathBuf,

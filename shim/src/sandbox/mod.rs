@@ -8,6 +8,7 @@
 pub mod admission;
 mod cgroup;
 mod error;
+mod guard;
 mod guest_network;
 mod log;
 mod progress;
@@ -74,6 +75,8 @@ pub struct SandboxVm {
     cgroup: Option<SandboxCgroup>,
     /// The copiers of the console and virtiofsd logs.
     logs: Vec<tokio::task::JoinHandle<std::io::Result<u64>>>,
+    /// The tasks that stop the VM when another part of the sandbox fails.
+    guards: Vec<tokio::task::JoinHandle<()>>,
     /// The VMM's own uid/gid, held for the sandbox's life.
     _vmm_ids: Option<vmm_ids::VmmIdLease>,
     agent: Option<AgentClient>,
@@ -250,6 +253,7 @@ impl SandboxVm {
             share: None,
             cgroup: None,
             logs: Vec::new(),
+            guards: Vec::new(),
             _vmm_ids: lease,
             agent: None,
         };
@@ -366,6 +370,12 @@ impl SandboxVm {
             })?;
         }
         progress.milestone(Milestone::VmStarted, &format!("{backend} started"));
+        let killer = self.hypervisor.as_ref().and_then(|h| h.killer());
+        if let (Some(killer), Some(virtiofsd)) = (&killer, &self.virtiofsd) {
+            let end = virtiofsd.end_watch();
+            self.guards
+                .push(guard::watch_virtiofsd(end, killer.clone()));
+        }
 
         let vsock = HybridVsock::new(&self.paths.vsock);
         let agent = tokio::select! {
@@ -422,6 +432,11 @@ impl SandboxVm {
                 })?;
             progress.step("guest network configured");
         }
+        if let (Some(killer), Some(every)) = (killer, config.health_check()) {
+            let exit = self.exit_watch();
+            self.guards
+                .push(guard::check_agent(agent.clone(), every, exit, killer));
+        }
         progress.step("sandbox ready");
         self.agent = Some(agent);
         Ok(())
@@ -445,6 +460,14 @@ impl SandboxVm {
         match &self.cgroup {
             Some(cgroup) => cgroup.pids(),
             None => Vec::new(),
+        }
+    }
+
+    /// Kills the VM because a part of the sandbox failed.
+    pub fn fail(&self, fault: hypervisor::Fault) {
+        match self.hypervisor.as_ref().and_then(|h| h.killer()) {
+            Some(killer) => killer.kill(fault),
+            None => tracing::warn!(sandbox = %self.id, %fault, "no VM to stop"),
         }
     }
 
@@ -486,7 +509,12 @@ impl SandboxVm {
     }
 
     async fn teardown(&mut self, keep_logs: bool) {
-        if let Some(agent) = self.agent.take() {
+        // What follows ends parts of the sandbox on purpose.
+        for guard in self.guards.drain(..) {
+            guard.abort();
+        }
+        let vm_ended = self.exit_watch().borrow().is_some();
+        if let Some(agent) = self.agent.take().filter(|_| !vm_ended) {
             let request = DestroySandboxRequest {
                 power_off: true,
                 ..Default::default()
@@ -501,7 +529,7 @@ impl SandboxVm {
         }
         if let Some(mut hypervisor) = self.hypervisor.take() {
             match hypervisor.stop(Duration::from_secs(5)).await {
-                Ok(exit) => tracing::debug!(sandbox = %self.id, ?exit, "VM stopped"),
+                Ok(exit) => tracing::debug!(sandbox = %self.id, %exit, "VM stopped"),
                 Err(err) => tracing::warn!(sandbox = %self.id, %err, "stopping the VM"),
             }
         }

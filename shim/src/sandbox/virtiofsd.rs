@@ -17,9 +17,11 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use tokio::sync::watch;
 
 use super::SandboxError;
+use crate::sys::child::{ChildEnd, WatchedChild};
 use crate::sys::process::{die_with_parent, pass_fds};
 use crate::sys::userns::IdMappedNamespace;
 
@@ -96,7 +98,7 @@ impl VirtiofsdLaunch<'_> {
 }
 
 pub struct Virtiofsd {
-    child: Child,
+    child: WatchedChild,
 }
 
 impl Virtiofsd {
@@ -129,7 +131,7 @@ impl Virtiofsd {
             fds.push((userns.fd().as_raw_fd(), USERNS_FD));
         }
         pass_fds(&mut command, fds);
-        let child = command.spawn().map_err(|source| SandboxError::Spawn {
+        let child = WatchedChild::spawn(&mut command).map_err(|source| SandboxError::Spawn {
             program: format!(
                 "{} jail -- {}",
                 launch.jailer.display(),
@@ -141,16 +143,15 @@ impl Virtiofsd {
         Ok(Virtiofsd { child })
     }
 
+    /// virtiofsd's end (`None` while it runs).
+    pub fn end_watch(&self) -> watch::Receiver<Option<ChildEnd>> {
+        self.child.end_watch()
+    }
+
     /// Waits for virtiofsd to exit (it does when the VMM disconnects), and
     /// kills it after `grace`.
-    pub async fn stop(mut self, grace: Duration) {
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
+    pub async fn stop(self, grace: Duration) {
+        self.child.stop(grace).await;
     }
 }
 

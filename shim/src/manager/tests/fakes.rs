@@ -17,7 +17,7 @@ use super::super::vm::{BootRequest, BootedVm, Cancel, ContainerShareError, Launc
 use super::super::*;
 use super::PROMPTLY;
 use crate::agent_client;
-use crate::hypervisor::VmExit;
+use crate::hypervisor::{Fault, VmExit};
 use crate::pod::CONTAINER_TYPE_ANNOTATION;
 use crate::spec::{HostShare, SANDBOX_ID_ANNOTATION};
 
@@ -36,6 +36,8 @@ pub struct Guest {
     pub fail_create: Option<String>,
     /// StartContainer waits until this is true.
     pub hold_start: Option<watch::Receiver<bool>>,
+    /// Set when the connection to the agent breaks: every wait fails.
+    pub disconnected: watch::Sender<bool>,
 }
 
 #[derive(Default, Clone)]
@@ -140,9 +142,15 @@ impl Agent for FakeAgent {
         _: Option<Duration>,
     ) -> AgentResult<GuestExit> {
         let exit = self.exit_of(id, exec_id)?;
-        crate::watch::wait_set(exit)
-            .await
-            .ok_or_else(|| rpc_error(ttrpc::Code::UNAVAILABLE, "gone"))
+        let mut disconnected = self.guest.lock().unwrap().disconnected.subscribe();
+        tokio::select! {
+            exit = crate::watch::wait_set(exit) => {
+                exit.ok_or_else(|| rpc_error(ttrpc::Code::UNAVAILABLE, "gone"))
+            }
+            _ = disconnected.wait_for(|gone| *gone) => {
+                Err(ttrpc::Error::Socket("closed".into()))
+            }
+        }
     }
 
     async fn remove_container(&self, id: &str) -> AgentResult<()> {
@@ -202,11 +210,12 @@ pub struct VmLog {
     pub boots: usize,
     pub cancelled: Vec<String>,
     pub shutdowns: usize,
+    pub faults: Vec<Fault>,
 }
 
 pub struct FakeVm {
     pub agent: FakeAgent,
-    pub exit: watch::Receiver<Option<VmExit>>,
+    pub exit: watch::Sender<Option<VmExit>>,
     pub log: Arc<Mutex<VmLog>>,
 }
 
@@ -217,7 +226,7 @@ impl BootedVm for FakeVm {
     }
 
     fn exit_watch(&self) -> watch::Receiver<Option<VmExit>> {
-        self.exit.clone()
+        self.exit.subscribe()
     }
 
     fn mount_container(
@@ -240,6 +249,15 @@ impl BootedVm for FakeVm {
 
     fn host_pids(&self) -> Vec<u32> {
         Vec::new()
+    }
+
+    fn fail(&self, fault: Fault) {
+        // As the real one: a no-op once the VM has ended.
+        if self.exit.borrow().is_some() {
+            return;
+        }
+        self.log.lock().unwrap().faults.push(fault);
+        self.exit.send_replace(Some(VmExit::Failed(fault)));
     }
 
     async fn shutdown(self: Box<Self>) {
@@ -281,7 +299,7 @@ impl Launcher for FakeLauncher {
         }
         Ok(Box::new(FakeVm {
             agent: self.agent.clone(),
-            exit: self.vm_exit.subscribe(),
+            exit: self.vm_exit.clone(),
             log: self.log.clone(),
         }))
     }

@@ -286,6 +286,39 @@ async fn vm_death_ends_started_and_never_started_containers() {
 }
 
 #[tokio::test]
+async fn a_lost_agent_connection_ends_the_vm_and_then_every_process() {
+    let mut h = Harness::new();
+    h.running_pod().await;
+    h.manager
+        .add_exec("pod", "e1", b"{}".to_vec(), StdioPaths::default())
+        .unwrap();
+    h.manager.start("pod", "e1").await.unwrap();
+    assert!(matches!(h.event().await, Event::ExecAdded { .. }));
+    assert!(matches!(h.event().await, Event::ExecStarted { .. }));
+    h.agent
+        .guest
+        .lock()
+        .unwrap()
+        .disconnected
+        .send_replace(true);
+    for exec_id in ["e1", ""] {
+        let exit = promptly("wait", h.manager.wait("pod", exec_id))
+            .await
+            .unwrap();
+        assert_eq!(exit.status, UNKNOWN_EXIT, "{exec_id:?}");
+    }
+    // Not two processes that "exited" in a guest that still runs: the VM
+    // was stopped, once, naming why.
+    let faults = h.log.lock().unwrap().faults.clone();
+    assert_eq!(faults.len(), 1, "{faults:?}");
+    assert!(matches!(faults[0], crate::hypervisor::Fault::AgentLost(_)));
+    assert!(matches!(
+        *h.vm_exit.borrow(),
+        Some(VmExit::Failed(crate::hypervisor::Fault::AgentLost(_)))
+    ));
+}
+
+#[tokio::test]
 async fn an_agent_error_is_returned_with_its_message_and_the_container_is_undone() {
     let mut h = Harness::new();
     h.running_pod().await;
