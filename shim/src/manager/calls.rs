@@ -38,9 +38,7 @@ impl Manager {
         }
         let _ops = container.ops.lock().await;
         let agent = self.agent()?;
-        let pid = self
-            .unless_vm_ends(self.start_in_guest(&container, agent, exec_id))
-            .await?;
+        let pid = self.start_in_guest(&container, agent, exec_id).await?;
         self.watch_exit(container.clone(), exec_id.to_owned(), pid);
         Ok(pid)
     }

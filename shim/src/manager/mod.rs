@@ -24,6 +24,7 @@ mod stdio;
 #[cfg(test)]
 mod tests;
 mod vm;
+mod vm_bound;
 mod watchers;
 
 use std::collections::HashMap;
@@ -193,21 +194,6 @@ impl Manager {
         self.booted()
             .map(|vm| vm.agent.clone())
             .ok_or(LifecycleError::VmNotRunning)
-    }
-
-    /// Runs `call` (agent calls) unless the VM ends first: a guest that is
-    /// gone answers nothing, and a hung vsock backend would hold the call.
-    async fn unless_vm_ends<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, LifecycleError>>,
-    ) -> Result<T, LifecycleError> {
-        let Some(vm) = self.booted() else {
-            return Err(LifecycleError::VmNotRunning);
-        };
-        tokio::select! {
-            result = call => result,
-            _ = crate::watch::wait_set_or_never(vm.exit.clone()) => Err(LifecycleError::VmNotRunning),
-        }
     }
 
     /// The sandbox's id, once a container has named it.
@@ -398,7 +384,7 @@ impl Manager {
             Ok(vm) => Phase::Up {
                 id: id.clone(),
                 vm: Arc::new(Booted {
-                    agent: vm.agent(),
+                    agent: Arc::new(vm_bound::VmBoundAgent::new(vm.agent(), vm.exit_watch())),
                     exit: vm.exit_watch(),
                     vm: Mutex::new(Some(vm)),
                 }),
@@ -474,22 +460,21 @@ impl Manager {
         create: GuestCreate,
     ) -> Result<u32, LifecycleError> {
         let id = &container.id;
-        let created = self
-            .unless_vm_ends(async {
-                let guest = self.guest_spec(&create.spec, id)?;
-                vm.with_vm(|v| v.mount_container(id, &create.rootfs, &guest.shares))
-                    .ok_or(LifecycleError::VmNotRunning)??;
-                let spec = serde_json::to_vec(&guest.spec).expect("spec serializes");
-                let pid = vm
-                    .agent
-                    .create_container(id, spec, create.stdio.request())
-                    .await
-                    .map_err(agent_failed("creating the container in the guest"))?;
-                self.inner.progress.step("container created");
-                let io = stdio::ProcessIo::attach(vm.agent.as_ref(), id, "", &create.stdio).await?;
-                Ok::<_, LifecycleError>((pid, io))
-            })
-            .await;
+        let created = async {
+            let guest = self.guest_spec(&create.spec, id)?;
+            vm.with_vm(|v| v.mount_container(id, &create.rootfs, &guest.shares))
+                .ok_or(LifecycleError::VmNotRunning)??;
+            let spec = serde_json::to_vec(&guest.spec).expect("spec serializes");
+            let pid = vm
+                .agent
+                .create_container(id, spec, create.stdio.request())
+                .await
+                .map_err(agent_failed("creating the container in the guest"))?;
+            self.inner.progress.step("container created");
+            let io = stdio::ProcessIo::attach(vm.agent.as_ref(), id, "", &create.stdio).await?;
+            Ok::<_, LifecycleError>((pid, io))
+        }
+        .await;
         match created {
             Ok((pid, io)) => {
                 {

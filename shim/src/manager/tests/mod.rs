@@ -389,6 +389,28 @@ async fn one_containers_slow_call_does_not_hold_up_another() {
     promptly("start", slow).await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn a_call_held_by_a_hung_guest_ends_with_the_vm() {
+    let mut h = Harness::new();
+    h.running_pod().await;
+    h.manager
+        .create(h.request("app", "pod", false))
+        .await
+        .unwrap();
+    let (_release, hold) = watch::channel(false);
+    h.agent.guest.lock().unwrap().hold_start = Some(hold);
+    let start = tokio::spawn({
+        let manager = h.manager.clone();
+        async move { manager.start("app", "").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!start.is_finished());
+    let hung = crate::hypervisor::Fault::AgentSilent(Duration::from_secs(30));
+    h.vm_exit.send_replace(Some(VmExit::Failed(hung)));
+    let err = promptly("start", start).await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("the sandbox VM stopped"), "{err}");
+}
+
 #[test]
 fn oom_reports_pass_only_for_known_containers_once_a_second() {
     let mut filter = OomFilter::default();
