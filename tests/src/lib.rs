@@ -158,24 +158,50 @@ impl Containerd {
         )
         .expect("write hull config");
 
+        containerd.start_daemon(cri);
+        containerd
+    }
+
+    fn start_daemon(&self, cri: bool) {
         // The shim under test comes first on containerd's PATH; containerd
         // passes its environment (and so HULL_CONFIG) to every shim.
         let mut path = OsString::from(artifacts::bin_dir());
         path.push(":");
         path.push(std::env::var_os("PATH").unwrap_or_default());
-        let mut cmd = containerd.script("start");
+        let mut cmd = self.script("start");
         if cri {
             cmd.arg("--cri");
         }
-        cmd.env("PATH", path)
-            .env("HULL_CONFIG", containerd.hull_config());
+        cmd.env("PATH", path).env("HULL_CONFIG", self.hull_config());
         let output = process::run(cmd, None, Duration::from_secs(30));
         assert!(
             output.status.success(),
             "private containerd did not start\n{}",
             describe(&output)
         );
-        containerd
+    }
+
+    /// Kills the containerd daemon (SIGKILL, as a crash would), leaving
+    /// its shims and their tasks running.
+    pub fn kill_daemon(&self) {
+        let pidfile = self.dir.join("containerd.pid");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {}", pidfile.display()));
+        let pid = nix::unistd::Pid::from_raw(pid);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill containerd");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(Instant::now() < deadline, "containerd {pid} did not die");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the daemon again on the same root, state and sockets (a
+    /// containerd without the CRI plugin).
+    pub fn restart_daemon(&self) {
+        self.start_daemon(false);
     }
 
     /// Stops containerd now (`private-containerd.sh stop`), without the
@@ -233,6 +259,22 @@ impl Containerd {
     /// whatever their names and command lines.
     pub fn sandbox_processes(&self) -> Vec<(u32, String)> {
         processes_in(&self.sandbox_cgroups())
+    }
+
+    /// Pid and command line of every host process of sandbox `id`.
+    pub fn processes_of_sandbox(&self, id: &str) -> Vec<(u32, String)> {
+        processes_in(&cgroup_dirs(&format!("{}/{id}", self.hull_cgroup_parent())))
+    }
+
+    /// The pid of the shim serving container `id`.
+    pub fn shim_pid(&self, id: &str) -> u32 {
+        let flag = format!("-id {id} ");
+        let shims = self.processes(&[SHIM_BINARY]);
+        shims
+            .iter()
+            .find(|(_, cmdline)| format!("{cmdline} ").contains(&flag))
+            .map(|(pid, _)| *pid)
+            .unwrap_or_else(|| panic!("no shim for {id} among {shims:#?}"))
     }
 
     /// The pid of sandbox `id`'s VMM, as the shim recorded it.
