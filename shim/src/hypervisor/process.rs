@@ -42,17 +42,42 @@ pub struct VmmKiller {
     fault: Arc<Mutex<Option<Fault>>>,
 }
 
+/// How long a helper's end may precede the VMM's own: a VMM that stops
+/// (the guest powered off) ends its helpers too, and they may be seen first.
+const HELPER_END_GRACE: Duration = Duration::from_secs(1);
+
 impl VmmKiller {
-    pub fn kill(&self, fault: Fault) {
-        if self.exit.borrow().is_some() {
+    /// For a helper that ended while the VMM ran: the fault is the VMM's
+    /// cause of death unless the VMM exits cleanly (then the helper only
+    /// followed a guest that powered off), and the VMM is killed if it has
+    /// not ended by itself within [`HELPER_END_GRACE`] (QEMU, for one, often
+    /// exits by itself when a vhost-user backend goes).
+    pub async fn helper_ended(&self, fault: Fault) {
+        if !self.record(fault) {
             return;
         }
-        let mut recorded = self.fault.lock().expect("fault lock");
-        if recorded.is_none() {
-            tracing::warn!(%fault, "stopping the sandbox VM");
-            *recorded = Some(fault);
+        let ended = crate::watch::wait_set(self.exit.clone());
+        if tokio::time::timeout(HELPER_END_GRACE, ended).await.is_err() {
+            self.kill(fault);
         }
-        self.child.kill();
+    }
+
+    /// Kills the VMM for `fault`.
+    pub fn kill(&self, fault: Fault) {
+        if self.record(fault) {
+            tracing::warn!(%fault, "stopping the sandbox VM");
+            self.child.kill();
+        }
+    }
+
+    /// Records `fault` as the VMM's cause of death, unless it has ended or
+    /// another fault came first; whether the VMM still runs.
+    fn record(&self, fault: Fault) -> bool {
+        if self.exit.borrow().is_some() {
+            return false;
+        }
+        self.fault.lock().expect("fault lock").get_or_insert(fault);
+        true
     }
 }
 
@@ -89,12 +114,14 @@ impl VmmProcess {
         let exit_tx = self.exit_tx.clone();
         let fault = self.fault.clone();
         tokio::spawn(async move {
-            let exit = match crate::watch::wait_set(end).await {
-                Some(ChildEnd::Exited(status)) => VmExit::Exited(status),
-                Some(ChildEnd::Killed) | None => match *fault.lock().expect("fault lock") {
-                    Some(fault) => VmExit::Failed(fault),
-                    None => VmExit::Killed,
-                },
+            let end = crate::watch::wait_set(end).await;
+            let fault = *fault.lock().expect("fault lock");
+            let exit = match (end, fault) {
+                // A clean power-off, whatever its helpers did after.
+                (Some(ChildEnd::Exited(Some(0))), _) => VmExit::Exited(Some(0)),
+                (_, Some(fault)) => VmExit::Failed(fault),
+                (Some(ChildEnd::Exited(status)), None) => VmExit::Exited(status),
+                (Some(ChildEnd::Killed) | None, None) => VmExit::Killed,
             };
             exit_tx.send_replace(Some(exit));
         });
@@ -128,5 +155,68 @@ impl VmmProcess {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(WatchedChild::pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::Helper;
+
+    const FAULT: Fault = Fault::HelperEnded {
+        helper: Helper::Virtiofsd,
+        status: None,
+    };
+
+    /// A "VMM" running `script` under sh, with a pipe as its console.
+    fn vmm(script: &str) -> VmmProcess {
+        let (_read, write) = nix::unistd::pipe().unwrap();
+        let host = VmmHost {
+            console: write,
+            cgroup_procs: Vec::new(),
+        };
+        let mut process = VmmProcess::default();
+        let args = ["-c".to_owned(), script.to_owned()];
+        process
+            .spawn(Path::new("/bin/sh"), &args, &host, Vec::new())
+            .unwrap();
+        process
+    }
+
+    async fn exit_after_helper_ended(script: &str) -> VmExit {
+        let process = vmm(script);
+        process.killer().unwrap().helper_ended(FAULT).await;
+        crate::watch::wait_set(process.exit_watch()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_ends_under_a_running_vmm_stops_it_naming_the_helper() {
+        assert_eq!(
+            exit_after_helper_ended("sleep 100").await,
+            VmExit::Failed(FAULT)
+        );
+        // QEMU exits by itself when a vhost-user backend goes: still the
+        // helper's fault.
+        assert_eq!(
+            exit_after_helper_ended("sleep 0.2; exit 1").await,
+            VmExit::Failed(FAULT)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_helper_that_only_followed_a_clean_power_off_is_no_fault() {
+        assert_eq!(
+            exit_after_helper_ended("sleep 0.2; exit 0").await,
+            VmExit::Exited(Some(0))
+        );
+        let process = vmm("exit 0");
+        crate::watch::wait_set(process.exit_watch()).await;
+        let killer = process.killer().unwrap();
+        killer.helper_ended(FAULT).await;
+        killer.kill(FAULT);
+        assert_eq!(
+            *process.exit_watch().borrow(),
+            Some(VmExit::Exited(Some(0)))
+        );
     }
 }

@@ -303,10 +303,12 @@ impl Qemu {
                 Some(VmExit::Exited(status)) => status,
                 _ => None,
             };
-            killer.kill(Fault::HelperEnded {
-                helper: Helper::VsockBackend,
-                status,
-            });
+            killer
+                .helper_ended(Fault::HelperEnded {
+                    helper: Helper::VsockBackend,
+                    status,
+                })
+                .await;
         });
     }
 }

@@ -18,7 +18,8 @@ use crate::hypervisor::{Fault, Helper, VmExit, VmmKiller};
 use crate::sys::child::ChildEnd;
 use crate::watch::wait_set_or_never;
 
-/// Stops the VM when virtiofsd ends before it.
+/// Stops the VM when virtiofsd ends before it (not when it only follows
+/// the VMM's own end).
 pub fn watch_virtiofsd(
     mut end: watch::Receiver<Option<ChildEnd>>,
     killer: VmmKiller,
@@ -31,10 +32,12 @@ pub fn watch_virtiofsd(
             Some(ChildEnd::Exited(status)) => status,
             _ => None,
         };
-        killer.kill(Fault::HelperEnded {
-            helper: Helper::Virtiofsd,
-            status,
-        });
+        killer
+            .helper_ended(Fault::HelperEnded {
+                helper: Helper::Virtiofsd,
+                status,
+            })
+            .await;
     })
 }
 
