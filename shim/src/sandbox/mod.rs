@@ -10,6 +10,7 @@ mod cgroup;
 mod error;
 mod guard;
 mod guest_network;
+mod launch;
 mod log;
 mod progress;
 mod state_dir;
@@ -25,6 +26,7 @@ use hull_protocols::agent::{CreateSandboxRequest, DestroySandboxRequest, SharedF
 pub use self::cgroup::{CgroupError, CgroupLimits, Hierarchies, SandboxCgroup};
 pub use self::error::SandboxError;
 use self::guest_network::configure_guest_network;
+use self::launch::{kernel_cmdline, Launch, Programs};
 pub use self::log::{capped_log, rotated_path, LogPipe};
 pub use self::progress::{Milestone, Progress};
 pub use self::state_dir::{create_state_dir, remove_state, SandboxPaths, SHARED_DIR_NAME};
@@ -33,11 +35,7 @@ pub use self::vmm_ids::VMM_ID_COUNT;
 use crate::agent_client::{context, rpc_message, AgentClient, HybridVsock};
 use crate::config::Config;
 use crate::host::Virtualization;
-use crate::hypervisor::builtin::{Builtin, VmmJail};
-use crate::hypervisor::qemu::{Qemu, QemuJail};
-use crate::hypervisor::{
-    self, Backend, Hypervisor, NetDevice, ResolvedAccelerator, VmParams, VmmHost,
-};
+use crate::hypervisor::{self, Backend, Hypervisor, NetDevice, VmParams, VmmHost};
 use crate::network::{format_mac, PodNetwork, TapHeader};
 use crate::pod::VmSize;
 use crate::rootfs::{self, SharedDir};
@@ -52,8 +50,6 @@ pub const GUEST_SHARE_DIR: &str = "/run/hull/shared";
 const SETUP_CALL: Duration = Duration::from_secs(60);
 /// The guest's vsock CID (one vsock device per VM, so it never collides).
 const GUEST_CID: u64 = 3;
-/// Hull's part of the guest kernel command line.
-const BASE_CMDLINE: &str = "console=ttyS0 quiet panic=-1 pci=off";
 
 /// What a sandbox's VM gets beyond the configuration: its size and, for a
 /// pod, the network namespace CNI prepared.
@@ -80,133 +76,6 @@ pub struct SandboxVm {
     /// The VMM's own uid/gid, held for the sandbox's life.
     _vmm_ids: Option<vmm_ids::VmmIdLease>,
     agent: Option<AgentClient>,
-}
-
-/// What a sandbox is started with, found before anything is started.
-struct Launch {
-    backend: Backend,
-    hypervisor: Box<dyn Hypervisor>,
-    virtiofsd: PathBuf,
-    /// hull-vmm, which jails virtiofsd (and QEMU).
-    jailer: PathBuf,
-}
-
-/// The programs a sandbox runs, found on this host.
-struct Programs {
-    backend: Backend,
-    vmm: PathBuf,
-    /// QEMU, for the QEMU backend.
-    qemu: Option<PathBuf>,
-    virtiofsd: PathBuf,
-}
-
-impl Programs {
-    /// Picks the backend for this host and finds what it needs.
-    fn find(
-        config: &Config,
-        options: &SandboxOptions,
-        host: Virtualization,
-    ) -> Result<Self, SandboxError> {
-        let backend = Backend::select(config, host)?;
-        if backend == Backend::Builtin {
-            Builtin::check_vcpus(options.size.vcpus)?;
-        }
-        let vmm =
-            find_vmm(&config.vmm).ok_or_else(|| SandboxError::MissingVmm(config.vmm.clone()))?;
-        let qemu = match backend {
-            Backend::Builtin => None,
-            Backend::Qemu(_) => Some(
-                find_program(&config.qemu)
-                    .ok_or_else(|| SandboxError::MissingQemu(config.qemu.clone()))?,
-            ),
-        };
-        let virtiofsd = find_program(&config.virtiofsd)
-            .ok_or_else(|| SandboxError::MissingVirtiofsd(config.virtiofsd.clone()))?;
-        Ok(Programs {
-            backend,
-            vmm,
-            qemu,
-            virtiofsd,
-        })
-    }
-}
-
-impl Launch {
-    /// Picks the backend for this host and finds the programs it needs;
-    /// touches nothing.
-    fn prepare(
-        config: &Config,
-        paths: &SandboxPaths,
-        options: &SandboxOptions,
-        host: Virtualization,
-        vmm_ids: (u32, u32),
-    ) -> Result<Launch, SandboxError> {
-        let Programs {
-            backend,
-            vmm,
-            qemu,
-            virtiofsd,
-        } = Programs::find(config, options, host)?;
-        let jail = builtin_jail(paths, vmm_ids);
-        let hypervisor: Box<dyn Hypervisor> = match (backend, qemu) {
-            (Backend::Qemu(accelerator), Some(qemu)) => {
-                let jail = QemuJail {
-                    jailer: vmm.clone(),
-                    root: jail.root,
-                    uid: jail.uid,
-                    gid: jail.gid,
-                };
-                Box::new(Qemu::new(qemu, accelerator, &paths.vhost_vsock, jail))
-            }
-            _ => Box::new(Builtin::new(vmm.clone(), &paths.vmm_config, jail)),
-        };
-        Ok(Launch {
-            backend,
-            hypervisor,
-            virtiofsd,
-            jailer: vmm,
-        })
-    }
-}
-
-/// hull-vmm: as configured, and for a bare name first next to this
-/// program (where `hull install` and cargo put both).
-fn find_vmm(configured: &Path) -> Option<PathBuf> {
-    let beside = std::env::current_exe()
-        .ok()
-        .map(|exe| exe.with_file_name(configured))
-        .filter(|p| configured.components().count() == 1 && p.is_file());
-    beside.or_else(|| find_program(configured))
-}
-
-/// The VMM's jail: the sandbox directory, the sandbox's VMM uid/gid.
-fn builtin_jail(paths: &SandboxPaths, (uid, gid): (u32, u32)) -> VmmJail {
-    VmmJail {
-        // hull-vmm wants it absolute; a relative `state_dir` is the shim's.
-        root: std::path::absolute(&paths.dir).unwrap_or_else(|_| paths.dir.clone()),
-        uid,
-        gid,
-    }
-}
-
-/// Hull's kernel command line for `backend`.
-fn kernel_cmdline(config: &Config, backend: Backend, tsc_khz: Option<u64>) -> String {
-    let mut cmdline = BASE_CMDLINE.to_owned();
-    if backend == Backend::Builtin {
-        // The agent ends the VM with a restart; hull-vmm has no ACPI, so the
-        // kernel resets through the i8042, which hull-vmm ends the VM on.
-        cmdline.push_str(" reboot=k");
-    }
-    if backend == Backend::Qemu(ResolvedAccelerator::Tcg) {
-        if let Some(khz) = tsc_khz {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-        }
-    }
-    if !config.kernel_params.is_empty() {
-        cmdline.push(' ');
-        cmdline.push_str(&config.kernel_params);
-    }
-    cmdline
 }
 
 impl SandboxVm {

@@ -1,4 +1,7 @@
+use super::launch::{builtin_jail, BASE_CMDLINE};
 use super::*;
+use crate::hypervisor::builtin::VmmJail;
+use crate::hypervisor::ResolvedAccelerator;
 
 #[test]
 fn socket_paths_fit_a_sockaddr_un_for_64_character_ids() {
