@@ -171,6 +171,16 @@ impl Manager {
         if exec_id.is_empty() {
             container.created().await?;
         }
+        if self.booted().is_some_and(|vm| !vm.alive()) {
+            // Every process ended with the VM (its exit may still be on its
+            // way): nothing is left to signal. containerd's CRI kills a
+            // container's processes on its exit, and must not fail then.
+            return if all {
+                Ok(())
+            } else {
+                Err(LifecycleError::Finished)
+            };
+        }
         self.agent()?
             .signal_process(id, exec_id, signal, all)
             .await

@@ -277,8 +277,19 @@ async fn vm_death_ends_started_and_never_started_containers() {
     }
     exited.sort();
     assert_eq!(exited, ["idle", "pod"]);
-    // A dead VM's containers delete without the agent.
+    // A dead VM's containers delete without the agent, and a kill of all
+    // their processes (containerd's CRI sends one on every exit) succeeds.
     let calls = h.agent.calls().len();
+    promptly(
+        "kill",
+        h.manager.kill("pod", "", libc::SIGKILL as u32, true),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        h.manager.kill("pod", "", libc::SIGKILL as u32, false).await,
+        Err(LifecycleError::Finished)
+    ));
     h.manager.delete("idle", "").await.unwrap();
     h.manager.delete("pod", "").await.unwrap();
     assert_eq!(h.agent.calls().len(), calls);
