@@ -14,7 +14,7 @@ DEMO_DIR    := /run/hull-demo
 CTR         := ctr -a $(DEMO_DIR)/containerd.sock -n hull-demo
 export HULL_CACHE
 
-.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test test-kvm fuzz bench bench-cri lint clean
+.PHONY: help deps kernel initrd rootfs image assets build install demo demo-stop test test-kvm fuzz bench bench-cri soak lint clean
 
 help:
 	@echo "make demo     install deps, build, install, run busybox in a microVM through containerd (and under runc)"
@@ -22,6 +22,7 @@ help:
 	@echo "make install  install Hull to $(PREFIX) and register it in /etc/containerd/config.toml"
 	@echo "make bench    measure Hull beside runc (docs/benchmarks.md)"
 	@echo "make bench-cri  pod start-up through CRI, Hull beside runc"
+	@echo "make soak     N pod lifecycles through CRI with faults, nothing may be left (N=20 PARALLEL=2 FAULTS=0.5)"
 
 deps:
 	@scripts/install-deps.sh
@@ -78,6 +79,13 @@ bench-cri: build assets
 	@cargo build --release --locked -p hull-tests --bin hull-cri-bench 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
 	@HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) HULL_TEST_INITRD=$(abspath $(INITRD)) \
 		target/release/hull-cri-bench -n $(or $(RUNS),5) $(if $(BURST),--burst $(BURST))
+
+# Pod lifecycles through CRI, a share with a fault in the sandbox, each
+# checked for leftovers (tests/src/soak.rs); make test runs a small one.
+soak: build assets
+	@cargo build --release --locked -p hull-tests --bin hull-soak 2>&1 | grep -vE '^\s+(Compiling|Downloaded|Downloading)' || true
+	@HULL_TEST_KERNEL=$(abspath $(ASSETS)/vmlinux) HULL_TEST_INITRD=$(abspath $(INITRD)) \
+		target/release/hull-soak -n $(or $(N),20) --parallel $(or $(PARALLEL),2) --faults $(or $(FAULTS),0.5)
 
 # Tests find the guest assets through these variables (real paths: runc
 # refuses a rootfs path through a symlink, and target/ may be one, see .ci/run).

@@ -15,6 +15,7 @@ pub mod artifacts;
 pub mod cri;
 pub mod process;
 pub mod scenarios;
+pub mod soak;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
