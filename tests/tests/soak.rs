@@ -6,9 +6,12 @@
 use hull_tests::cri::CriContainerd;
 use hull_tests::soak::{soak, soak_config, SoakOptions};
 
-/// A leaked VM holds at least its guest RAM (256 MiB here); page cache and
-/// allocator noise stay well below this.
-const MEMORY_SLACK_KIB: i64 = 128 << 10;
+/// How far MemAvailable may fall over the soak. Leaked VMs and helpers are
+/// caught as processes; this catches what leaks out of sight (kernel memory
+/// of mounts, namespaces, devices) only when it is large: over 8 lifecycles
+/// the host's own noise (page cache, slab, containerd's heap) was seen to
+/// move it by about 150 MiB either way before the warm-up pod was added.
+const MEMORY_SLACK_KIB: i64 = 256 << 10;
 
 #[test]
 fn pod_lifecycles_with_faults_leave_nothing() {
