@@ -169,7 +169,7 @@ impl std::fmt::Display for VmExit {
             VmExit::Exited(Some(status)) => write!(f, "the VMM exited with status {status}"),
             VmExit::Exited(None) => write!(f, "the VMM was killed by a signal"),
             VmExit::Killed => write!(f, "Hull stopped the VMM"),
-            VmExit::Failed(fault) => write!(f, "Hull stopped the VMM: {fault}"),
+            VmExit::Failed(fault) => write!(f, "{fault}"),
         }
     }
 }
@@ -178,7 +178,10 @@ impl std::fmt::Display for VmExit {
 /// whose share or agent is gone cannot run its containers on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Fault {
-    #[error("{helper} ended (status {status:?})")]
+    #[error("{helper} ended ({})", match status {
+        Some(code) => format!("exit status {code}"),
+        None => "killed by a signal".to_owned(),
+    })]
     HelperEnded {
         helper: Helper,
         /// None when a signal ended it.
@@ -284,6 +287,30 @@ mod tests {
                 assert!(err.contains(part), "{part:?} not in {err}");
             }
         }
+    }
+
+    #[test]
+    fn a_vms_end_says_which_part_failed() {
+        let killed = Fault::HelperEnded {
+            helper: Helper::Virtiofsd,
+            status: None,
+        };
+        assert_eq!(
+            VmExit::Failed(killed).to_string(),
+            "virtiofsd ended (killed by a signal)"
+        );
+        let exited = Fault::HelperEnded {
+            helper: Helper::VsockBackend,
+            status: Some(1),
+        };
+        assert_eq!(
+            exited.to_string(),
+            "the vsock backend ended (exit status 1)"
+        );
+        assert_eq!(
+            VmExit::Exited(Some(0)).to_string(),
+            "the VMM exited with status 0"
+        );
     }
 
     #[test]

@@ -41,6 +41,10 @@ const FS_FD: i32 = 5;
 /// The descriptors `hull-vmm vsock` finds its two listening sockets at.
 const VHOST_LISTEN_FD: i32 = 3;
 const HYBRID_LISTEN_FD: i32 = 4;
+/// TCG's translation cache, in MiB (QEMU's default is up to 1 GiB): within
+/// the sandbox cgroup's overhead beside QEMU's heap, virtiofsd and the vsock
+/// backend.
+const TCG_TB_MIB: u32 = 64;
 /// Where the guest's kernel and initrd are in QEMU's jail.
 const JAIL_KERNEL: &str = "/vm/vmlinux";
 const JAIL_INITRD: &str = "/vm/initrd";
@@ -88,8 +92,13 @@ impl Qemu {
     /// it has inside its jail (no side effects, so tests see it).
     pub fn args(&self, config: &VmParams) -> Vec<String> {
         let accel = match self.accelerator {
-            ResolvedAccelerator::Kvm => "kvm",
-            ResolvedAccelerator::Tcg => "tcg",
+            ResolvedAccelerator::Kvm => "kvm".to_owned(),
+            // TCG's translation cache is 1 GiB at most by default, filled
+            // as the guest runs new code (each exec'd process, with ASLR):
+            // it grew past the sandbox's memory limit in 4 minutes of a
+            // loop exec'ing `date` every second, and the cgroup's OOM
+            // killer ended the VM. A full cache is flushed and refilled.
+            ResolvedAccelerator::Tcg => format!("tcg,tb-size={TCG_TB_MIB}"),
         };
         let cpu = match self.accelerator {
             ResolvedAccelerator::Kvm => "host",
@@ -104,7 +113,7 @@ impl Qemu {
             "-m".into(),
             memory,
             "-accel".into(),
-            accel.into(),
+            accel,
             "-cpu".into(),
             cpu.into(),
             "-smp".into(),
@@ -430,7 +439,7 @@ mod tests {
             .args(&vm_config(None))
             .join(" ");
         assert!(args.contains("memory-backend-memfd,id=mem,size=256M,share=on"));
-        assert!(args.contains("-accel tcg"));
+        assert!(args.contains("-accel tcg,tb-size=64 -cpu max"), "{args}");
         assert!(args.contains("-smp 2"));
         assert!(args.contains("-chardev socket,id=vsock,fd=4"), "{args}");
         assert!(args.contains("vhost-user-vsock-device,chardev=vsock"));
