@@ -167,7 +167,16 @@ impl ProcessIo {
                 });
             }
         };
-        let mut outputs = Vec::new();
+        // Built first, so that a stream that fails to open drops it and
+        // its Drop stops the copies already started, closing their FIFOs
+        // (a detached copy held containerd's reader, and `ctr task exec`,
+        // forever).
+        let mut io = ProcessIo {
+            caller: None,
+            outputs: Vec::new(),
+            stdin: std::sync::Arc::new(Mutex::new(None)),
+            stdin_copy: None,
+        };
         let output_paths = [
             (StreamKind::Stdout, &paths.stdout),
             (StreamKind::Stderr, &paths.stderr),
@@ -178,13 +187,11 @@ impl ProcessIo {
             }
             let fifo = open_fifo_for_writing(Path::new(path))?;
             let mut stream = agent.open_stream(&header(kind)).await?;
-            outputs.push(tokio::spawn(async move {
+            io.outputs.push(tokio::spawn(async move {
                 let mut fifo = fifo;
                 let _ = tokio::io::copy(&mut stream, &mut fifo).await;
             }));
         }
-        let stdin = std::sync::Arc::new(Mutex::new(None));
-        let mut stdin_copy = None;
         if !paths.stdin.is_empty() {
             // Non-blocking open: no writer is needed yet, and reads wait
             // for one; the copy ends when the writer closes the FIFO.
@@ -196,9 +203,9 @@ impl ProcessIo {
                 })?;
             let stream = agent.open_stream(&header(StreamKind::Stdin)).await?;
             let (_, writer) = tokio::io::split(stream);
-            *stdin.lock().await = Some(writer);
-            let slot = stdin.clone();
-            stdin_copy = Some(tokio::spawn(async move {
+            *io.stdin.lock().await = Some(writer);
+            let slot = io.stdin.clone();
+            io.stdin_copy = Some(tokio::spawn(async move {
                 let mut fifo = fifo;
                 let mut buffer = vec![0u8; 32 * 1024];
                 loop {
@@ -215,12 +222,7 @@ impl ProcessIo {
                 close_stdin(&slot).await;
             }));
         }
-        Ok(ProcessIo {
-            caller: None,
-            outputs,
-            stdin,
-            stdin_copy,
-        })
+        Ok(io)
     }
 
     /// The streams kept for the caller, once.

@@ -38,6 +38,10 @@ pub struct Guest {
     pub hold_start: Option<watch::Receiver<bool>>,
     /// Set when the connection to the agent breaks: every wait fails.
     pub disconnected: watch::Sender<bool>,
+    /// Stdio: stdout opens (a stream whose far end is kept here, so it
+    /// never ends), stderr is refused.
+    pub stdout_only: bool,
+    pub far_ends: Vec<UnixStream>,
 }
 
 #[derive(Default, Clone)]
@@ -198,7 +202,20 @@ impl Agent for FakeAgent {
         &self,
         header: &StreamHeader,
     ) -> Result<UnixStream, agent_client::AgentClientError> {
-        panic!("no stdio was asked for, yet {header:?} was opened")
+        let mut guest = self.guest.lock().unwrap();
+        assert!(
+            guest.stdout_only,
+            "no stdio was asked for, yet {header:?} was opened"
+        );
+        if header.kind != hull_protocols::stdio::StreamKind::Stdout {
+            return Err(agent_client::AgentClientError::StreamRefused {
+                stream: header.kind.to_string(),
+                reason: "refused by the test".into(),
+            });
+        }
+        let (ours, far) = UnixStream::pair().unwrap();
+        guest.far_ends.push(far);
+        Ok(ours)
     }
 }
 

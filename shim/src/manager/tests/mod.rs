@@ -422,6 +422,35 @@ async fn a_call_held_by_a_hung_guest_ends_with_the_vm() {
     assert!(err.to_string().contains("the sandbox VM stopped"), "{err}");
 }
 
+#[tokio::test]
+async fn a_stream_that_fails_to_open_closes_the_fifos_already_wired() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = dir.path().join("stdout");
+    let stderr = dir.path().join("stderr");
+    for fifo in [&stdout, &stderr] {
+        nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    // containerd's end, reading until every writer is gone.
+    let mut reader = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&stdout)
+        .unwrap();
+    let agent = fakes::FakeAgent::default();
+    agent.guest.lock().unwrap().stdout_only = true;
+    let paths = StdioPaths {
+        stdout: stdout.display().to_string(),
+        stderr: stderr.display().to_string(),
+        ..Default::default()
+    };
+    let attached = stdio::ProcessIo::attach(&agent, "app", "e1", &StdioWiring::Fifos(paths)).await;
+    assert!(attached.is_err(), "stderr was refused");
+    // The stdout copy that had started is stopped, so the FIFO ends
+    // although the guest's stream never does.
+    let mut buffer = [0u8; 8];
+    let read = promptly("the FIFO's end", reader.read(&mut buffer)).await;
+    assert_eq!(read.unwrap(), 0);
+}
+
 #[test]
 fn oom_reports_pass_only_for_known_containers_once_a_second() {
     let mut filter = OomFilter::default();
