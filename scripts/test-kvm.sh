@@ -48,20 +48,13 @@ for suite in "${suites[@]}"; do
     binary=$(grep "/deps/$name-" <<<"$built" || true)
     [ -x "$binary" ] || { echo "test-kvm: cargo built no $name test binary" >&2; exit 1; }
     echo "test-kvm: $name on hull-vmm, in the lab (${tests[*]:-all tests})"
-    # The CRI tests share one containerd. Twice, the first two of them,
-    # run side by side in the lab, both hung until the lab's timeout with
-    # no trace (the host runs them side by side without trouble); one at a
-    # time in the lab until the lab's dump of a hang (kvm-lab/stage2)
-    # shows why.
-    threads=2
-    [ "$name" = cri_hull ] && threads=1
     # --exact: each name is a whole test name, not a pattern.
     exact=()
     [ ${#tests[@]} -gt 0 ] && exact=(--exact)
     if ! (cd "$package" && ../scripts/kvm-lab.sh --timeout 1500 \
         --env HULL_TEST_HYPERVISOR --env HULL_TEST_AGENT_TIMEOUT --env HULL_TEST_KERNEL \
         --env HULL_TEST_INITRD --env HULL_TEST_ROOTFS -- \
-        "$binary" --test-threads="$threads" "${exact[@]}" "${tests[@]}") 2>&1 | tee -a target/test.log; then
+        "$binary" --test-threads=2 "${exact[@]}" "${tests[@]}") 2>&1 | tee -a target/test.log; then
         failed+=("$name")
     fi
 done
