@@ -20,9 +20,7 @@ const ENDS_WITHIN: Duration = Duration::from_secs(20);
 
 fn containerd() -> Containerd {
     require_hull_shim();
-    let mut config = HullConfig::from_env();
-    config.extra = "health_check_interval_secs = 1\nhealth_check_timeout_secs = 5\n".into();
-    let c = Containerd::start_with(config);
+    let c = Containerd::start_with(hull_tests::soak::soak_config());
     c.import_busybox();
     c
 }
