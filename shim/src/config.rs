@@ -172,7 +172,14 @@ impl Config {
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.message().to_owned(),
+            message: match e.span() {
+                // Where it went wrong, as an editor counts lines.
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: {}", e.message().trim().replace('\n', "; "))
+                }
+                None => e.message().to_owned(),
+            },
         })?;
         config.validate(path)?;
         Ok(config)
@@ -333,6 +340,18 @@ mod tests {
             .to_string();
         assert!(err.contains("memroy_mib"), "{err}");
         assert!(err.contains("/etc/hull/config.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_file_names_the_line() {
+        let err = Config::parse(
+            "vcpus = 2\nmemory_mib = ]\nkernel = \"/k\"\n",
+            Path::new("/etc/hull/config.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/etc/hull/config.toml"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -229,9 +229,11 @@ fn task_event(event: Event) -> (&'static str, Box<dyn MessageDyn>) {
 /// The path from the options is also kept in the bundle, for `shim delete`,
 /// which containerd runs without the options.
 fn load_config(options: &protobuf::MessageField<Any>, bundle: &Path) -> TtrpcResult<Config> {
-    let from_options = options
-        .as_ref()
-        .and_then(|any| super::options::config_path(&any.type_url, &any.value));
+    let from_options = match options.as_ref() {
+        Some(any) => super::options::config_path(&any.type_url, &any.value)
+            .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))?,
+        None => None,
+    };
     let config = Config::load(from_options.as_deref().map(Path::new))
         .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))?;
     if let Some(path) = from_options {
@@ -282,12 +284,8 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> TtrpcResult<CreateTaskResponse> {
         let spec_path = Path::new(&req.bundle).join("config.json");
-        let spec = oci_spec::runtime::Spec::load(&spec_path).map_err(|e| {
-            status(
-                Code::INVALID_ARGUMENT,
-                format!("reading {}: {e}", spec_path.display()),
-            )
-        })?;
+        let spec = crate::spec::read_bundle_spec(&spec_path)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
         let config = load_config(&req.options, Path::new(&req.bundle))?;
         let spec_root = spec
             .root()
