@@ -113,6 +113,11 @@ impl Manager {
     ) -> Result<(), LifecycleError> {
         stdio.validate()?;
         crate::ids::validate("exec id", exec_id)?;
+        // What does not parse is the agent's to refuse; what parses is held
+        // to the kernel's exec limits here, where the error can say so.
+        if let Ok(parsed) = serde_json::from_slice::<oci_spec::runtime::Process>(&process) {
+            crate::spec::check_exec_limits(&parsed)?;
+        }
         let container = self.container(id)?;
         {
             let mut record = container.record();

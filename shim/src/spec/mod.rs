@@ -7,6 +7,9 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::pod::{check_supported, is_process_namespace, PodError, Role};
 
+mod exec_limits;
+pub use exec_limits::check as check_exec_limits;
+
 /// What `hull run` lets a user choose about the container's process.
 #[derive(Debug, Clone, Default)]
 pub struct ProcessOptions {
@@ -70,8 +73,17 @@ pub enum SpecError {
         destination: String,
         source_path: String,
     },
+    #[error("argument list too long: {0}")]
+    ExecTooLarge(String),
     #[error(transparent)]
     Pod(#[from] PodError),
+}
+
+/// The OCI spec at `path` (a bundle's config.json), or an error that names
+/// the file and what in it is wrong, line and column included.
+pub fn read_bundle_spec(path: &Path) -> Result<Spec, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("invalid OCI spec {}: {e}", path.display()))
 }
 
 /// Where a container's files live in the guest: `<share>/<id>/rootfs` and
@@ -159,9 +171,10 @@ pub fn guest_spec(
     pod: &PodContext,
     is_memory_volume: &dyn Fn(&Path) -> bool,
 ) -> Result<GuestSpec, SpecError> {
-    if spec.process().is_none() {
+    let Some(process) = spec.process() else {
         return Err(SpecError::NoProcess);
-    }
+    };
+    check_exec_limits(process)?;
     let role = Role::of(&spec);
     check_supported(&spec, role)?;
     let mut root = spec.root().clone().unwrap_or_default();
@@ -186,6 +199,8 @@ pub fn guest_spec(
     let mut shares = Vec::new();
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     for mount in &mut mounts {
+        // `..` in a destination stays inside the root, as runc resolves it.
+        mount.set_destination(lexically_inside_root(mount.destination()));
         let options = mount.options().clone().unwrap_or_default();
         let bind = mount.typ().as_deref() == Some("bind")
             || options.iter().any(|o| o == "bind" || o == "rbind");
@@ -253,6 +268,27 @@ pub fn guest_spec(
         spec.set_linux(Some(linux));
     }
     Ok(GuestSpec { spec, shares })
+}
+
+/// `path` with `.` and `..` resolved by name, never above `/`: how runc
+/// reads a mount destination inside the container's root. A relative path
+/// is left as it is.
+fn lexically_inside_root(path: &Path) -> PathBuf {
+    use std::path::Component;
+    if !path.is_absolute() {
+        return path.to_owned();
+    }
+    let mut clean = PathBuf::from("/");
+    for component in path.components() {
+        match component {
+            Component::Normal(name) => clean.push(name),
+            Component::ParentDir => {
+                clean.pop();
+            }
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    clean
 }
 
 /// The guest runs cgroup v2 whatever the host runs, so a container gets a
@@ -394,6 +430,45 @@ mod tests {
         );
         let config = mount(&guest.spec, "/etc/config");
         assert!(config.options().as_ref().unwrap().contains(&"ro".into()));
+    }
+
+    #[test]
+    fn a_bundle_spec_error_names_the_file_and_the_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let mut spec = serde_json::to_value(container_spec(
+            Path::new("rootfs"),
+            &ProcessOptions::default(),
+        ))
+        .unwrap();
+        spec["process"]["rlimits"] =
+            serde_json::json!([{"type": "RLIMIT_BOGUS", "hard": 1, "soft": 1}]);
+        std::fs::write(&path, spec.to_string()).unwrap();
+        let err = read_bundle_spec(&path).unwrap_err();
+        assert!(
+            err.contains("RLIMIT_BOGUS") && err.contains("config.json"),
+            "{err}"
+        );
+        let err = read_bundle_spec(&dir.path().join("none.json")).unwrap_err();
+        assert!(err.contains("none.json"), "{err}");
+    }
+
+    #[test]
+    fn dotdot_in_a_destination_stays_inside_the_root() {
+        let spec = with_mounts(
+            serde_json::json!({}),
+            serde_json::json!([
+                {"destination": "/mnt/../data", "type": "bind", "source": "/srv/data", "options": ["rbind"]},
+                {"destination": "/../../x/./y", "type": "tmpfs", "source": "tmpfs"},
+            ]),
+        );
+        let guest = plain_guest_spec(spec, "c1").unwrap();
+        mount(&guest.spec, "/data");
+        mount(&guest.spec, "/x/y");
+        assert_eq!(
+            lexically_inside_root(Path::new("rel/../x")),
+            Path::new("rel/../x")
+        );
     }
 
     #[test]
