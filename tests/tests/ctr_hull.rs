@@ -221,6 +221,20 @@ fn unknown_config_key_is_named() {
     assert_no_processes_or_mounts(&c);
 }
 
+#[test]
+fn a_corrupt_config_file_is_named_with_the_line() {
+    let config = HullConfig {
+        extra: "memory_mib = ]\n".into(),
+        ..HullConfig::from_env()
+    };
+    let (c, stderr) = failing_run(config);
+    assert!(
+        stderr.contains("hull.toml") && stderr.contains("line "),
+        "error does not name the file and line: {stderr}"
+    );
+    assert_no_processes_or_mounts(&c);
+}
+
 /// A sandbox id is joined into Hull's state directory; the CRI annotation
 /// that sets it is free text anyone with `ctr run --annotation` controls.
 /// Anything but containerd's id grammar is refused with InvalidArgument,
