@@ -729,14 +729,16 @@ pub fn processes_mentioning(needle: &Path, names: &[&str]) -> Vec<(u32, String)>
     found
 }
 
-/// Mount points at or under `dir`, parents before children.
+/// Mount points under `dir` (not `dir` itself), parents before children.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut mounts: Vec<PathBuf> = info
         .lines()
         .filter_map(|line| line.split(' ').nth(4))
         .map(|point| PathBuf::from(point.replace("\\040", " ")))
-        .filter(|point| point.starts_with(dir))
+        // Strictly under: a test may put the directory itself on a disk
+        // of its own (a small tmpfs, to fill).
+        .filter(|point| point.starts_with(dir) && point != dir)
         .collect();
     mounts.sort();
     mounts

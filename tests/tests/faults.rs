@@ -255,3 +255,104 @@ fn virtiofsd_killed_during_boot() {
     }
     hull_tests::assert_no_processes_or_mounts(&c);
 }
+
+/// A tmpfs of `size` mounted over `dir` for a test, unmounted when dropped
+/// (a failing test included).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        nix::mount::mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size},mode=0711").as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mounting a tmpfs on {}: {e}", dir.display()));
+        Self(dir.to_owned())
+    }
+
+    /// Writes `name` until the disk is full.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut file = std::fs::File::create(self.0.join(name)).unwrap();
+        let block = vec![0u8; 64 << 10];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+    }
+
+    fn free(&self, name: &str) {
+        std::fs::remove_file(self.0.join(name)).unwrap();
+    }
+
+    /// What is on the disk besides `except`.
+    fn entries(&self, except: &str) -> Vec<String> {
+        std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name != except)
+            .collect()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Hull's state dir full: a sandbox that cannot be made fails naming the
+/// cause and leaves nothing; one that runs when the disk fills keeps
+/// running, answers exec, and is deleted without a trace.
+#[test]
+fn a_full_state_dir() {
+    let c = containerd();
+    let disk = SmallDisk::mount(&c.hull_state_dir(), "4m");
+    disk.fill("filler");
+
+    let id = c.id("fullboot");
+    let output = c.ctr_run(HULL, &id, &["echo", "hi"], None);
+    let _ = c.ctr(&["containers", "rm", &id]);
+    if output.status.success() {
+        eprintln!("a sandbox ran with its state dir full");
+        assert_eq!(text(&output.stdout), "hi\n", "{}", describe(&output));
+    } else {
+        eprintln!("with its state dir full: {}", text(&output.stderr));
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains("No space left on device"),
+            "a full state dir is not named\n{}\n{}",
+            describe(&output),
+            c.log_tail(40)
+        );
+    }
+    hull_tests::assert_no_processes_or_mounts(&c);
+    assert_eq!(
+        disk.entries("filler"),
+        Vec::<String>::new(),
+        "left on the disk"
+    );
+
+    disk.free("filler");
+    let running = c.id("fullrun");
+    c.run_detached(HULL, &running, &["sleep", "100000"]);
+    disk.fill("filler");
+    let output = c.exec(&running, "full", &["echo", "still"], None);
+    assert_eq!(text(&output.stdout), "still\n", "{}", describe(&output));
+    assert_eq!(c.kill_and_remove(&running), 137);
+    hull_tests::assert_no_processes_or_mounts(&c);
+    assert_eq!(
+        disk.entries("filler"),
+        Vec::<String>::new(),
+        "left on the disk"
+    );
+}
