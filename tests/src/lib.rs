@@ -558,7 +558,7 @@ impl Containerd {
         processes_mentioning(&self.dir, names)
     }
 
-    /// Mount points at or under `under`.
+    /// Mount points under `under`.
     pub fn mounts_under(&self, under: &Path) -> Vec<PathBuf> {
         mounts_under(under)
     }

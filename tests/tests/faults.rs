@@ -162,6 +162,60 @@ fn virtiofsd_stopped() {
     });
 }
 
+/// A fault that lands as the task is being deleted: kill and delete come
+/// straight after it, before any health check could have seen it, and must
+/// still finish within the bound and leave nothing.
+fn fault_then_delete(name: &str, inject: impl FnOnce(&Containerd, &str)) {
+    let c = containerd();
+    let id = c.id(name);
+    c.run_detached(HULL, &id, &["sleep", "100000"]);
+    inject(&c, &id);
+    let started = Instant::now();
+    // A task the fault already ended answers as under runc: "process
+    // already finished".
+    let killed = c.ctr(&["task", "kill", "-s", "SIGKILL", &id]);
+    assert!(
+        killed.status.success() || text(&killed.stderr).contains("process already finished"),
+        "killing {id} after the fault\n{}",
+        describe(&killed)
+    );
+    assert!(
+        c.wait_for_status(&id, "STOPPED", ENDS_WITHIN),
+        "{id} did not stop within {ENDS_WITHIN:?} of a kill after the fault\n{}",
+        c.log_tail(40)
+    );
+    c.remove(&id);
+    assert!(
+        started.elapsed() < ENDS_WITHIN,
+        "kill and delete took {:?}",
+        started.elapsed()
+    );
+    assert_no_leftovers(&c);
+}
+
+#[test]
+fn vmm_stopped_during_delete() {
+    fault_then_delete("vmmstopdel", |c, id| signal(c.vmm_pid(id), Signal::SIGSTOP));
+}
+
+#[test]
+fn virtiofsd_killed_during_delete() {
+    fault_then_delete("virtiofsddel", |c, id| {
+        for pid in sandbox_process(c, id, "virtiofsd") {
+            signal(pid, Signal::SIGKILL);
+        }
+    });
+}
+
+#[test]
+fn vsock_backend_stopped_during_delete() {
+    fault_then_delete("vsockstopdel", |c, id| {
+        for pid in sandbox_process(c, id, " vsock ") {
+            signal(pid, Signal::SIGSTOP);
+        }
+    });
+}
+
 /// containerd dies and comes back with two sandboxes running, one of whose
 /// shims died while it was away: the live one is found again and answers
 /// exec, stats, kill and delete; the dead one is cleaned by `shim delete`,

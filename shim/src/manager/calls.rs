@@ -176,20 +176,25 @@ impl Manager {
         if exec_id.is_empty() {
             container.created().await?;
         }
-        if self.booted().is_some_and(|vm| !vm.alive()) {
-            // Every process ended with the VM (its exit may still be on its
-            // way): nothing is left to signal. containerd's CRI kills a
-            // container's processes on its exit, and must not fail then.
-            return if all {
+        // Every process ended with the VM (its exit may still be on its
+        // way): nothing is left to signal. containerd's CRI kills a
+        // container's processes on its exit, and must not fail then.
+        let ended_with_the_vm = || {
+            if all {
                 Ok(())
             } else {
                 Err(LifecycleError::Finished)
-            };
+            }
+        };
+        if self.booted().is_some_and(|vm| !vm.alive()) {
+            return ended_with_the_vm();
         }
-        self.agent()?
-            .signal_process(id, exec_id, signal, all)
-            .await
-            .map_err(agent_failed("signalling"))
+        match self.agent()?.signal_process(id, exec_id, signal, all).await {
+            // The VM ended while the signal was on its way (a kill is what
+            // comes to a sandbox that hung): the same answer.
+            Err(_) if self.booted().is_some_and(|vm| !vm.alive()) => ended_with_the_vm(),
+            signalled => signalled.map_err(agent_failed("signalling")),
+        }
     }
 
     /// Removes an exec process, or a container that is not running. The

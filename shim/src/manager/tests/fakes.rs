@@ -36,6 +36,8 @@ pub struct Guest {
     pub fail_create: Option<String>,
     /// StartContainer waits until this is true.
     pub hold_start: Option<watch::Receiver<bool>>,
+    /// SignalProcess waits until this is true (a guest that hung).
+    pub hold_signal: Option<watch::Receiver<bool>>,
     /// Set when the connection to the agent breaks: every wait fails.
     pub disconnected: watch::Sender<bool>,
     /// Stdio: stdout opens (a stream whose far end is kept here, so it
@@ -131,6 +133,10 @@ impl Agent for FakeAgent {
         _: bool,
     ) -> AgentResult<()> {
         self.call(format!("signal {id} {exec_id} {signal}"));
+        let hold = self.guest.lock().unwrap().hold_signal.clone();
+        if let Some(mut hold) = hold {
+            let _ = hold.wait_for(|released| *released).await;
+        }
         let process = self.exit_of(id, exec_id)?;
         drop(process);
         if signal == libc::SIGKILL as u32 || signal == libc::SIGTERM as u32 {

@@ -423,6 +423,28 @@ async fn a_call_held_by_a_hung_guest_ends_with_the_vm() {
 }
 
 #[tokio::test]
+async fn a_kill_held_by_a_hung_guest_ends_as_a_kill_after_the_vm() {
+    let mut h = Harness::new();
+    h.running_pod().await;
+    let (_release, hold) = watch::channel(false);
+    h.agent.guest.lock().unwrap().hold_signal = Some(hold);
+    let kill = |all| {
+        let manager = h.manager.clone();
+        tokio::spawn(async move { manager.kill("pod", "", libc::SIGKILL as u32, all).await })
+    };
+    let (one, all) = (kill(false), kill(true));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!one.is_finished() && !all.is_finished());
+    let hung = crate::hypervisor::Fault::AgentSilent(Duration::from_secs(30));
+    h.vm_exit.send_replace(Some(VmExit::Failed(hung)));
+    assert!(matches!(
+        promptly("kill", one).await.unwrap(),
+        Err(LifecycleError::Finished)
+    ));
+    promptly("kill --all", all).await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_stream_that_fails_to_open_closes_the_fifos_already_wired() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
