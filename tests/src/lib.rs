@@ -12,6 +12,7 @@
 //! stats, under a runtime handler (`runc`, `hull`).
 
 pub mod artifacts;
+pub mod config_spec;
 pub mod cri;
 pub mod process;
 pub mod scenarios;

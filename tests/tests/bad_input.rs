@@ -6,11 +6,9 @@
 //!
 //! Needs what ctr_hull.rs needs (`make test` sets it up).
 
-use std::path::Path;
-
 use hull_tests::{
-    assert_no_leftovers, describe, exit_code, require_hull_shim, text, Containerd, BUSYBOX, HULL,
-    RUNC,
+    assert_no_leftovers, config_spec, describe, exit_code, require_hull_shim, text, Containerd,
+    BUSYBOX, HULL, RUNC,
 };
 
 fn containerd() -> Containerd {
@@ -92,36 +90,11 @@ fn huge_environments_and_arguments_match_runc() {
     assert_no_leftovers(&c);
 }
 
-/// A root for `ctr run --config`: the host's static busybox and its shell.
-fn busybox_root(dir: &Path) -> String {
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).unwrap();
-    std::os::unix::fs::symlink("busybox", dir.join("bin/sh")).unwrap();
-    dir.to_str().unwrap().to_owned()
-}
-
-/// ctr's default spec for `sh -c 'echo ok'` on `root`, changed by `edit`.
-fn spec(c: &Containerd, root: &str, edit: impl Fn(&mut serde_json::Value)) -> serde_json::Value {
-    let output = c.ctr(&["oci", "spec"]);
-    assert!(
-        output.status.success(),
-        "ctr oci spec\n{}",
-        describe(&output)
-    );
-    let mut spec: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    spec["root"] = serde_json::json!({ "path": root });
-    spec["process"]["args"] = serde_json::json!(["sh", "-c", "echo ok"]);
-    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
-    edit(&mut spec);
-    spec
-}
-
 #[test]
 fn malformed_specs_fail_naming_the_cause() {
     let c = containerd();
-    let root = busybox_root(&c.dir().join("root"));
+    let root = config_spec::busybox_root(&c.dir().join("root"));
+    let spec = |edit: Edit| config_spec::spec(&c, &root, &["sh", "-c", "echo ok"], edit);
     type Edit = fn(&mut serde_json::Value);
     let cases: [(&str, Edit, &str); 3] = [
         (
@@ -149,19 +122,10 @@ fn malformed_specs_fail_naming_the_cause() {
         ),
     ];
     // The spec as given works: what fails below is what each case changed.
-    let good = c.dir().join("good.json");
-    std::fs::write(&good, spec(&c, &root, |_| {}).to_string()).unwrap();
+    let good = config_spec::write(&c, "good.json", &spec(|_| {}));
     for runtime in [RUNC, HULL] {
         let id = c.id("good");
-        let output = c.ctr(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "--config",
-            good.to_str().unwrap(),
-            &id,
-        ]);
+        let output = c.ctr(&["run", "--rm", "--runtime", runtime, "--config", &good, &id]);
         assert_eq!(
             outcome(&output),
             (0, "ok\n".into()),
@@ -170,19 +134,10 @@ fn malformed_specs_fail_naming_the_cause() {
         );
     }
     for (what, edit, named) in cases {
-        let path = c.dir().join(format!("{named}.json"));
-        std::fs::write(&path, spec(&c, &root, edit).to_string()).unwrap();
+        let path = config_spec::write(&c, &format!("{named}.json"), &spec(edit));
         for runtime in [RUNC, HULL] {
             let id = c.id("bad");
-            let output = c.ctr(&[
-                "run",
-                "--rm",
-                "--runtime",
-                runtime,
-                "--config",
-                path.to_str().unwrap(),
-                &id,
-            ]);
+            let output = c.ctr(&["run", "--rm", "--runtime", runtime, "--config", &path, &id]);
             let _ = c.ctr(&["containers", "rm", &id]);
             assert_ne!(
                 exit_code(&output),

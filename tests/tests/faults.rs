@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use hull_tests::{
-    assert_no_leftovers, describe, require_hull_shim, text, Containerd, HullConfig, HULL,
+    assert_no_leftovers, config_spec, describe, require_hull_shim, text, Containerd, HullConfig,
+    HULL,
 };
 use nix::sys::signal::Signal;
 
@@ -33,11 +34,24 @@ fn signal(pid: u32, signal: Signal) {
 /// Starts a victim and a bystander (each its own sandbox), breaks the
 /// victim's sandbox with `inject`, and checks what must hold after.
 fn fault(name: &str, inject: impl FnOnce(&Containerd, &str)) {
+    fault_of(
+        name,
+        |c, id| c.run_detached(HULL, id, &["sleep", "100000"]),
+        inject,
+    );
+}
+
+/// [`fault`] with a victim that `start` runs (detached, sleeping).
+fn fault_of(
+    name: &str,
+    start: impl FnOnce(&Containerd, &str),
+    inject: impl FnOnce(&Containerd, &str),
+) {
     let c = containerd();
     let victim = c.id(name);
     let bystander = c.id("bystander");
     c.run_detached(HULL, &bystander, &["sleep", "100000"]);
-    c.run_detached(HULL, &victim, &["sleep", "100000"]);
+    start(&c, &victim);
     // An exec in flight when the fault lands must end too.
     let exec = c.spawn_ctr(&[
         "task",
@@ -160,6 +174,34 @@ fn virtiofsd_stopped() {
             signal(pid, Signal::SIGSTOP);
         }
     });
+}
+
+/// The guest kernel panics (magic SysRq from a container that may write
+/// /proc/sysrq-trigger, as a privileged one may): the VM is gone, and with
+/// it the sandbox.
+#[test]
+fn guest_kernel_panicked() {
+    fault_of(
+        "panic",
+        |c, id| {
+            let root = config_spec::busybox_root(&c.dir().join(format!("{id}-root")));
+            let spec = config_spec::spec(c, &root, &["sleep", "100000"], |s| {
+                s["linux"]["readonlyPaths"] = serde_json::json!([]);
+            });
+            let spec = config_spec::write(c, &format!("{id}.json"), &spec);
+            let output = c.ctr(&["run", "-d", "--runtime", HULL, "--config", &spec, id]);
+            assert!(output.status.success(), "{}", describe(&output));
+        },
+        |c, id| {
+            let output = c.exec(
+                id,
+                "panic",
+                &["sh", "-c", "echo c > /proc/sysrq-trigger"],
+                None,
+            );
+            assert_ne!(output.status.code(), Some(0), "{}", describe(&output));
+        },
+    );
 }
 
 /// A fault that lands as the task is being deleted: kill and delete come
