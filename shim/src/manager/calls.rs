@@ -12,6 +12,11 @@ use super::process::{ProcessExit, ProcessRecord, ProcessStatus, UNKNOWN_EXIT};
 use super::stdio::{ProcessIo, StdioPaths, StdioWiring};
 use super::{Agent, Event, Manager, ProcessState};
 
+/// How long a Kill whose agent call failed waits for the VM's end to show:
+/// a VMM killed under the call breaks the connection a moment before its
+/// exit is seen.
+const VM_END_GRACE: Duration = Duration::from_secs(2);
+
 /// Signals whose default action ends a process: what a signal does to a
 /// container that has no process yet (it is still waiting for the VM).
 fn ends_by_default(signal: u32) -> bool {
@@ -186,14 +191,16 @@ impl Manager {
                 Err(LifecycleError::Finished)
             }
         };
-        if self.booted().is_some_and(|vm| !vm.alive()) {
+        let vm = self.booted().ok_or(LifecycleError::VmNotRunning)?;
+        if !vm.alive() {
             return ended_with_the_vm();
         }
-        match self.agent()?.signal_process(id, exec_id, signal, all).await {
+        match vm.agent.signal_process(id, exec_id, signal, all).await {
+            Ok(()) => Ok(()),
             // The VM ended while the signal was on its way (a kill is what
             // comes to a sandbox that hung): the same answer.
-            Err(_) if self.booted().is_some_and(|vm| !vm.alive()) => ended_with_the_vm(),
-            signalled => signalled.map_err(agent_failed("signalling")),
+            Err(_) if vm.ends_within(VM_END_GRACE).await => ended_with_the_vm(),
+            Err(err) => Err(agent_failed("signalling")(err)),
         }
     }
 

@@ -103,6 +103,16 @@ impl Booted {
         self.exit.borrow().is_none()
     }
 
+    /// Whether the VM ends within `grace`: an agent call that failed on
+    /// its transport (the VMM killed under it) comes back a moment before
+    /// the VM's exit does.
+    async fn ends_within(&self, grace: std::time::Duration) -> bool {
+        let mut exit = self.exit.clone();
+        tokio::time::timeout(grace, exit.wait_for(Option::is_some))
+            .await
+            .is_ok_and(|ended| ended.is_ok())
+    }
+
     fn with_vm<T>(&self, f: impl FnOnce(&dyn BootedVm) -> T) -> Option<T> {
         let vm = self.vm.lock().expect("vm lock");
         vm.as_deref().map(f)

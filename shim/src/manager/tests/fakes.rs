@@ -38,6 +38,8 @@ pub struct Guest {
     pub hold_start: Option<watch::Receiver<bool>>,
     /// SignalProcess waits until this is true (a guest that hung).
     pub hold_signal: Option<watch::Receiver<bool>>,
+    /// SignalProcess fails with this (a connection the VMM's end broke).
+    pub fail_signal: Option<String>,
     /// Set when the connection to the agent breaks: every wait fails.
     pub disconnected: watch::Sender<bool>,
     /// Stdio: stdout opens (a stream whose far end is kept here, so it
@@ -133,9 +135,15 @@ impl Agent for FakeAgent {
         _: bool,
     ) -> AgentResult<()> {
         self.call(format!("signal {id} {exec_id} {signal}"));
-        let hold = self.guest.lock().unwrap().hold_signal.clone();
+        let (hold, fail) = {
+            let guest = self.guest.lock().unwrap();
+            (guest.hold_signal.clone(), guest.fail_signal.clone())
+        };
         if let Some(mut hold) = hold {
             let _ = hold.wait_for(|released| *released).await;
+        }
+        if let Some(message) = fail {
+            return Err(rpc_error(ttrpc::Code::UNAVAILABLE, &message));
         }
         let process = self.exit_of(id, exec_id)?;
         drop(process);

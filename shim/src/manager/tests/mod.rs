@@ -445,6 +445,34 @@ async fn a_kill_held_by_a_hung_guest_ends_as_a_kill_after_the_vm() {
 }
 
 #[tokio::test]
+async fn a_kill_whose_connection_breaks_as_the_vm_ends_answers_as_after_it() {
+    let mut h = Harness::new();
+    h.running_pod().await;
+    h.agent.guest.lock().unwrap().fail_signal = Some("socket err: Connection reset by peer".into());
+    let kill = tokio::spawn({
+        let manager = h.manager.clone();
+        async move { manager.kill("pod", "", libc::SIGKILL as u32, false).await }
+    });
+    // The VM's exit is seen a moment after the connection broke.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.vm_exit.send_replace(Some(VmExit::Killed));
+    assert!(matches!(
+        promptly("kill", kill).await.unwrap(),
+        Err(LifecycleError::Finished)
+    ));
+    // With the VM alive, the agent's error is the answer.
+    let mut h = Harness::new();
+    h.running_pod().await;
+    h.agent.guest.lock().unwrap().fail_signal = Some("no such process".into());
+    let err = h
+        .manager
+        .kill("pod", "", libc::SIGKILL as u32, false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no such process"), "{err}");
+}
+
+#[tokio::test]
 async fn a_stream_that_fails_to_open_closes_the_fifos_already_wired() {
     use tokio::io::AsyncReadExt;
     let dir = tempfile::tempdir().unwrap();
