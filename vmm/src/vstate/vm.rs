@@ -94,10 +94,19 @@ impl Vm {
             .map_err(|source| VmError::Irqfd { gsi, source })
     }
 
+    /// What KVM can give a vCPU, the TSC-deadline timer included: the
+    /// in-kernel LAPIC emulates it, but KVM reports it only as a capability.
+    /// With it the guest arms its timer by TSC value and skips calibrating
+    /// the LAPIC timer, a busy-wait of its boot.
     pub fn supported_cpuid(&self) -> Result<kvm_bindings::CpuId, VmError> {
-        self.kvm
+        let mut cpuid = self
+            .kvm
             .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-            .map_err(VmError::Cpuid)
+            .map_err(VmError::Cpuid)?;
+        if self.kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer) {
+            crate::arch::x86_64::cpuid::offer_tsc_deadline(cpuid.as_mut_slice());
+        }
+        Ok(cpuid)
     }
 
     pub fn fd(&self) -> &VmFd {

@@ -28,6 +28,8 @@ const LEAF_AMD_TOPOLOGY: u32 = 0x8000_001e;
 const ECX_MONITOR: u32 = 1 << 3;
 /// Leaf 1 ECX: running under a hypervisor.
 const ECX_HYPERVISOR: u32 = 1 << 31;
+/// Leaf 1 ECX: the LAPIC timer has TSC-deadline mode.
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// Leaf 1 EDX: the APIC id and logical processor count fields are valid.
 const EDX_HTT: u32 = 1 << 28;
 /// Leaf 6 EAX: the APIC timer keeps running in deep C-states (true of KVM's APIC).
@@ -67,6 +69,13 @@ fn id_bits(count: u8) -> u32 {
 }
 
 /// Normalises `cpuid` (as from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `vcpu_count`.
+/// Sets leaf 1's TSC-deadline bit (for KVM_CAP_TSC_DEADLINE_TIMER).
+pub fn offer_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
+    for entry in entries.iter_mut().filter(|e| e.function == LEAF_FEATURES) {
+        entry.ecx |= ECX_TSC_DEADLINE;
+    }
+}
+
 pub fn normalize_cpuid(cpuid: &CpuId, vcpu_id: u8, vcpu_count: u8) -> Result<CpuId, CpuidError> {
     let mut entries = cpuid.as_slice().to_vec();
     normalize_entries(&mut entries, vcpu_id, vcpu_count)?;
@@ -246,6 +255,22 @@ mod tests {
         let l1 = find(&entries, 1, 0);
         assert_eq!(l1.ebx >> 16, 0x0001);
         assert_eq!(l1.edx & (1 << 28), 0, "HTT off for a single vCPU");
+    }
+
+    #[test]
+    fn tsc_deadline_is_offered_in_leaf_1() {
+        let mut entries = host_like();
+        for entry in entries.iter_mut().filter(|e| e.function == 1) {
+            entry.ecx &= !(1 << 24);
+        }
+        offer_tsc_deadline(&mut entries);
+        assert_ne!(find(&entries, 1, 0).ecx & (1 << 24), 0);
+        normalize_entries(&mut entries, 0, 2).unwrap();
+        assert_ne!(
+            find(&entries, 1, 0).ecx & (1 << 24),
+            0,
+            "normalizing keeps it"
+        );
     }
 
     #[test]
