@@ -13,15 +13,17 @@
 # the current directory; its output streams here, and the script exits with
 # its status; with --timeout, a command still running after SECONDS is
 # killed and the script exits 124 (and L1 itself is killed a minute later if
-# it does not come down). The kernel and the lab's initramfs are cached in
-# /var/cache/hull/kvm-lab/<key>, keyed by the package's version and this
-# script.
+# it does not come down). An L1 the emulator wedges is stopped 90 s after
+# its last heartbeat and the script exits 75. The kernel and the lab's
+# initramfs are cached in /var/cache/hull/kvm-lab/<key>, keyed by the
+# package's version and this script.
 set -euo pipefail
 
 memory_mib=3072
 # One CPU: with two, about one boot of hull-vmm in ten triple-faults when the
 # scheduler moves its vCPU thread from one L1 CPU to the other (QEMU 7.2's
-# emulation of AMD-V; docs/kvm-lab.md). An L2 VM may still have more vCPUs.
+# emulation of AMD-V; docs/kvm-lab.md). An L2 VM may have more, though the
+# test suites keep theirs at one (scripts/test-kvm.sh).
 cpus=1
 timeout_secs=0
 pass_env=(PATH HOME TERM RUST_LOG RUST_BACKTRACE)
@@ -144,7 +146,11 @@ fi
 run=$(mktemp -d /tmp/hull-kvm-lab.XXXXXX)
 virtiofsd_pid=
 qemu_pid=
+watcher_pid=
+drain_pid=
 cleanup() {
+    [ -n "$watcher_pid" ] && kill "$watcher_pid" 2>/dev/null || true
+    [ -n "$drain_pid" ] && kill "$drain_pid" 2>/dev/null || true
     [ -n "$qemu_pid" ] && kill "$qemu_pid" 2>/dev/null || true
     [ -n "$virtiofsd_pid" ] && kill "$virtiofsd_pid" 2>/dev/null || true
     wait 2>/dev/null || true
@@ -175,6 +181,51 @@ for _ in $(seq 100); do [ -S "$run/fs.sock" ] && break; sleep 0.05; done
 khz=$(awk -F: '/^cpu MHz/ { printf "%d", $2 * 1000; exit }' /proc/cpuinfo)
 cmdline="console=ttyS0 quiet loglevel=1 panic=-1 pci=off tsc_early_khz=$khz hull_lab=$run"
 
+# L1's monitor, through two FIFOs QEMU holds open (so neither side ever
+# blocks on the other): commands go into monitor.in, and everything QEMU
+# answers is drained into monitor.log.
+# (cat holds its FIFO read-write too: it never waits for QEMU to open it.)
+mkfifo "$run/monitor.in" "$run/monitor.out"
+cat 0<>"$run/monitor.out" >> "$run/monitor.log" &
+drain_pid=$!
+
+# QEMU 7.2's emulation of nested AMD-V passes L1's own interrupts (its
+# timer's, above all) to L1 late while an L2 guest runs, when L2 leaves for
+# reasons of its own (docs/kvm-lab.md, "L1 wedges"). Now and then it never
+# does, and L1, with every timeout in it, stands still until the backstop
+# below. L1 prints a heartbeat every 10 s (stage2); the console reader
+# stamps $run/alive with each. Ninety seconds without one is that wedge:
+# L1 is stopped at once, with what its monitor shows, and the script exits
+# 75, which scripts/test-kvm.sh takes as "run the suite again", not as a
+# test failure.
+monitor() {
+    local size
+    size=$(stat -c %s "$run/monitor.log")
+    # Opened read-write: a write never waits on a QEMU that has gone.
+    echo "$1" 1<>"$run/monitor.in"
+    sleep 1
+    tail -c +"$((size + 1))" "$run/monitor.log" 2>/dev/null | tr -d '\r'
+}
+watch_for_wedge() {
+    local silent
+    while sleep 15; do
+        # Before L1's first heartbeat it is still booting; the backstop
+        # covers a boot that never ends.
+        [ -f "$run/alive" ] || continue
+        silent=$(($(date +%s) - $(stat -c %Y "$run/alive")))
+        if [ "$silent" -ge 90 ]; then
+            {
+                echo "kvm-lab: L1 stood still for $silent s (no heartbeat): the emulator wedged it; stopping L1"
+                monitor "info lapic" | grep -E '^(LVTT|Timer|ISR|IRR)'
+                monitor "info registers" | grep -E '^RIP='
+            } >&2
+            touch "$run/wedged"
+            kill "$qemu_pid"
+            return
+        fi
+    done
+}
+
 # mawk (Debian's awk) reads a pipe in blocks unless told otherwise, which
 # would hold the command's output back until L1 ends.
 awk_flags=()
@@ -186,22 +237,32 @@ guard=()
 "${guard[@]}" qemu-system-x86_64 \
     -M microvm,x-option-roms=off,rtc=on,memory-backend=mem \
     -object memory-backend-memfd,id=mem,size="${memory_mib}M",share=on \
-    -m "${memory_mib}M" -smp "$cpus" -accel tcg,thread=multi -cpu max \
+    -m "${memory_mib}M" -smp "$cpus" -accel tcg,thread=single -cpu max,-vgif \
     -kernel "$cache/vmlinux" -initrd "$cache/initramfs.img" -append "$cmdline" \
     -chardev socket,id=hostroot,path="$run/fs.sock" \
     -device vhost-user-fs-device,chardev=hostroot,tag=hostroot \
-    -display none -monitor none -serial stdio -no-reboot </dev/null \
-    > >(awk "${awk_flags[@]}" -v status="$run/status" '
+    -display none -chardev pipe,id=monitor,path="$run/monitor" \
+    -mon chardev=monitor,mode=readline -serial stdio -no-reboot </dev/null \
+    > >(awk "${awk_flags[@]}" -v status="$run/status" -v alive="$run/alive" '
         { sub(/\r$/, "") }
         /^kvm-lab: exit [0-9]+$/ { if (!done) print $3 > status; done = 1; next }
+        # The heartbeat, which may land inside a line of the command output.
+        /kvm-lab: alive/ { sub(/kvm-lab: alive/, ""); print "" > alive; close(alive); if ($0 == "") next }
         /^\[ *[0-9.]+\] sysrq: Resetting$/ { next }
         { print; fflush() }') &
 qemu_pid=$!
+watch_for_wedge &
+watcher_pid=$!
 wait "$qemu_pid" || true
 qemu_pid=
+kill "$watcher_pid" 2>/dev/null || true
+watcher_pid=
 # The awk behind the process substitution may still be writing.
 for _ in $(seq 50); do [ -f "$run/status" ] && break; sleep 0.1; done
 
+if [ -f "$run/wedged" ]; then
+    exit 75
+fi
 if [ ! -f "$run/status" ]; then
     echo "kvm-lab: L1 stopped without reporting the command's status" >&2
     exit 125
