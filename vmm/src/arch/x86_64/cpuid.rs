@@ -68,7 +68,6 @@ fn id_bits(count: u8) -> u32 {
     u32::from(count).next_power_of_two().trailing_zeros()
 }
 
-/// Normalises `cpuid` (as from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `vcpu_count`.
 /// Sets leaf 1's TSC-deadline bit (for KVM_CAP_TSC_DEADLINE_TIMER).
 pub fn offer_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
     for entry in entries.iter_mut().filter(|e| e.function == LEAF_FEATURES) {
@@ -76,6 +75,7 @@ pub fn offer_tsc_deadline(entries: &mut [kvm_cpuid_entry2]) {
     }
 }
 
+/// Normalises `cpuid` (as from KVM_GET_SUPPORTED_CPUID) for vCPU `vcpu_id` of `vcpu_count`.
 pub fn normalize_cpuid(cpuid: &CpuId, vcpu_id: u8, vcpu_count: u8) -> Result<CpuId, CpuidError> {
     let mut entries = cpuid.as_slice().to_vec();
     normalize_entries(&mut entries, vcpu_id, vcpu_count)?;
