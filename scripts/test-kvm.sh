@@ -25,9 +25,9 @@ export HULL_TEST_AGENT_TIMEOUT=120
 # each a whole test name, or `--skip NAME`).
 # The containerd scenarios are those that reach a path of hull-vmm's that
 # hull_run does not (exec with and without a terminal, pause, stats, the VMM
-# killed under a task, a pod's network through virtio-net, volumes, the
-# pod's size in vCPUs and memory, hull-vmm stopped under a task and as it
-# is deleted, virtiofsd killed, the guest kernel panicking); the rest differ
+# killed under a task, a pod's network through virtio-net, volumes,
+# hull-vmm stopped under a task and as it is deleted, virtiofsd killed, the
+# guest kernel panicking); the rest differ
 # from their QEMU runs in make test only in the backend. The lab's one
 # emulated CPU makes each boot take seconds, so the choice keeps the lab
 # near ten minutes.
