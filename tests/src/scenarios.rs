@@ -154,13 +154,18 @@ pub fn exec(c: &Containerd, runtime: &str) -> Exec {
         "{id} is not running"
     );
 
+    // The pause before exiting is for runc's side: containerd-shim-runc-v2
+    // publishes an exec's exit without waiting for its output to be copied,
+    // and ctr closes the streams when it sees the exit, so a process that
+    // writes and exits at once loses output now and then (stderr came back
+    // empty under runc in about one full run in eight).
     let output = c.exec(
         &id,
         "e1",
         &[
             "sh",
             "-c",
-            "echo out; echo err >&2; [ -t 1 ] || echo no-tty; exit 5",
+            "echo out; echo err >&2; [ -t 1 ] || echo no-tty; sleep 0.5; exit 5",
         ],
         None,
     );
