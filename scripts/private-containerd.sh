@@ -120,8 +120,17 @@ EOF
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         Root = "$dir/runc"
+    # runc as a VM runtime's privileged pods are compared with: privileged,
+    # without the host's devices.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-nodev]
+      runtime_type = "io.containerd.runc.v2"
+      privileged_without_host_devices = true
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-nodev.options]
+        Root = "$dir/runc"
+    # As `hull install` registers it.
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
       runtime_type = "io.containerd.hull.v2"
+      privileged_without_host_devices = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni/net.d"

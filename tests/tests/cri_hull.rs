@@ -9,7 +9,10 @@
 use std::sync::Arc;
 
 use hull_tests::cri::scenarios::{self, Held, Teardown};
-use hull_tests::cri::{ContainerSpec, CriContainerd, Pod, PodSpec, HULL_HANDLER, RUNC_HANDLER};
+use hull_tests::cri::{
+    ContainerSpec, CriContainerd, Pod, PodSpec, HULL_HANDLER, RUNC_HANDLER,
+    RUNC_NO_HOST_DEVICES_HANDLER,
+};
 use hull_tests::{host_kernel_release, require_hull_shim};
 
 fn cri() -> Arc<CriContainerd> {
@@ -124,20 +127,45 @@ fn share_process_namespace_puts_the_pod_in_one_pid_namespace() {
     assert!(p.sees_other_container);
 }
 
-/// A privileged container would get the host's devices, which a VM does
-/// not have: refused, naming them, and the pod leaves nothing behind.
+/// Under `privileged_without_host_devices` (which `hull install` sets), a
+/// privileged container is privileged inside its VM: all capabilities, no
+/// seccomp, writable /proc and /sys, any device of the guest; as runc's
+/// under the same option.
 #[test]
-fn a_privileged_container_with_host_devices_is_refused() {
+fn a_privileged_container_is_privileged_inside_the_vm() {
     let cri = cri();
-    let err = scenarios::privileged(&cri, HULL_HANDLER)
-        .map(|_| ())
-        .expect_err("Hull ran a privileged container with the host's devices");
-    let message = err.to_string();
-    assert!(message.contains("host devices"), "{message}");
+    let mut runc = scenarios::privileged_without_host_devices(&cri, RUNC_NO_HOST_DEVICES_HANDLER);
+    let mut hull = scenarios::privileged_without_host_devices(&cri, HULL_HANDLER);
+    without_teardown(&mut runc, |r| &mut r.teardown, Held::ALL);
+    without_teardown(&mut hull, |r| &mut r.teardown, HULL_HELD);
+    // /sys is writable as the spec asks; under runc the pause container's
+    // read-only sysfs is what a pod's containers get (see the scenario).
+    assert_eq!(hull.sysfs, ["/sys rw", "wrote-sysfs"]);
+    hull.sysfs = runc.sysfs.clone();
+    // The guest enforces no device cgroup (docs/kubernetes.md): the node
+    // made opens, where runc's device rules refuse it.
+    assert_eq!(hull.may[1], "opened-kmsg");
+    hull.may[1] = runc.may[1].clone();
+    assert_eq!(hull, runc, "Hull (left) and runc (right) differ");
     assert!(
-        message.contains("/dev/"),
-        "the devices are named: {message}"
+        hull.security.contains(&"Seccomp:\t0".to_string()),
+        "{hull:?}"
     );
+    assert_eq!(hull.may[0], "mounted-tmpfs");
+}
+
+/// A host device (a device plugin's) cannot reach a VM: refused, naming
+/// it, and the pod leaves nothing behind.
+#[test]
+fn a_host_device_is_refused_by_name() {
+    let cri = cri();
+    let (started, teardown) = scenarios::host_device(&cri, HULL_HANDLER);
+    let message = started
+        .expect_err("Hull ran a container with a host device")
+        .to_string();
+    assert!(message.contains("host devices"), "{message}");
+    assert!(message.contains("/dev/loop-control"), "{message}");
+    assert_eq!(teardown.left, Default::default(), "left behind");
 }
 
 /// The VM is sized from the pod's resources plus the configured overhead

@@ -16,6 +16,7 @@ use hull_tests::cri::scenarios::{
 };
 use hull_tests::cri::{
     ContainerSpec, CriContainerd, Pod, PodFootprint, PodNetwork, PodSpec, RUNC_HANDLER,
+    RUNC_NO_HOST_DEVICES_HANDLER,
 };
 
 fn cri() -> Arc<CriContainerd> {
@@ -140,6 +141,34 @@ fn a_privileged_container_sees_the_host_devices() {
         .unwrap_or_else(|e| panic!("runc refused a privileged container: {e}"));
     assert!(p.sees_host_devices);
     clean(&p.teardown, Held::ALL);
+}
+
+/// What Hull's privileged containers are compared with: runc under the CRI
+/// option that leaves the host's devices out.
+#[test]
+fn a_privileged_container_without_host_devices() {
+    let cri = cri();
+    let p = scenarios::privileged_without_host_devices(&cri, RUNC_NO_HOST_DEVICES_HANDLER);
+    assert!(p.security.contains(&"Seccomp:\t0".to_string()), "{p:?}");
+    assert_eq!(p.proc, ["/proc rw", "masked 0"]);
+    assert_eq!(
+        p.may,
+        [
+            "mounted-tmpfs",
+            "head: /tmp/probe/kmsg: Operation not permitted",
+            "wrote-sysctl"
+        ]
+    );
+    assert!(!p.dev.iter().any(|d| d.starts_with("loop")), "{p:?}");
+    // The pause container's read-only sysfs is the pod's (see the scenario),
+    // though the spec asks for a writable one.
+    assert_eq!(p.sysfs[0], "/sys ro");
+    assert!(p.sysfs[1].contains("Read-only file system"), "{p:?}");
+    clean(&p.teardown, Held::ALL);
+    // The same container asking for a device gets it.
+    let (started, teardown) = scenarios::host_device(&cri, RUNC_HANDLER);
+    started.unwrap_or_else(|e| panic!("runc refused a host device: {e}"));
+    clean(&teardown, Held::ALL);
 }
 
 #[test]

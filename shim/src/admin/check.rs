@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 mod facts;
 
 pub use self::facts::{FileProbe, HostFacts, Program};
-use super::containerd_config;
+use super::containerd_config::{self, HullHandler};
 use crate::config::{Accelerator, Config, HypervisorKind, UserNamespaceMode, DEFAULT_CONFIG_PATH};
 use crate::host::Virtualization;
 use crate::hypervisor::{Backend, ResolvedAccelerator};
@@ -391,18 +391,35 @@ pub fn check_containerd_config(path: &Path, text: std::io::Result<&str>) -> Chec
                 containerd_config::RUNTIME_TYPE
             ),
         ),
-        Ok(handlers) => Check::new(
-            "containerd config",
-            Status::Ok,
-            format!(
-                "{shown} registers CRI runtime handler {}",
+        Ok(handlers) => {
+            let names = |handlers: &[&HullHandler]| {
                 handlers
                     .iter()
-                    .map(|h| format!("`{h}`"))
+                    .map(|h| format!("`{}`", h.name))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ),
-        ),
+            };
+            let (ready, lacking): (Vec<&HullHandler>, Vec<&HullHandler>) = handlers
+                .iter()
+                .partition(|h| h.privileged_without_host_devices);
+            if lacking.is_empty() {
+                Check::new(
+                    "containerd config",
+                    Status::Ok,
+                    format!("{shown} registers CRI runtime handler {}", names(&ready)),
+                )
+            } else {
+                Check::new(
+                    "containerd config",
+                    Status::Warn,
+                    format!(
+                        "{shown}: runtime handler {} lacks `{} = true`, so containerd gives privileged containers the host's devices and Hull refuses them; run `hull install` or set it",
+                        names(&lacking),
+                        containerd_config::PRIVILEGED_OPTION
+                    ),
+                )
+            }
+        }
         Err(err) => Check::new("containerd config", Status::Warn, format!("{shown}: {err}")),
     }
 }

@@ -12,6 +12,11 @@ pub const RUNTIME_TYPE: &str = "io.containerd.hull.v2";
 pub const HANDLER: &str = "hull";
 /// Where containerd reads its configuration.
 pub const DEFAULT_PATH: &str = "/etc/containerd/config.toml";
+/// The CRI runtime option that keeps the host's devices out of privileged
+/// containers. Without it containerd puts every host device in a privileged
+/// container's spec, which a VM cannot have, and Hull refuses the pod; with
+/// it the container runs privileged inside the guest.
+pub const PRIVILEGED_OPTION: &str = "privileged_without_host_devices";
 
 /// Why a containerd configuration cannot be read or merged into. The
 /// messages are fragments: the caller names the file.
@@ -102,8 +107,16 @@ fn schema(doc: &DocumentMut) -> Result<Option<Schema>, ContainerdConfigError> {
     }
 }
 
-/// The names of the runtimes whose `runtime_type` is Hull's, in file order.
-pub fn hull_handlers(text: &str) -> Result<Vec<String>, ContainerdConfigError> {
+/// A runtime handler of the CRI plugin whose `runtime_type` is Hull's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HullHandler {
+    pub name: String,
+    /// Whether it sets [`PRIVILEGED_OPTION`], so privileged pods can run.
+    pub privileged_without_host_devices: bool,
+}
+
+/// The runtimes whose `runtime_type` is Hull's, in file order.
+pub fn hull_handlers(text: &str) -> Result<Vec<HullHandler>, ContainerdConfigError> {
     let doc = parse(text)?;
     let Some(schema) = schema(&doc)? else {
         return Ok(Vec::new());
@@ -121,12 +134,19 @@ pub fn hull_handlers(text: &str) -> Result<Vec<String>, ContainerdConfigError> {
     Ok(runtimes
         .iter()
         .filter(|(_, runtime)| runtime_type(runtime) == Some(RUNTIME_TYPE))
-        .map(|(name, _)| name.to_owned())
+        .map(|(name, runtime)| HullHandler {
+            name: name.to_owned(),
+            privileged_without_host_devices: privileged_option(runtime) == Some(true),
+        })
         .collect())
 }
 
 fn runtime_type(runtime: &Item) -> Option<&str> {
     runtime.as_table_like()?.get("runtime_type")?.as_str()
+}
+
+fn privileged_option(runtime: &Item) -> Option<bool> {
+    runtime.as_table_like()?.get(PRIVILEGED_OPTION)?.as_bool()
 }
 
 /// Merges the `hull` runtime handler into `text`, keeping every other line,
@@ -149,14 +169,31 @@ pub fn register(text: &str) -> Result<Registration, ContainerdConfigError> {
     for (depth, key) in path.iter().enumerate() {
         runtimes = child_table(runtimes, key, &path[..=depth])?;
     }
-    if let Some(existing) = runtimes.as_table_like().and_then(|t| t.get(HANDLER)) {
-        return match runtime_type(existing) {
-            Some(RUNTIME_TYPE) => Ok(Registration::AlreadyRegistered),
-            Some(other) => Err(ContainerdConfigError::Conflict(format!(
-                "runtime_type = {other:?}"
-            ))),
-            None => Err(ContainerdConfigError::Conflict("no runtime_type".into())),
-        };
+    if let Some(existing) = runtimes
+        .as_table_like_mut()
+        .and_then(|t| t.get_mut(HANDLER))
+    {
+        match runtime_type(existing) {
+            // A handler registered before Hull set the option gets it; one
+            // that says `false` is the administrator's choice and stays.
+            Some(RUNTIME_TYPE) if privileged_option(existing).is_none() => {
+                let handler = existing.as_table_like_mut().ok_or_else(|| {
+                    ContainerdConfigError::NotATable(dotted(&[&path[..], &[HANDLER]].concat()))
+                })?;
+                handler.insert(PRIVILEGED_OPTION, toml_edit::value(true));
+            }
+            Some(RUNTIME_TYPE) => return Ok(Registration::AlreadyRegistered),
+            Some(other) => {
+                return Err(ContainerdConfigError::Conflict(format!(
+                    "runtime_type = {other:?}"
+                )))
+            }
+            None => return Err(ContainerdConfigError::Conflict("no runtime_type".into())),
+        }
+        return Ok(Registration::Added {
+            text: doc.to_string(),
+            snippet: format!("{PRIVILEGED_OPTION} = true, in the existing `{HANDLER}` runtime"),
+        });
     }
     if insert_handler(runtimes, after_last, &trailing) {
         doc.set_trailing("");
@@ -224,12 +261,14 @@ fn insert_handler(runtimes: &mut Item, position: Option<usize>, comments: &str) 
         Item::Value(Value::InlineTable(table)) => {
             let mut handler = InlineTable::new();
             handler.insert("runtime_type", RUNTIME_TYPE.into());
+            handler.insert(PRIVILEGED_OPTION, true.into());
             table.insert(HANDLER, Value::InlineTable(handler));
             false
         }
         Item::Table(table) => {
             let mut handler = Table::new();
             handler.insert("runtime_type", toml_edit::value(RUNTIME_TYPE));
+            handler.insert(PRIVILEGED_OPTION, toml_edit::value(true));
             // A blank line before the new header, as a person would write it.
             let comments = comments.trim_end();
             handler.decor_mut().set_prefix(if comments.is_empty() {
@@ -281,6 +320,14 @@ mod tests {
 
     const TABLE: &str = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]";
 
+    fn names(text: &str) -> Vec<String> {
+        hull_handlers(text)
+            .unwrap()
+            .into_iter()
+            .map(|h| h.name)
+            .collect()
+    }
+
     fn added(text: &str) -> (String, String) {
         match register(text).unwrap() {
             Registration::Added { text, snippet } => (text, snippet),
@@ -296,9 +343,9 @@ mod tests {
         assert!(text.contains("runtime_type = \"io.containerd.hull.v2\""));
         assert_eq!(
             snippet,
-            format!("{TABLE}\nruntime_type = \"io.containerd.hull.v2\"")
+            format!("{TABLE}\nruntime_type = \"io.containerd.hull.v2\"\nprivileged_without_host_devices = true")
         );
-        assert_eq!(hull_handlers(&text).unwrap(), ["hull"]);
+        assert_eq!(names(&text), ["hull"]);
         // What was written parses as the same structure containerd reads.
         let value: toml::Value = toml::from_str(&text).unwrap();
         assert_eq!(
@@ -392,7 +439,7 @@ version = 2
             format!("version = 2\n# nothing here yet\n\n{snippet}\n")
         );
         assert!(text.contains("version = 2"), "{text}");
-        assert_eq!(hull_handlers(&text).unwrap(), ["hull"]);
+        assert_eq!(names(&text), ["hull"]);
     }
 
     #[test]
@@ -403,7 +450,7 @@ version = 2
                 .starts_with("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.hull]"),
             "{snippet}"
         );
-        assert_eq!(hull_handlers(&text).unwrap(), ["hull"]);
+        assert_eq!(names(&text), ["hull"]);
     }
 
     #[test]
@@ -467,8 +514,52 @@ version = 2
             TABLE.replace(".hull]", ".fast]"),
             TABLE.replace(".hull]", ".runc]"),
         );
-        assert_eq!(hull_handlers(&text).unwrap(), ["fast"]);
+        assert_eq!(names(&text), ["fast"]);
         assert!(hull_handlers("").unwrap().is_empty());
         assert!(hull_handlers("version = 2\n").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_handler_keeps_host_devices_out_of_privileged_pods() {
+        let (text, _) = added("version = 2\n");
+        assert_eq!(
+            hull_handlers(&text).unwrap(),
+            [HullHandler {
+                name: "hull".into(),
+                privileged_without_host_devices: true
+            }]
+        );
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        assert_eq!(
+            value["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["hull"]
+                [PRIVILEGED_OPTION]
+                .as_bool(),
+            Some(true)
+        );
+        let inline =
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = {}\n";
+        let (text, _) = added(inline);
+        assert!(hull_handlers(&text).unwrap()[0].privileged_without_host_devices);
+    }
+
+    #[test]
+    fn an_older_registration_gets_the_option_and_keeps_the_rest() {
+        let old = format!(
+            "version = 2\n{TABLE}\nruntime_type = \"io.containerd.hull.v2\"\n  # kept\n  pod_annotations = [\"a\"]\n"
+        );
+        assert!(!hull_handlers(&old).unwrap()[0].privileged_without_host_devices);
+        let (text, snippet) = added(&old);
+        assert!(snippet.contains(PRIVILEGED_OPTION), "{snippet}");
+        assert!(text.starts_with(&old), "{text}");
+        assert!(hull_handlers(&text).unwrap()[0].privileged_without_host_devices);
+        assert_eq!(register(&text).unwrap(), Registration::AlreadyRegistered);
+
+        // `false` is a choice, which install leaves and check reports.
+        let declined = format!("{old}{PRIVILEGED_OPTION} = false\n");
+        assert_eq!(
+            register(&declined).unwrap(),
+            Registration::AlreadyRegistered
+        );
+        assert!(!hull_handlers(&declined).unwrap()[0].privileged_without_host_devices);
     }
 }

@@ -28,6 +28,10 @@ use crate::{artifacts, Containerd, HullConfig};
 pub const CRI_NAMESPACE: &str = "k8s.io";
 /// runc's CRI runtime handler.
 pub const RUNC_HANDLER: &str = "runc";
+/// runc with `privileged_without_host_devices = true`, the CRI option VM
+/// runtimes use: a privileged container without the host's devices, which
+/// is what Hull's privileged containers are compared with.
+pub const RUNC_NO_HOST_DEVICES_HANDLER: &str = "runc-nodev";
 /// Hull's CRI runtime handler (and RuntimeClass handler).
 pub const HULL_HANDLER: &str = "hull";
 /// The pod sandbox image, built by `images/pause-image.sh`.

@@ -122,6 +122,7 @@ pub struct ContainerSpec {
     seccomp: Option<api::SecurityProfile>,
     no_new_privs: bool,
     run_as_user: Option<i64>,
+    devices: Vec<api::Device>,
 }
 
 impl ContainerSpec {
@@ -135,6 +136,7 @@ impl ContainerSpec {
             seccomp: None,
             no_new_privs: false,
             run_as_user: None,
+            devices: Vec::new(),
         }
     }
 
@@ -176,6 +178,16 @@ impl ContainerSpec {
     /// devices).
     pub fn privileged(mut self) -> Self {
         self.privileged = true;
+        self
+    }
+
+    /// A host device, as a device plugin asks for one.
+    pub fn device(mut self, host: &str, container: &str) -> Self {
+        self.devices.push(api::Device {
+            host_path: host.to_string(),
+            container_path: container.to_string(),
+            permissions: "rw".to_string(),
+        });
         self
     }
 
@@ -327,6 +339,7 @@ impl<'a> Pod<'a> {
             }),
             command: spec.command.clone(),
             mounts: spec.mounts.clone(),
+            devices: spec.devices.clone(),
             log_path: spec.log_path(),
             linux: Some(api::LinuxContainerConfig {
                 resources,

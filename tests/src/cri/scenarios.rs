@@ -812,6 +812,89 @@ pub fn privileged(cri: &CriContainerd, handler: &str) -> Result<Privileged, CriE
     })
 }
 
+/// A privileged container under the CRI option that keeps the host's
+/// devices out (`privileged_without_host_devices`): what it may do.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PrivilegedWithoutHostDevices {
+    /// The `Cap*`, `Seccomp:` and `NoNewPrivs:` lines of /proc/self/status.
+    pub security: Vec<String>,
+    /// `/proc` with `rw` or `ro`, and how many mounts mask paths below it.
+    pub proc: Vec<String>,
+    /// What the script below printed, errors included: a tmpfs mounted, a
+    /// device node made in it and opened (containerd 1.6 keeps the device
+    /// cgroup of an unprivileged container under this option), a sysctl of
+    /// its network namespace written. (The node is made on the tmpfs: Hull's
+    /// virtio-fs server may not make device nodes in the host's files.)
+    pub may: Vec<String>,
+    /// `ls /dev`.
+    pub dev: Vec<String>,
+    /// `/sys` with `rw` or `ro`, and a file written under it (or the error).
+    /// Under runc a pod's sysfs is its network namespace's, which the pause
+    /// container mounted read-only first, so a privileged container's
+    /// writable /sys is read-only in fact; in a Hull pod the network
+    /// namespace is the guest's and /sys is writable as the spec asks.
+    pub sysfs: Vec<String>,
+    pub teardown: Teardown,
+}
+
+const PRIVILEGED_PROBE: &str = r#"
+exec 2>&1
+grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|Seccomp|NoNewPrivs):' /proc/self/status
+echo ---
+awk '$2 == "/proc" { print $2, substr($4, 1, 2) }' /proc/mounts
+echo masked $(awk '$2 ~ "^/proc/" { n++ } END { print n + 0 }' /proc/mounts)
+echo ---
+mkdir -p /tmp/probe && mount -t tmpfs probe /tmp/probe && echo mounted-tmpfs
+mknod /tmp/probe/kmsg c 1 11 && head -c 0 /tmp/probe/kmsg && echo opened-kmsg
+echo 1 > /proc/sys/net/ipv4/conf/lo/forwarding && echo wrote-sysctl
+echo ---
+ls /dev
+echo ---
+awk '$2 == "/sys" { print $2, substr($4, 1, 2) }' /proc/mounts
+echo 1 > /sys/class/net/lo/tx_queue_len && echo wrote-sysfs
+"#;
+
+pub fn privileged_without_host_devices(
+    cri: &CriContainerd,
+    handler: &str,
+) -> PrivilegedWithoutHostDevices {
+    let mut pod = Pod::run(cri, handler, PodSpec::new("privnodev").privileged())
+        .unwrap_or_else(|e| panic!("a privileged pod under {handler}: {e}"));
+    let id = pod.start_container(&ContainerSpec::new("admin", &["sleep", "100000"]).privileged());
+    let (_, out, _) = pod.exec(&id, &["sh", "-c", PRIVILEGED_PROBE]);
+    let mut parts = out.split("---\n");
+    let mut lines = |what: &str| -> Vec<String> {
+        parts
+            .next()
+            .unwrap_or_else(|| panic!("no {what} in the probe's output under {handler}: {out}"))
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    PrivilegedWithoutHostDevices {
+        security: lines("status"),
+        proc: lines("/proc"),
+        may: lines("actions"),
+        dev: lines("/dev"),
+        sysfs: lines("/sys"),
+        teardown: teardown(pod),
+    }
+}
+
+/// A container that asks for a host device, as a device plugin's would:
+/// how StartContainer ended (CRI's answer when a handler refuses), and the
+/// pod's removal.
+pub fn host_device(cri: &CriContainerd, handler: &str) -> (Result<(), CriError>, Teardown) {
+    let mut pod = Pod::run(cri, handler, PodSpec::new("hostdev"))
+        .unwrap_or_else(|e| panic!("a pod under {handler}: {e}"));
+    let user = ContainerSpec::new("user", &["sleep", "100000"])
+        .device("/dev/loop-control", "/dev/loop-control");
+    let started = pod
+        .create_container(&user)
+        .and_then(|id| cri.client().start_container(&id));
+    (started, teardown(pod))
+}
+
 /// What an exec'd process gets, next to its container's init: the seccomp
 /// mode, no_new_privs and capability sets, and whether a syscall the
 /// container's profile denies is denied to it. Under runc an exec gets its

@@ -35,7 +35,7 @@ fn good_host() -> HostFacts {
         containerd: Some(program("/usr/bin/containerd", "containerd 1.6.20")),
         containerd_config: "/etc/containerd/config.toml".into(),
         containerd_config_text: Ok(
-            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\nruntime_type = \"io.containerd.hull.v2\"\n"
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]\nruntime_type = \"io.containerd.hull.v2\"\nprivileged_without_host_devices = true\n"
                 .into(),
         ),
     }
@@ -188,6 +188,20 @@ fn containerd_config_states() {
     assert!(v1.detail.contains("version 1"), "{v1}");
     let broken = check_containerd_config(path, Ok("[plugins\n"));
     assert!(broken.detail.contains("line 1"), "{broken}");
+
+    let table = "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.hull]";
+    let without = format!("version = 2\n{table}\nruntime_type = \"io.containerd.hull.v2\"\n");
+    let lacking = check_containerd_config(path, Ok(&without));
+    assert_eq!(lacking.status, Status::Warn);
+    assert!(
+        lacking
+            .detail
+            .contains("`hull` lacks `privileged_without_host_devices = true`"),
+        "{lacking}"
+    );
+    let with = format!("{without}privileged_without_host_devices = true\n");
+    let ready = check_containerd_config(path, Ok(&with));
+    assert_eq!(ready.status, Status::Ok, "{ready}");
 }
 
 #[test]

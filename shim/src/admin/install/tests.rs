@@ -89,7 +89,10 @@ fn installs_everything_into_a_fresh_prefix() {
     let containerd = fs::read_to_string(fx.path("etc/containerd/config.toml")).unwrap();
     assert_eq!(
         containerd_config::hull_handlers(&containerd).unwrap(),
-        ["hull"]
+        [containerd_config::HullHandler {
+            name: "hull".into(),
+            privileged_without_host_devices: true
+        }]
     );
     assert!(!fx.path("etc/containerd/config.toml.hull-backup").exists());
 
