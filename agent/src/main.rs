@@ -11,6 +11,7 @@
 mod cgroup;
 mod container;
 mod executable;
+mod forward;
 mod init;
 mod network;
 mod process_io;

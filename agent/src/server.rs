@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hull_protocols::stdio::{self, StreamHeader, StreamKind, MAX_HEADER_LEN};
-use hull_protocols::{AGENT_API_PORT, AGENT_STDIO_PORT};
+use hull_protocols::{AGENT_API_PORT, AGENT_FORWARD_PORT, AGENT_STDIO_PORT};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use ttrpc::r#async::transport::Listener;
@@ -25,8 +25,8 @@ const GUEST_STATE_DIR: &str = "/run/hull-agent";
 pub enum Mode {
     /// PID 1 of a VM: vsock, and powers off when the sandbox is destroyed.
     Guest,
-    /// A process on the host, for tests: `<dir>/agent.sock` (ttrpc) and
-    /// `<dir>/stdio.sock` (streams).
+    /// A process on the host, for tests: `<dir>/agent.sock` (ttrpc),
+    /// `<dir>/stdio.sock` (streams) and `<dir>/forward.sock` (port-forward).
     Host { dir: PathBuf },
 }
 
@@ -84,6 +84,12 @@ pub async fn run(mode: Mode) -> Result<()> {
             ))
             .context("listening on vsock for stdio")?;
             accept_stdio(sandbox.clone(), listener);
+            let listener = tokio_vsock::VsockListener::bind(tokio_vsock::VsockAddr::new(
+                libc::VMADDR_CID_ANY,
+                AGENT_FORWARD_PORT,
+            ))
+            .context("listening on vsock for port-forward")?;
+            accept_forwards(listener);
         }
         Mode::Host { dir } => {
             let path = dir.join("stdio.sock");
@@ -91,6 +97,11 @@ pub async fn run(mode: Mode) -> Result<()> {
             let listener = tokio::net::UnixListener::bind(&path)
                 .with_context(|| format!("listening on {}", path.display()))?;
             accept_stdio(sandbox.clone(), listener);
+            let path = dir.join("forward.sock");
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path)
+                .with_context(|| format!("listening on {}", path.display()))?;
+            accept_forwards(listener);
         }
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "hull-agent ready");
@@ -150,6 +161,21 @@ fn accept_stdio(sandbox: Arc<Sandbox>, listener: impl StreamListener) {
                     tokio::spawn(serve_stream(sandbox.clone(), stream));
                 }
                 Err(err) => tracing::warn!(%err, "accepting a stdio stream"),
+            }
+        }
+    });
+}
+
+/// Serves every forwarded connection `listener` accepts, each on its own
+/// task.
+fn accept_forwards(listener: impl StreamListener) {
+    tokio::spawn(async move {
+        loop {
+            match listener.accept_stream().await {
+                Ok(stream) => {
+                    tokio::spawn(crate::forward::serve(stream));
+                }
+                Err(err) => tracing::warn!(%err, "accepting a port-forward connection"),
             }
         }
     });

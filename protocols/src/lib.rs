@@ -2,7 +2,8 @@
 //! side (shim, `hull run`) and `hull-agent` in the guest.
 //!
 //! Messages and the ttrpc service are generated at build time from
-//! `proto/agent.proto`. Stdio is not part of this API; see [`stdio`].
+//! `proto/agent.proto`. Stdio and port forwarding are not part of this API; see [`stdio`] and
+//! [`forward`].
 
 #[allow(warnings, clippy::all)]
 #[rustfmt::skip]
@@ -16,6 +17,7 @@ pub mod agent_ttrpc {
     include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
 }
 
+pub mod forward;
 pub mod stdio;
 
 pub use agent::ApiVersion;
@@ -24,5 +26,8 @@ pub use agent::ApiVersion;
 pub const AGENT_API_PORT: u32 = 1024;
 /// vsock port on which the agent accepts stdio streams.
 pub const AGENT_STDIO_PORT: u32 = 1025;
+/// vsock port on which the agent accepts forwarded TCP connections
+/// (`kubectl port-forward`); see [`forward`].
+pub const AGENT_FORWARD_PORT: u32 = 1026;
 /// The API version this crate speaks.
 pub const API_VERSION: ApiVersion = ApiVersion::API_VERSION_V1;

@@ -127,6 +127,20 @@ fn share_process_namespace_puts_the_pod_in_one_pid_namespace() {
     assert!(p.sees_other_container);
 }
 
+/// `kubectl port-forward`: containerd dials localhost in the pod's network
+/// namespace on the host; Hull carries it to the same port in the guest.
+#[test]
+fn port_forward_reaches_the_pods_ports() {
+    let forward = same_under_hull_as_runc!(port_forward);
+    assert_eq!(
+        forward.web,
+        ("HTTP/1.1 200 OK".to_string(), "forwarded\n".to_string())
+    );
+    assert_eq!(forward.loopback_only, "loopback-only\n");
+    assert!(forward.large.1);
+    assert_eq!(forward.closed_port, (0, true));
+}
+
 /// Under `privileged_without_host_devices` (which `hull install` sets), a
 /// privileged container is privileged inside its VM: all capabilities, no
 /// seccomp, writable /proc and /sys, any device of the guest; as runc's

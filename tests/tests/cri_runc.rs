@@ -143,6 +143,20 @@ fn a_privileged_container_sees_the_host_devices() {
     clean(&p.teardown, Held::ALL);
 }
 
+#[test]
+fn port_forward_reaches_the_pods_ports() {
+    let cri = cri();
+    let forward = scenarios::port_forward(&cri, RUNC_HANDLER);
+    assert_eq!(
+        forward.web,
+        ("HTTP/1.1 200 OK".to_string(), "forwarded\n".to_string())
+    );
+    assert_eq!(forward.loopback_only, "loopback-only\n");
+    assert_eq!(forward.large, (228_894, true));
+    assert_eq!(forward.closed_port, (0, true));
+    clean(&forward.teardown, Held::ALL);
+}
+
 /// What Hull's privileged containers are compared with: runc under the CRI
 /// option that leaves the host's devices out.
 #[test]

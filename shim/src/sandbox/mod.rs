@@ -38,6 +38,7 @@ use crate::host::Virtualization;
 use crate::hypervisor::{self, Backend, Hypervisor, NetDevice, VmParams, VmmHost};
 use crate::network::{format_mac, PodNetwork, TapHeader};
 use crate::pod::VmSize;
+use crate::port_forward::PortForwarder;
 use crate::rootfs::{self, SharedDir};
 pub use crate::sys::process::find_program;
 
@@ -76,6 +77,8 @@ pub struct SandboxVm {
     /// The VMM's own uid/gid, held for the sandbox's life.
     _vmm_ids: Option<vmm_ids::VmmIdLease>,
     agent: Option<AgentClient>,
+    /// `kubectl port-forward` into a pod's VM.
+    port_forward: Option<PortForwarder>,
 }
 
 impl SandboxVm {
@@ -125,6 +128,7 @@ impl SandboxVm {
             guards: Vec::new(),
             _vmm_ids: lease,
             agent: None,
+            port_forward: None,
         };
         let booted = tokio::select! {
             booted = vm.boot(config, options, launch, progress) => booted,
@@ -301,6 +305,15 @@ impl SandboxVm {
                 })?;
             progress.step("guest network configured");
         }
+        if let Some(netns) = &options.netns {
+            // A pod runs without port-forward rather than not at all.
+            match PortForwarder::start(netns, HybridVsock::new(&self.paths.vsock)) {
+                Ok(forwarder) => self.port_forward = Some(forwarder),
+                Err(err) => {
+                    tracing::warn!(sandbox = %self.id, %err, "kubectl port-forward will not reach this pod")
+                }
+            }
+        }
         if let (Some(killer), Some(every)) = (killer, config.health_check()) {
             let exit = self.exit_watch();
             self.guards
@@ -382,6 +395,7 @@ impl SandboxVm {
         for guard in self.guards.drain(..) {
             guard.abort();
         }
+        self.port_forward = None;
         let vm_ended = self.exit_watch().borrow().is_some();
         if let Some(agent) = self.agent.take().filter(|_| !vm_ended) {
             let request = DestroySandboxRequest {

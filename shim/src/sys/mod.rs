@@ -7,4 +7,5 @@ pub mod child;
 pub mod fs;
 pub mod mount;
 pub mod process;
+pub mod sk_lookup;
 pub mod userns;

@@ -309,6 +309,13 @@ impl CriClient {
         })
     }
 
+    /// PortForward: the streaming server's URL for the request's ports.
+    pub fn port_forward(&self, request: api::PortForwardRequest) -> Result<String, CriError> {
+        let mut s = self.service();
+        self.call("PortForward", async move { s.port_forward(request).await })
+            .map(|r| r.url)
+    }
+
     pub fn container_stats(&self, id: &str) -> Result<api::ContainerStats, CriError> {
         let mut s = self.service();
         let request = api::ContainerStatsRequest {

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod exec_stream;
 pub mod pod;
+pub mod port_forward;
 pub mod scenarios;
 
 use std::net::Ipv4Addr;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1 as api;
 
 use super::pod::PodFootprint;
+use super::port_forward;
 use super::{ContainerSpec, CriContainerd, CriError, Pod, PodSpec};
 
 /// How long a server in a pod may take to start answering.
@@ -810,6 +811,73 @@ pub fn privileged(cri: &CriContainerd, handler: &str) -> Result<Privileged, CriE
             .any(|d| devices.split_whitespace().any(|seen| seen == d)),
         teardown: teardown(pod),
     })
+}
+
+/// `kubectl port-forward` through CRI's PortForward and the streaming
+/// server, as the kubelet serves it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PortForward {
+    /// The status line and body of `GET /index.html` from httpd on 8080.
+    pub web: (String, String),
+    /// The body from an httpd that listens on 127.0.0.1:8081 only.
+    pub loopback_only: String,
+    /// A 229 KiB file from 8080: its length and whether it is intact.
+    pub large: (usize, bool),
+    /// Nothing listens on 8082: the bytes that came back, and whether the
+    /// error channel said something.
+    pub closed_port: (usize, bool),
+    pub teardown: Teardown,
+}
+
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub fn port_forward(cri: &CriContainerd, handler: &str) -> PortForward {
+    let mut pod = Pod::run(cri, handler, PodSpec::new("forward"))
+        .unwrap_or_else(|e| panic!("a pod under {handler}: {e}"));
+    let script = "mkdir -p /www /lo && echo forwarded > /www/index.html \
+        && seq 1 40000 > /www/large && echo loopback-only > /lo/index.html \
+        && httpd -p 127.0.0.1:8081 -h /lo && exec httpd -f -p 8080 -h /www";
+    let web = pod.start_container(&ContainerSpec::new("web", &["sh", "-c", script]));
+    let ready = "for i in $(seq 100); do wget -q -O /dev/null http://127.0.0.1:8080/ \
+        && wget -q -O /dev/null http://127.0.0.1:8081/ && exit 0; sleep 0.2; done; exit 1";
+    pod.exec_ok(&web, &["sh", "-c", ready]);
+
+    let get = |port: u16, path: &str| -> (String, Vec<u8>) {
+        let request = format!("GET {path} HTTP/1.0\r\n\r\n");
+        let forwarded = port_forward::exchange(
+            cri.client(),
+            pod.id(),
+            port,
+            request.as_bytes(),
+            FORWARD_TIMEOUT,
+        )
+        .unwrap_or_else(|e| panic!("port-forward {port} under {handler}: {e}"));
+        let split = forwarded
+            .data
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or_else(|| {
+                panic!(
+                    "no HTTP response through port-forward {port} under {handler}: {forwarded:?}"
+                )
+            });
+        let head = String::from_utf8_lossy(&forwarded.data[..split]).into_owned();
+        let status = head.lines().next().unwrap_or_default().to_string();
+        (status, forwarded.data[split + 4..].to_vec())
+    };
+    let (status, body) = get(8080, "/index.html");
+    let (_, loopback_only) = get(8081, "/index.html");
+    let (_, large) = get(8080, "/large");
+    let expected: String = (1..=40000).map(|n| format!("{n}\n")).collect();
+    let closed = port_forward::exchange(cri.client(), pod.id(), 8082, b"hello", FORWARD_TIMEOUT)
+        .unwrap_or_else(|e| panic!("port-forward 8082 under {handler}: {e}"));
+    PortForward {
+        web: (status, String::from_utf8_lossy(&body).into_owned()),
+        loopback_only: String::from_utf8_lossy(&loopback_only).into_owned(),
+        large: (large.len(), large == expected.as_bytes()),
+        closed_port: (closed.data.len(), !closed.error.is_empty()),
+        teardown: teardown(pod),
+    }
 }
 
 /// A privileged container under the CRI option that keeps the host's
