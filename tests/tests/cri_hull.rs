@@ -127,6 +127,16 @@ fn share_process_namespace_puts_the_pod_in_one_pid_namespace() {
     assert!(p.sees_other_container);
 }
 
+/// A read-only volume is read-only at its top only, as runc's `ro` bind:
+/// a tmpfs mounted inside it on the host stays writable.
+#[test]
+fn a_read_only_volume_leaves_mounts_inside_it_writable() {
+    let volume = same_under_hull_as_runc!(read_only_volume_with_a_mount_inside);
+    assert!(volume.top.contains("Read-only file system"), "{volume:?}");
+    assert_eq!(volume.below, "written");
+    assert_eq!(volume.host_sees_below, "data\n");
+}
+
 /// `kubectl port-forward`: containerd dials localhost in the pod's network
 /// namespace on the host; Hull carries it to the same port in the guest.
 #[test]

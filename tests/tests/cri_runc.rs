@@ -144,6 +144,19 @@ fn a_privileged_container_sees_the_host_devices() {
 }
 
 #[test]
+fn a_read_only_volume_leaves_mounts_inside_it_writable() {
+    let cri = cri();
+    let volume = scenarios::read_only_volume_with_a_mount_inside(&cri, RUNC_HANDLER);
+    assert_eq!(
+        volume.top,
+        "sh: can't create /data/new: Read-only file system"
+    );
+    assert_eq!(volume.below, "written");
+    assert_eq!(volume.host_sees_below, "data\n");
+    clean(&volume.teardown, Held::ALL);
+}
+
+#[test]
 fn port_forward_reaches_the_pods_ports() {
     let cri = cri();
     let forward = scenarios::port_forward(&cri, RUNC_HANDLER);

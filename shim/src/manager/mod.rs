@@ -47,7 +47,7 @@ use crate::hypervisor::VmExit;
 use crate::pod::{network_namespace, vm_size, Role};
 use crate::rootfs::RootfsMountSpec;
 use crate::sandbox::{self, Progress, SandboxOptions, GUEST_SHARE_DIR};
-use crate::spec::{guest_spec, is_memory_volume, sandbox_id, shm_source, GuestSpec, PodContext};
+use crate::spec::{guest_spec, sandbox_id, shm_source, GuestSpec, Host, PodContext};
 
 /// A container to create.
 pub struct ContainerRequest {
@@ -513,7 +513,7 @@ impl Manager {
             id,
             Path::new(GUEST_SHARE_DIR),
             &pod,
-            &is_memory_volume,
+            &Host,
         )?)
     }
 

@@ -139,6 +139,7 @@ impl BootedVm for RunningVm {
                 source: host.source.clone(),
                 read_only: host.read_only,
                 recursive: host.recursive,
+                recursive_read_only: host.recursive_read_only,
             };
             share
                 .bind(&bind, &host.share_path)

@@ -96,7 +96,7 @@ impl RootfsMountSpec {
     }
 
     fn read_only(&self) -> bool {
-        self.has("ro")
+        self.has("ro") || self.has("rro")
     }
 
     fn step_error(&self, step: impl Into<String>) -> impl FnOnce(std::io::Error) -> MountError {
@@ -123,8 +123,21 @@ impl RootfsMountSpec {
         if self.is_bind() {
             let recursive = self.has("rbind");
             let tree = clone_tree(&self.source, recursive).map_err(self.step_error("open_tree"))?;
-            set_attrs(tree.as_fd(), &attrs, recursive)
+            // `ro` is the bind's own, as mount(8) and runc make it: the
+            // mounts below keep theirs. `rro` takes them too.
+            let below = MountAttrs {
+                read_only: self.has("rro"),
+                ..attrs
+            };
+            set_attrs(tree.as_fd(), &below, recursive)
                 .map_err(self.step_error(idmap_hint("mount_setattr", idmap)))?;
+            if attrs.read_only && !below.read_only {
+                let top = MountAttrs {
+                    read_only: true,
+                    ..Default::default()
+                };
+                set_attrs(tree.as_fd(), &top, false).map_err(self.step_error("mount_setattr"))?;
+            }
             return Ok(tree);
         }
         if self.kind == "overlay" {

@@ -69,9 +69,12 @@ pub enum ShareError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShareBind {
     pub source: PathBuf,
+    /// Read-only on the host: the mount at `source`, and with
+    /// `recursive_read_only` the mounts below it too.
     pub read_only: bool,
     /// With the mounts below `source` (`rbind`).
     pub recursive: bool,
+    pub recursive_read_only: bool,
 }
 
 pub struct SharedDir {
@@ -185,7 +188,11 @@ impl SharedDir {
             source: bind.source.clone(),
             options: [
                 if bind.recursive { "rbind" } else { "bind" },
-                if bind.read_only { "ro" } else { "rw" },
+                match (bind.read_only, bind.recursive_read_only) {
+                    (_, true) => "rro",
+                    (true, false) => "ro",
+                    (false, false) => "rw",
+                },
             ]
             .map(String::from)
             .to_vec(),
@@ -273,6 +280,7 @@ mod tests {
             source: source.to_owned(),
             read_only,
             recursive: true,
+            recursive_read_only: false,
         };
 
         share
@@ -312,6 +320,46 @@ mod tests {
         detach_share(&share);
     }
 
+    // Needs root (mounts), as the suite does.
+    #[test]
+    fn a_read_only_bind_leaves_the_mounts_below_it_as_they_are_unless_rro() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = dir.path().join("volume");
+        let inner = volume.join("inner");
+        std::fs::create_dir_all(&inner).unwrap();
+        nix::mount::mount(
+            Some("inner"),
+            &inner,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("size=1m"),
+        )
+        .unwrap();
+        let share = share(dir.path());
+        for (recursive_read_only, at) in [(false, "c1/mounts/0"), (true, "c1/mounts/1")] {
+            let bind = ShareBind {
+                source: volume.clone(),
+                read_only: true,
+                recursive: true,
+                recursive_read_only,
+            };
+            share.bind(&bind, Path::new(at)).unwrap();
+        }
+        let write = |path: PathBuf| std::fs::write(path, "x").map_err(|e| e.raw_os_error());
+        let plain = share.path().join("c1/mounts/0");
+        assert_eq!(write(plain.join("top")), Err(Some(libc::EROFS)));
+        assert_eq!(write(plain.join("inner/below")), Ok(()));
+        let rro = share.path().join("c1/mounts/1");
+        assert_eq!(write(rro.join("top")), Err(Some(libc::EROFS)));
+        assert_eq!(write(rro.join("inner/below2")), Err(Some(libc::EROFS)));
+
+        let leftovers = share.remove_container("c1");
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        detach_share(&share);
+        assert!(inner.join("below").exists());
+        nix::mount::umount2(&inner, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+
     #[test]
     fn the_share_is_a_small_private_tmpfs() {
         let dir = tempfile::tempdir().unwrap();
@@ -347,6 +395,7 @@ mod tests {
             source: volume.clone(),
             read_only: false,
             recursive: false,
+            recursive_read_only: false,
         };
         let err = share.bind(&bind, Path::new("c1/mounts/0")).unwrap_err();
         assert!(matches!(err, ShareError::MountPoint { .. }), "{err}");
@@ -356,6 +405,7 @@ mod tests {
             source: victim.join("passwd"),
             read_only: true,
             recursive: false,
+            recursive_read_only: false,
         };
         let err = share.bind(&hosts, Path::new("c3/mounts/0")).unwrap_err();
         assert!(matches!(err, ShareError::MountPoint { .. }), "{err}");

@@ -320,6 +320,7 @@ mod tests {
         MountEntry {
             id: 1,
             mount_point: point.into(),
+            read_only: false,
             fstype: fstype.into(),
             super_options: options.into(),
         }

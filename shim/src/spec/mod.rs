@@ -100,8 +100,11 @@ pub fn rootfs_in_share(container_id: &str) -> PathBuf {
 pub struct HostShare {
     pub source: PathBuf,
     pub share_path: PathBuf,
+    /// Read-only on the host too (the mount at the source, and with
+    /// `recursive_read_only` the mounts below it).
     pub read_only: bool,
     pub recursive: bool,
+    pub recursive_read_only: bool,
 }
 
 /// What the guest knows of the container's pod.
@@ -142,6 +145,61 @@ pub fn is_memory_volume(source: &Path) -> bool {
             .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
+/// A mount on the host strictly below a bind mount's source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submount {
+    /// Its mount point, relative to the source.
+    pub relative: PathBuf,
+    pub read_only: bool,
+}
+
+/// What [`guest_spec`] needs to know of the host's mounts.
+pub trait HostMounts {
+    /// See [`is_memory_volume`].
+    fn is_memory_volume(&self, source: &Path) -> bool;
+    /// The mounts below `source`, parents first.
+    fn submounts(&self, source: &Path) -> Vec<Submount>;
+}
+
+/// The host the shim runs on.
+pub struct Host;
+
+impl HostMounts for Host {
+    fn is_memory_volume(&self, source: &Path) -> bool {
+        is_memory_volume(source)
+    }
+
+    fn submounts(&self, source: &Path) -> Vec<Submount> {
+        let source = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned());
+        let table = match crate::sys::mount::mount_table() {
+            Ok(table) => table,
+            Err(err) => {
+                // The mounts below stay read-only in the guest: the safe side.
+                tracing::warn!(%err, "reading the mount table");
+                return Vec::new();
+            }
+        };
+        let mut submounts: Vec<Submount> = Vec::new();
+        for entry in table {
+            let Ok(relative) = entry.mount_point.strip_prefix(&source) else {
+                continue;
+            };
+            if relative.as_os_str().is_empty() {
+                continue;
+            }
+            // Mounts stacked on one point: the last is the one seen.
+            match submounts.iter_mut().find(|s| s.relative == relative) {
+                Some(seen) => seen.read_only = entry.read_only,
+                None => submounts.push(Submount {
+                    relative: relative.to_owned(),
+                    read_only: entry.read_only,
+                }),
+            }
+        }
+        submounts
+    }
+}
+
 /// The guest directory name of a memory volume: its host path with the
 /// separators replaced, so each volume of the pod gets its own and every
 /// container of the pod finds the same one.
@@ -169,7 +227,7 @@ pub fn guest_spec(
     container_id: &str,
     guest_share: &Path,
     pod: &PodContext,
-    is_memory_volume: &dyn Fn(&Path) -> bool,
+    host: &dyn HostMounts,
 ) -> Result<GuestSpec, SpecError> {
     let Some(process) = spec.process() else {
         return Err(SpecError::NoProcess);
@@ -198,7 +256,10 @@ pub fn guest_spec(
 
     let mut shares = Vec::new();
     let mut mounts = spec.mounts().clone().unwrap_or_default();
-    for mount in &mut mounts {
+    // Binds for the mounts below a read-only volume, after the mount at
+    // the same index.
+    let mut submount_binds: Vec<(usize, Vec<Mount>)> = Vec::new();
+    for (index, mount) in mounts.iter_mut().enumerate() {
         // `..` in a destination stays inside the root, as runc resolves it.
         mount.set_destination(lexically_inside_root(mount.destination()));
         let options = mount.options().clone().unwrap_or_default();
@@ -225,7 +286,7 @@ pub fn guest_spec(
                 source_path: source.display().to_string(),
             });
         }
-        if role.is_pod() && is_memory_volume(&source) {
+        if role.is_pod() && host.is_memory_volume(&source) {
             mount.set_source(Some(Path::new(POD_VOLUMES_DIR).join(volume_name(&source))));
             continue;
         }
@@ -233,12 +294,44 @@ pub fn guest_spec(
             .join("mounts")
             .join(shares.len().to_string());
         mount.set_source(Some(guest_share.join(&share_path)));
+        let recursive = options.iter().any(|o| o == "rbind");
+        let recursive_read_only = options.iter().any(|o| o == "rro");
+        let read_only = recursive_read_only || options.iter().any(|o| o == "ro");
+        if recursive_read_only {
+            // runc's recursive read-only: the guest's one mount of the
+            // share is read-only, and so is everything below it on the host.
+            mount.set_options(Some(
+                options
+                    .iter()
+                    .map(|o| if o == "rro" { "ro".into() } else { o.clone() })
+                    .collect(),
+            ));
+        } else if read_only && recursive {
+            // A plain read-only bind is not recursive: what is mounted
+            // below the source keeps its own `ro` or `rw`. In the guest the
+            // share is one filesystem, so each such mount gets a bind of its
+            // own over the read-only one.
+            let binds = host
+                .submounts(&source)
+                .into_iter()
+                .map(|sub| {
+                    submount_bind(&destination, &guest_share.join(&share_path), &sub, &options)
+                })
+                .collect::<Vec<_>>();
+            if !binds.is_empty() {
+                submount_binds.push((index, binds));
+            }
+        }
         shares.push(HostShare {
             source,
             share_path,
-            read_only: options.iter().any(|o| o == "ro"),
-            recursive: options.iter().any(|o| o == "rbind"),
+            read_only,
+            recursive,
+            recursive_read_only,
         });
+    }
+    for (index, binds) in submount_binds.into_iter().rev() {
+        mounts.splice(index + 1..index + 1, binds);
     }
     spec.set_mounts(Some(mounts));
 
@@ -268,6 +361,38 @@ pub fn guest_spec(
         spec.set_linux(Some(linux));
     }
     Ok(GuestSpec { spec, shares })
+}
+
+/// The guest bind of `sub`, a mount below the source of a read-only
+/// volume at `destination` whose share is at `guest_source`: `rw` or `ro`
+/// as on the host, with the volume's propagation.
+fn submount_bind(
+    destination: &Path,
+    guest_source: &Path,
+    sub: &Submount,
+    volume_options: &[String],
+) -> Mount {
+    let mut options = vec![
+        "rbind".to_string(),
+        if sub.read_only { "ro" } else { "rw" }.to_string(),
+    ];
+    options.extend(
+        volume_options
+            .iter()
+            .filter(|o| {
+                matches!(
+                    o.as_str(),
+                    "rprivate" | "private" | "rslave" | "slave" | "rshared" | "shared"
+                )
+            })
+            .cloned(),
+    );
+    let mut mount = Mount::default();
+    mount.set_destination(destination.join(&sub.relative));
+    mount.set_typ(Some("bind".into()));
+    mount.set_source(Some(guest_source.join(&sub.relative)));
+    mount.set_options(Some(options));
+    mount
 }
 
 /// `path` with `.` and `..` resolved by name, never above `/`: how runc

@@ -17,9 +17,35 @@ fn with_mounts(annotations: serde_json::Value, mounts: serde_json::Value) -> Spe
 
 /// guest_spec outside a pod context, with no memory volumes.
 fn plain_guest_spec(spec: Spec, id: &str) -> Result<GuestSpec, SpecError> {
-    guest_spec(spec, id, Path::new(SHARE), &PodContext::default(), &|_| {
-        false
-    })
+    guest_spec(
+        spec,
+        id,
+        Path::new(SHARE),
+        &PodContext::default(),
+        &FakeHost::default(),
+    )
+}
+
+/// A host with the memory volumes and mounts a test gives it.
+#[derive(Default)]
+struct FakeHost {
+    memory_volume: Option<PathBuf>,
+    /// (source, submounts of it)
+    submounts: Vec<(PathBuf, Vec<Submount>)>,
+}
+
+impl HostMounts for FakeHost {
+    fn is_memory_volume(&self, source: &Path) -> bool {
+        self.memory_volume.as_deref() == Some(source)
+    }
+
+    fn submounts(&self, source: &Path) -> Vec<Submount> {
+        self.submounts
+            .iter()
+            .find(|(s, _)| s == source)
+            .map(|(_, subs)| subs.clone())
+            .unwrap_or_default()
+    }
 }
 
 fn without_namespace(spec: &mut Spec, kind: LinuxNamespaceType) {
@@ -77,12 +103,14 @@ fn host_binds_come_from_the_share_with_their_modes() {
                 share_path: "c1/mounts/0".into(),
                 read_only: false,
                 recursive: true,
+                recursive_read_only: false,
             },
             HostShare {
                 source: "/srv/cfg".into(),
                 share_path: "c1/mounts/1".into(),
                 read_only: true,
                 recursive: false,
+                recursive_read_only: false,
             },
         ]
     );
@@ -202,7 +230,14 @@ fn pod_containers_join_the_pause_container_in_the_guest() {
         sandbox_pid: Some(42),
         sandbox_shm: Some("/run/containerd/sandboxes/p1/shm".into()),
     };
-    let guest = guest_spec(spec.clone(), "c1", Path::new(SHARE), &pod, &|_| false).unwrap();
+    let guest = guest_spec(
+        spec.clone(),
+        "c1",
+        Path::new(SHARE),
+        &pod,
+        &FakeHost::default(),
+    )
+    .unwrap();
     assert_eq!(
         network_path(&guest.spec),
         Some(Some(PathBuf::from("/proc/42/ns/net")))
@@ -214,7 +249,7 @@ fn pod_containers_join_the_pause_container_in_the_guest() {
 
     // A host netns path is replaced by the pause container's.
     pod_namespaces(&mut spec, "/var/run/netns/cni-1");
-    let guest = guest_spec(spec, "c1", Path::new(SHARE), &pod, &|_| false).unwrap();
+    let guest = guest_spec(spec, "c1", Path::new(SHARE), &pod, &FakeHost::default()).unwrap();
     assert_eq!(
         network_path(&guest.spec),
         Some(Some(PathBuf::from("/proc/42/ns/net")))
@@ -232,7 +267,10 @@ fn memory_volumes_of_a_pod_live_in_the_guest() {
         serde_json::json!({crate::pod::CONTAINER_TYPE_ANNOTATION: "container"}),
         mounts.clone(),
     );
-    let memory = |p: &Path| p == Path::new(volume);
+    let memory = FakeHost {
+        memory_volume: Some(volume.into()),
+        ..Default::default()
+    };
     let guest = guest_spec(
         spec,
         "c1",
@@ -346,4 +384,89 @@ fn sets_rootfs_args_and_overrides_env() {
         .as_ref()
         .unwrap();
     assert!(namespaces.len() >= 4, "runc's default namespaces");
+}
+
+/// A read-only volume with mounts below it: under runc those keep their
+/// own `rw` (a plain `ro` bind is not recursive); in the guest the volume
+/// is one filesystem, so each gets a bind of its own after the volume's.
+/// `rro` (recursive) makes everything read-only.
+#[test]
+fn mounts_below_a_read_only_volume_keep_their_own_mode() {
+    let spec = with_mounts(
+        serde_json::json!({}),
+        serde_json::json!([
+            {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro", "rprivate"]},
+            {"destination": "/all-ro", "type": "bind", "source": "/srv/data", "options": ["rbind", "rro"]},
+            {"destination": "/after", "type": "bind", "source": "/srv/other", "options": ["rbind", "rw"]},
+        ]),
+    );
+    let host = FakeHost {
+        submounts: vec![(
+            "/srv/data".into(),
+            vec![
+                Submount {
+                    relative: "cache".into(),
+                    read_only: false,
+                },
+                Submount {
+                    relative: "cache/frozen".into(),
+                    read_only: true,
+                },
+            ],
+        )],
+        ..Default::default()
+    };
+    let guest = guest_spec(spec, "c1", Path::new(SHARE), &PodContext::default(), &host).unwrap();
+    let mounts = guest.spec.mounts().clone().unwrap();
+    let at = mounts
+        .iter()
+        .position(|m| m.destination() == Path::new("/data"))
+        .unwrap();
+    let shown: Vec<(String, String, Vec<String>)> = mounts[at..]
+        .iter()
+        .map(|m| {
+            (
+                m.destination().display().to_string(),
+                m.source().clone().unwrap().display().to_string(),
+                m.options().clone().unwrap(),
+            )
+        })
+        .collect();
+    let opts = |o: &[&str]| o.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        shown,
+        vec![
+            (
+                "/data".into(),
+                format!("{SHARE}/c1/mounts/0"),
+                opts(&["rbind", "ro", "rprivate"])
+            ),
+            (
+                "/data/cache".into(),
+                format!("{SHARE}/c1/mounts/0/cache"),
+                opts(&["rbind", "rw", "rprivate"])
+            ),
+            (
+                "/data/cache/frozen".into(),
+                format!("{SHARE}/c1/mounts/0/cache/frozen"),
+                opts(&["rbind", "ro", "rprivate"])
+            ),
+            (
+                "/all-ro".into(),
+                format!("{SHARE}/c1/mounts/1"),
+                opts(&["rbind", "ro"])
+            ),
+            (
+                "/after".into(),
+                format!("{SHARE}/c1/mounts/2"),
+                opts(&["rbind", "rw"])
+            ),
+        ]
+    );
+    let modes: Vec<(bool, bool)> = guest
+        .shares
+        .iter()
+        .map(|s| (s.read_only, s.recursive_read_only))
+        .collect();
+    assert_eq!(modes, [(true, false), (true, true), (false, false)]);
 }

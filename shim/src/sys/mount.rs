@@ -283,6 +283,8 @@ fn raise_effective_capabilities() -> io::Result<()> {
 pub struct MountEntry {
     pub id: u64,
     pub mount_point: PathBuf,
+    /// The mount's own `ro` (not the filesystem's).
+    pub read_only: bool,
     pub fstype: String,
     /// The filesystem's own options (for cgroup v1, its controllers).
     pub super_options: String,
@@ -304,17 +306,20 @@ pub fn mount_table() -> io::Result<Vec<MountEntry>> {
 }
 
 /// `36 35 98:0 /mnt1 /mnt2 rw,noatime master:1 - ext3 /dev/root rw`: the
-/// mount id, the mount point (field 5) and the type after the `-`.
+/// mount id, the mount point (field 5), its options (field 6) and the type
+/// after the `-`.
 fn parse_mountinfo_line(line: &str) -> Option<MountEntry> {
     let mut fields = line.split(' ');
     let id = fields.next()?.parse().ok()?;
     let mount_point = unescape(fields.nth(3)?);
+    let read_only = fields.next()?.split(',').any(|o| o == "ro");
     let mut after = fields.skip_while(|f| *f != "-").skip(1);
     let fstype = after.next()?.to_owned();
     let super_options = after.nth(1).unwrap_or_default().to_owned();
     Some(MountEntry {
         id,
         mount_point,
+        read_only,
         fstype,
         super_options,
     })
@@ -419,12 +424,15 @@ mod tests {
             Some(MountEntry {
                 id: 36,
                 mount_point: "/run/hull/a b".into(),
+                read_only: false,
                 fstype: "ext3".into(),
                 super_options: "rw".into(),
             })
         );
-        let no_optional = "40 1 0:50 / /run/hull/s/shared rw,nosuid - tmpfs hull-share rw";
-        assert_eq!(parse_mountinfo_line(no_optional).unwrap().fstype, "tmpfs");
+        let no_optional = "40 1 0:50 / /run/hull/s/shared ro,nosuid - tmpfs hull-share rw";
+        let entry = parse_mountinfo_line(no_optional).unwrap();
+        assert_eq!(entry.fstype, "tmpfs");
+        assert!(entry.read_only);
         assert_eq!(parse_mountinfo_line("garbage"), None);
     }
 
@@ -442,6 +450,7 @@ mod tests {
         let entry = |id, path: &str| MountEntry {
             id,
             mount_point: path.into(),
+            read_only: false,
             fstype: "tmpfs".into(),
             super_options: "rw".into(),
         };

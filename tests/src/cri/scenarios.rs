@@ -813,6 +813,49 @@ pub fn privileged(cri: &CriContainerd, handler: &str) -> Result<Privileged, CriE
     })
 }
 
+/// A read-only volume whose host directory has a tmpfs mounted inside it.
+/// A plain `ro` bind is not recursive: the tmpfs stays writable.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ReadOnlyVolume {
+    /// Writing a file at the volume's top (the error, or `written`).
+    pub top: String,
+    /// Writing a file in the tmpfs below it.
+    pub below: String,
+    /// What the host's tmpfs holds after.
+    pub host_sees_below: String,
+    pub teardown: Teardown,
+}
+
+pub fn read_only_volume_with_a_mount_inside(cri: &CriContainerd, handler: &str) -> ReadOnlyVolume {
+    let mut pod = Pod::run(cri, handler, PodSpec::new("rovolume"))
+        .unwrap_or_else(|e| panic!("a pod under {handler}: {e}"));
+    let volume = pod.dir().join("ro-volume");
+    let inner = volume.join("inner");
+    create_dir(&volume);
+    create_dir(&inner);
+    write_file(&volume.join("from-host"), "top\n", 0o644);
+    let tmpfs = Tmpfs::mount(&inner);
+    let id = pod.start_container(
+        &ContainerSpec::new("user", &["sleep", "100000"]).mount(&volume, "/data", true),
+    );
+    let write = |path: &str| {
+        let script = format!("echo data > {path} && echo written");
+        let (_, out, err) = pod.exec(&id, &["sh", "-c", &script]);
+        format!("{}{}", out.trim(), err.trim())
+    };
+    let top = write("/data/new");
+    let below = write("/data/inner/new");
+    let host_sees_below = std::fs::read_to_string(inner.join("new")).unwrap_or_default();
+    let teardown = teardown(pod);
+    drop(tmpfs);
+    ReadOnlyVolume {
+        top,
+        below,
+        host_sees_below,
+        teardown,
+    }
+}
+
 /// `kubectl port-forward` through CRI's PortForward and the streaming
 /// server, as the kubelet serves it.
 #[derive(Debug, PartialEq, Eq)]
@@ -894,7 +937,8 @@ pub struct PrivilegedWithoutHostDevices {
     /// its network namespace written. (The node is made on the tmpfs: Hull's
     /// virtio-fs server may not make device nodes in the host's files.)
     pub may: Vec<String>,
-    /// `ls /dev`.
+    /// `ls /dev`, but `core`: runc links it to /proc/kcore where the
+    /// kernel has one, which a guest kernel need not.
     pub dev: Vec<String>,
     /// `/sys` with `rw` or `ro`, and a file written under it (or the error).
     /// Under runc a pod's sysfs is its network namespace's, which the pause
@@ -943,7 +987,7 @@ pub fn privileged_without_host_devices(
         security: lines("status"),
         proc: lines("/proc"),
         may: lines("actions"),
-        dev: lines("/dev"),
+        dev: lines("/dev").into_iter().filter(|d| d != "core").collect(),
         sysfs: lines("/sys"),
         teardown: teardown(pod),
     }
