@@ -116,6 +116,7 @@ async fn guest_stays_in_the_share(mode: Mode) {
         source: volume.clone(),
         read_only: false,
         recursive: true,
+        recursive_read_only: false,
     };
     share.bind(&bind, Path::new(VOLUME)).unwrap();
     share
