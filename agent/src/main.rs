@@ -15,6 +15,7 @@ mod forward;
 mod init;
 mod network;
 mod process_io;
+mod propagation;
 mod reaper;
 mod runtime;
 mod sandbox;

@@ -17,6 +17,7 @@ use crate::cgroup;
 use crate::container::{run_runtime, Container, Process, RuntimeError};
 use crate::executable::{self, ExecutableError};
 use crate::process_io::{AttachError, FdStream, ProcessIo};
+use crate::propagation::PropagationSources;
 use crate::reaper::{Exit, Reaper};
 
 /// Errors of the agent API, each mapped to one ttrpc status code.
@@ -102,6 +103,7 @@ pub struct Sandbox {
     /// Numbers the console sockets: ids (CRI's are 64 characters each) would
     /// not fit a socket path.
     consoles_made: std::sync::atomic::AtomicU64,
+    propagation: PropagationSources,
 }
 
 /// Where the shim puts a pod's memory-backed volumes (emptyDir with
@@ -159,6 +161,7 @@ impl Sandbox {
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             consoles_made: Default::default(),
+            propagation: PropagationSources::default(),
         }
     }
 
@@ -245,6 +248,17 @@ impl Sandbox {
 
         // Every container gets a cgroup, so stats, pause and kill-all work.
         let mut linux = spec.linux().clone().unwrap_or_default();
+        // runc takes rootfsPropagation as `rshared` as well as `shared` (and
+        // containerd writes the former); libcontainer 0.7 knows only the
+        // latter and applies it recursively anyway.
+        if let Some(propagation) = linux.rootfs_propagation().clone() {
+            if let Some(plain) = propagation
+                .strip_prefix('r')
+                .filter(|p| matches!(*p, "shared" | "slave" | "private" | "unbindable"))
+            {
+                linux.set_rootfs_propagation(Some(plain.to_owned()));
+            }
+        }
         let cgroups_path = linux
             .cgroups_path()
             .clone()
@@ -267,10 +281,15 @@ impl Sandbox {
 
         let bundle = self.paths.bundles.join(id);
         std::fs::create_dir_all(&bundle).map_err(io_error("creating the bundle"))?;
-        let result = self
-            .spawn_init(id, &bundle, &spec, stdio, rootfs, cgroups_path)
-            .await;
+        let result = match self.propagation.acquire(id, &spec) {
+            Ok(()) => {
+                self.spawn_init(id, &bundle, &spec, stdio, rootfs, cgroups_path)
+                    .await
+            }
+            Err(err) => Err(io_error("preparing a mount that propagates")(err)),
+        };
         if result.is_err() {
+            self.propagation.release(id);
             let _ = std::fs::remove_dir_all(&bundle);
             let _ = delete_runtime_state(&self.paths.runtime_root, id);
         }
@@ -499,6 +518,7 @@ impl Sandbox {
             .expect("delete task")
             .map_err(libcontainer_error(format!("deleting container {id}")))?;
         container.oom_watch.abort();
+        self.propagation.release(id);
         let _ = std::fs::remove_dir_all(&container.bundle);
         self.containers.lock().expect("containers lock").remove(id);
         tracing::info!(container = id, "container removed");

@@ -137,6 +137,24 @@ fn a_read_only_volume_leaves_mounts_inside_it_writable() {
     assert_eq!(volume.host_sees_below, "data\n");
 }
 
+/// Mount propagation between a pod's containers and from the node as under
+/// runc: what the `Bidirectional` container mounts in the volume reaches
+/// the `HostToContainer` one, not the `None` one, and what the node mounts
+/// there later reaches the first two. A container's mount never reaches the
+/// node: the VM is the boundary.
+#[test]
+fn mounts_propagate_between_a_pods_containers() {
+    let cri = cri();
+    let mut runc = scenarios::mount_propagation(&cri, RUNC_HANDLER);
+    let mut hull = scenarios::mount_propagation(&cri, HULL_HANDLER);
+    without_teardown(&mut runc, |r| &mut r.teardown, Held::ALL);
+    without_teardown(&mut hull, |r| &mut r.teardown, HULL_HELD);
+    assert_eq!(runc.host_sees, "bidirectional node");
+    assert_eq!(hull.host_sees, "node");
+    hull.host_sees = runc.host_sees.clone();
+    assert_eq!(hull, runc, "Hull (left) and runc (right) differ");
+}
+
 /// `kubectl port-forward`: containerd dials localhost in the pod's network
 /// namespace on the host; Hull carries it to the same port in the guest.
 #[test]

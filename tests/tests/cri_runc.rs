@@ -157,6 +157,27 @@ fn a_read_only_volume_leaves_mounts_inside_it_writable() {
 }
 
 #[test]
+fn mounts_propagate_between_a_pods_containers() {
+    let cri = cri();
+    let p = scenarios::mount_propagation(&cri, RUNC_HANDLER);
+    let seen: Vec<(&str, &str)> = p
+        .seen
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("bidirectional", "bidirectional node"),
+            ("host-to-container", "bidirectional host-to-container node"),
+            ("private", "private"),
+        ]
+    );
+    assert_eq!(p.host_sees, "bidirectional node");
+    clean(&p.teardown, Held::ALL);
+}
+
+#[test]
 fn port_forward_reaches_the_pods_ports() {
     let cri = cri();
     let forward = scenarios::port_forward(&cri, RUNC_HANDLER);

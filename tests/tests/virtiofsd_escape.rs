@@ -117,6 +117,7 @@ async fn guest_stays_in_the_share(mode: Mode) {
         read_only: false,
         recursive: true,
         recursive_read_only: false,
+        receives_host_mounts: false,
     };
     share.bind(&bind, Path::new(VOLUME)).unwrap();
     share

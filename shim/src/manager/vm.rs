@@ -2,9 +2,10 @@
 //! one, [`BootedVm`] is one that runs. [`VmLauncher`] and [`SandboxVm`] are
 //! the real ones; the lifecycle tests use fakes, with no VM.
 
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -105,13 +106,19 @@ impl Launcher for VmLauncher {
         )
         .await?;
         let agent: Arc<dyn Agent> = Arc::new(vm.agent().clone());
-        Ok(Box::new(RunningVm { vm, agent }))
+        Ok(Box::new(RunningVm {
+            vm,
+            agent,
+            pod_volumes: Mutex::default(),
+        }))
     }
 }
 
 struct RunningVm {
     vm: SandboxVm,
     agent: Arc<dyn Agent>,
+    /// The pod volumes in the share, with the containers using each.
+    pod_volumes: Mutex<HashMap<String, BTreeSet<String>>>,
 }
 
 #[async_trait]
@@ -134,25 +141,50 @@ impl BootedVm for RunningVm {
         share
             .mount_rootfs(id, rootfs)
             .map_err(ContainerShareError::Rootfs)?;
+        let mut pod_volumes = self.pod_volumes.lock().expect("pod volumes lock");
         for host in shares {
-            let bind = ShareBind {
-                source: host.source.clone(),
-                read_only: host.read_only,
-                recursive: host.recursive,
-                recursive_read_only: host.recursive_read_only,
-            };
-            share
-                .bind(&bind, &host.share_path)
-                .map_err(ContainerShareError::Volume)?;
+            let users = host
+                .pod_volume
+                .as_ref()
+                .map(|name| pod_volumes.entry(name.clone()).or_default());
+            let bound = users.as_ref().is_some_and(|users| !users.is_empty());
+            if !bound {
+                let bind = ShareBind {
+                    source: host.source.clone(),
+                    read_only: host.read_only,
+                    recursive: host.recursive,
+                    recursive_read_only: host.recursive_read_only,
+                    // A pod volume asks for propagation (spec.rs).
+                    receives_host_mounts: host.pod_volume.is_some(),
+                };
+                share
+                    .bind(&bind, &host.share_path)
+                    .map_err(ContainerShareError::Volume)?;
+            }
+            if let Some(users) = users {
+                users.insert(id.to_owned());
+            }
         }
         Ok(())
     }
 
     fn unmount_container(&self, id: &str) {
-        let leftovers = self.vm.share().remove_container(id);
+        let share = self.vm.share();
+        let leftovers = share.remove_container(id);
         if !leftovers.is_empty() {
             tracing::warn!(container = %id, ?leftovers, "left in the share");
         }
+        let mut pod_volumes = self.pod_volumes.lock().expect("pod volumes lock");
+        pod_volumes.retain(|name, users| {
+            if !users.remove(id) || !users.is_empty() {
+                return !users.is_empty();
+            }
+            let leftovers = share.remove_pod_volume(name);
+            if !leftovers.is_empty() {
+                tracing::warn!(volume = %name, ?leftovers, "left in the share");
+            }
+            false
+        });
     }
 
     fn vmm_pid(&self) -> Option<u32> {

@@ -16,7 +16,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use crate::sys::fs::{open_beneath, Crossing};
-use crate::sys::mount::{clone_tree, set_attrs, MountAttrs, NewFilesystem};
+use crate::sys::mount::{clone_tree, set_attrs, MountAttrs, NewFilesystem, Propagation};
 use crate::sys::userns::IdMappedNamespace;
 
 /// Whether overlayfs takes its lower layers one `lowerdir+` at a time
@@ -119,14 +119,22 @@ impl RootfsMountSpec {
             nodev: true,
             noexec: false,
             idmap: idmap.map(IdMappedNamespace::fd),
+            propagation: Propagation::Unchanged,
         };
         if self.is_bind() {
             let recursive = self.has("rbind");
             let tree = clone_tree(&self.source, recursive).map_err(self.step_error("open_tree"))?;
             // `ro` is the bind's own, as mount(8) and runc make it: the
-            // mounts below keep theirs. `rro` takes them too.
+            // mounts below keep theirs. `rro` takes them too. A copy of a
+            // shared mount would be its peer: it gets what is mounted below
+            // the source later only with `rslave`, and never gives back.
             let below = MountAttrs {
                 read_only: self.has("rro"),
+                propagation: if self.has("rslave") {
+                    Propagation::Slave
+                } else {
+                    Propagation::Private
+                },
                 ..attrs
             };
             set_attrs(tree.as_fd(), &below, recursive)

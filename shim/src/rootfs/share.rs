@@ -75,6 +75,9 @@ pub struct ShareBind {
     /// With the mounts below `source` (`rbind`).
     pub recursive: bool,
     pub recursive_read_only: bool,
+    /// Mounts the host makes below `source` later reach the share (and the
+    /// guest); never the other way.
+    pub receives_host_mounts: bool,
 }
 
 pub struct SharedDir {
@@ -193,6 +196,11 @@ impl SharedDir {
                     (true, false) => "ro",
                     (false, false) => "rw",
                 },
+                if bind.receives_host_mounts {
+                    "rslave"
+                } else {
+                    "rprivate"
+                },
             ]
             .map(String::from)
             .to_vec(),
@@ -234,7 +242,18 @@ impl SharedDir {
     /// the container had there. Returns what stayed (a mount that would not
     /// go, or what could not be removed), for the caller to report.
     pub fn remove_container(&self, container: &str) -> Leftovers {
-        let relative = Path::new(container);
+        self.remove_top(container)
+    }
+
+    /// Undoes a pod volume's bind and removes its directory (see
+    /// [`crate::spec::pod_volume_name`]).
+    pub fn remove_pod_volume(&self, name: &str) -> Leftovers {
+        self.remove_top(name)
+    }
+
+    /// Detaches every mount below the top-level entry `name` and removes it.
+    fn remove_top(&self, name: &str) -> Leftovers {
+        let relative = Path::new(name);
         self.detach_below(relative);
         if normal_components(relative).map_or(true, |c| c.len() != 1) {
             return Leftovers {
@@ -281,6 +300,7 @@ mod tests {
             read_only,
             recursive: true,
             recursive_read_only: false,
+            receives_host_mounts: false,
         };
 
         share
@@ -342,6 +362,7 @@ mod tests {
                 read_only: true,
                 recursive: true,
                 recursive_read_only,
+                receives_host_mounts: false,
             };
             share.bind(&bind, Path::new(at)).unwrap();
         }
@@ -396,6 +417,7 @@ mod tests {
             read_only: false,
             recursive: false,
             recursive_read_only: false,
+            receives_host_mounts: false,
         };
         let err = share.bind(&bind, Path::new("c1/mounts/0")).unwrap_err();
         assert!(matches!(err, ShareError::MountPoint { .. }), "{err}");
@@ -406,6 +428,7 @@ mod tests {
             read_only: true,
             recursive: false,
             recursive_read_only: false,
+            receives_host_mounts: false,
         };
         let err = share.bind(&hosts, Path::new("c3/mounts/0")).unwrap_err();
         assert!(matches!(err, ShareError::MountPoint { .. }), "{err}");

@@ -187,6 +187,7 @@ fn removal_detaches_the_share_and_keeps_volume_files_and_symlink_targets() {
         read_only: false,
         recursive: true,
         recursive_read_only: false,
+        receives_host_mounts: false,
     };
     share.bind(&bind, Path::new("c/mounts/0")).unwrap();
     // What a guest can plant in the share.

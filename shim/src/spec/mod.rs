@@ -105,6 +105,28 @@ pub struct HostShare {
     pub read_only: bool,
     pub recursive: bool,
     pub recursive_read_only: bool,
+    /// For a volume the pod's containers share (see [`pod_volume_name`]):
+    /// its top-level directory in the share, bound once for the pod.
+    pub pod_volume: Option<String>,
+}
+
+/// Where a pod volume's bind goes inside its directory.
+const POD_VOLUME_MOUNT: &str = "volume";
+
+/// Whether a mount's options ask for shared or slave propagation.
+fn propagates(options: &[String]) -> bool {
+    options
+        .iter()
+        .any(|o| matches!(o.as_str(), "rshared" | "shared" | "rslave" | "slave"))
+}
+
+/// The share directory of a pod volume: one per host source and mode,
+/// named so that no container id can take it (ids cannot start with `_`).
+pub fn pod_volume_name(source: &Path, read_only: bool, recursive: bool, rro: bool) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    (source, read_only, recursive, rro).hash(&mut hasher);
+    format!("_volume-{:016x}", hasher.finish())
 }
 
 /// What the guest knows of the container's pod.
@@ -290,13 +312,21 @@ pub fn guest_spec(
             mount.set_source(Some(Path::new(POD_VOLUMES_DIR).join(volume_name(&source))));
             continue;
         }
-        let share_path = Path::new(container_id)
-            .join("mounts")
-            .join(shares.len().to_string());
-        mount.set_source(Some(guest_share.join(&share_path)));
         let recursive = options.iter().any(|o| o == "rbind");
         let recursive_read_only = options.iter().any(|o| o == "rro");
         let read_only = recursive_read_only || options.iter().any(|o| o == "ro");
+        // A volume whose mounts propagate (Bidirectional, HostToContainer)
+        // is one share for the whole pod, so that what one container mounts
+        // in it reaches the others as it would through the node's mount.
+        let pod_volume = (role.is_pod() && propagates(&options))
+            .then(|| pod_volume_name(&source, read_only, recursive, recursive_read_only));
+        let share_path = match &pod_volume {
+            Some(name) => Path::new(name).join(POD_VOLUME_MOUNT),
+            None => Path::new(container_id)
+                .join("mounts")
+                .join(shares.len().to_string()),
+        };
+        mount.set_source(Some(guest_share.join(&share_path)));
         if recursive_read_only {
             // runc's recursive read-only: the guest's one mount of the
             // share is read-only, and so is everything below it on the host.
@@ -328,6 +358,7 @@ pub fn guest_spec(
             read_only,
             recursive,
             recursive_read_only,
+            pod_volume,
         });
     }
     for (index, binds) in submount_binds.into_iter().rev() {

@@ -104,6 +104,7 @@ fn host_binds_come_from_the_share_with_their_modes() {
                 read_only: false,
                 recursive: true,
                 recursive_read_only: false,
+                pod_volume: None,
             },
             HostShare {
                 source: "/srv/cfg".into(),
@@ -111,6 +112,7 @@ fn host_binds_come_from_the_share_with_their_modes() {
                 read_only: true,
                 recursive: false,
                 recursive_read_only: false,
+                pod_volume: None,
             },
         ]
     );

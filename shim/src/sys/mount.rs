@@ -26,6 +26,29 @@ pub struct MountAttrs<'a> {
     pub noexec: bool,
     /// The user namespace whose mapping the mount's ids go through.
     pub idmap: Option<BorrowedFd<'a>>,
+    pub propagation: Propagation,
+}
+
+/// What a mount receives of mounts made later below its source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// As it came (a copy of a shared mount is its peer).
+    #[default]
+    Unchanged,
+    /// Nothing, either way.
+    Private,
+    /// What is mounted below the source later, never the other way.
+    Slave,
+}
+
+impl Propagation {
+    fn flag(self) -> u64 {
+        match self {
+            Propagation::Unchanged => 0,
+            Propagation::Private => libc::MS_PRIVATE,
+            Propagation::Slave => libc::MS_SLAVE,
+        }
+    }
 }
 
 impl MountAttrs<'_> {
@@ -76,13 +99,13 @@ pub fn clone_tree(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
 /// the attributes `attrs`.
 pub fn set_attrs(tree: BorrowedFd, attrs: &MountAttrs, recursive: bool) -> io::Result<()> {
     let flags = attrs.flags();
-    if flags == 0 {
+    if flags == 0 && attrs.propagation == Propagation::Unchanged {
         return Ok(());
     }
     let attr = MountAttr {
         attr_set: flags,
         attr_clr: 0,
-        propagation: 0,
+        propagation: attrs.propagation.flag(),
         userns_fd: attrs.idmap.map_or(0, |fd| fd.as_raw_fd() as u64),
     };
     let mut at_flags = libc::AT_EMPTY_PATH as libc::c_uint;

@@ -191,6 +191,23 @@ impl ContainerSpec {
         self
     }
 
+    /// A read-write bind mount of a host directory with the propagation of
+    /// `mountPropagation` (`None`, `HostToContainer`, `Bidirectional`).
+    pub fn mount_propagating(
+        mut self,
+        host: &Path,
+        container: &str,
+        propagation: api::MountPropagation,
+    ) -> Self {
+        self.mounts.push(api::Mount {
+            host_path: host.to_string_lossy().into_owned(),
+            container_path: container.to_string(),
+            propagation: propagation as i32,
+            ..Default::default()
+        });
+        self
+    }
+
     /// A bind mount of a host file or directory.
     pub fn mount(mut self, host: &Path, container: &str, readonly: bool) -> Self {
         self.mounts.push(api::Mount {

@@ -856,6 +856,117 @@ pub fn read_only_volume_with_a_mount_inside(cri: &CriContainerd, handler: &str) 
     }
 }
 
+/// Mount propagation between a pod's containers and from the node: three
+/// privileged containers bind one host directory (a shared mount, which
+/// containerd requires) with `Bidirectional`, `HostToContainer` and `None`;
+/// each mounts a tmpfs in it, and then the node does.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MountPropagation {
+    /// Per container, the tmpfs mounts it sees in the volume (the node's is
+    /// `node`).
+    pub seen: Vec<(String, String)>,
+    /// The tmpfs mounts the host sees in the directory: under runc the
+    /// `Bidirectional` container's, in a VM none.
+    pub host_sees: String,
+    pub teardown: Teardown,
+}
+
+pub fn mount_propagation(cri: &CriContainerd, handler: &str) -> MountPropagation {
+    let mut pod = Pod::run(cri, handler, PodSpec::new("propagation").privileged())
+        .unwrap_or_else(|e| panic!("a privileged pod under {handler}: {e}"));
+    let volume = pod.dir().join("propagation");
+    create_dir(&volume);
+    let names = ["bidirectional", "host-to-container", "private"];
+    for name in names.iter().chain(&["node"]) {
+        create_dir(&volume.join(name));
+    }
+    let shared = SharedMount::bind(&volume);
+    let containers: Vec<String> = names
+        .iter()
+        .zip([
+            api::MountPropagation::PropagationBidirectional,
+            api::MountPropagation::PropagationHostToContainer,
+            api::MountPropagation::PropagationPrivate,
+        ])
+        .map(|(name, propagation)| {
+            pod.start_container(
+                &ContainerSpec::new(name, &["sleep", "100000"])
+                    .privileged()
+                    .mount_propagating(&volume, "/mnt/vol", propagation),
+            )
+        })
+        .collect();
+    for (id, name) in containers.iter().zip(names) {
+        let script =
+            format!("mount -t tmpfs {name} /mnt/vol/{name} && echo {name} > /mnt/vol/{name}/file");
+        pod.exec_ok(id, &["sh", "-c", &script]);
+    }
+    // The node mounts in the volume once the containers run.
+    let node = volume.join("node");
+    nix::mount::mount(
+        Some("node"),
+        &node,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .unwrap_or_else(|e| panic!("mounting a tmpfs on {}: {e}", node.display()));
+    write_file(&node.join("file"), "node\n", 0o644);
+    let seen = containers
+        .iter()
+        .zip(names)
+        .map(|(id, name)| {
+            let files = pod.exec_ok(id, &["sh", "-c", "cat /mnt/vol/*/file 2>/dev/null | sort"]);
+            (
+                name.to_string(),
+                files.split_whitespace().collect::<Vec<_>>().join(" "),
+            )
+        })
+        .collect();
+    let host_sees = names
+        .iter()
+        .chain(&["node"])
+        .filter(|name| volume.join(name).join("file").exists())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" ");
+    drop(shared);
+    MountPropagation {
+        seen,
+        host_sees,
+        teardown: teardown(pod),
+    }
+}
+
+/// A directory bound onto itself and made a shared mount, as a node's
+/// volume directory must be for `Bidirectional`; dropping it detaches it
+/// with whatever was mounted below it.
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn bind(dir: &Path) -> Self {
+        use nix::mount::{mount, MsFlags};
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .unwrap_or_else(|e| panic!("binding {} onto itself: {e}", dir.display()));
+        let guard = Self(dir.to_path_buf());
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("making {} shared: {e}", dir.display()));
+        guard
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// `kubectl port-forward` through CRI's PortForward and the streaming
 /// server, as the kubelet serves it.
 #[derive(Debug, PartialEq, Eq)]
