@@ -41,7 +41,8 @@ suites=(
     "ctr_hull tests exec_with_and_without_terminal_matches_runc pause_and_resume_match_runc
         ps_and_metrics_match_runc killing_the_vm_ends_the_task_and_cleans_up"
     "cri_hull tests pod_network_names_and_shared_namespaces
-        volumes_bind_read_only_files_empty_dir_and_tmpfs port_forward_reaches_the_pods_ports"
+        volumes_bind_read_only_files_empty_dir_and_tmpfs port_forward_reaches_the_pods_ports
+        mounts_propagate_between_a_pods_containers"
     "faults tests vmm_stopped virtiofsd_killed vmm_stopped_during_delete guest_kernel_panicked"
 )
 

@@ -110,6 +110,31 @@ fn pause_and_resume_match_runc() {
     assert_no_leftovers(&c);
 }
 
+/// Checkpoint is refused as not implemented, saying why; the container
+/// runs on.
+#[test]
+fn checkpoint_is_refused_as_not_implemented() {
+    let c = containerd();
+    let id = c.id("ckpt");
+    let boot = Duration::from_secs(90);
+    c.run_detached(HULL, &id, &["sleep", "100000"]);
+    assert!(
+        c.wait_for_status(&id, "RUNNING", boot),
+        "{id} is not running"
+    );
+    let output = c.ctr(&["task", "checkpoint", &id]);
+    assert!(!output.status.success(), "{}", describe(&output));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("Hull does not checkpoint containers"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("not implemented"), "{stderr}");
+    assert!(c.wait_for_status(&id, "RUNNING", boot), "{id} stopped");
+    c.kill_and_remove(&id);
+    assert_no_leftovers(&c);
+}
+
 #[test]
 fn ten_in_a_row_and_four_at_once_leave_nothing_behind() {
     let c = containerd();
