@@ -79,6 +79,13 @@ enum Command {
         /// default: four per CPU).
         #[arg(long)]
         burst: Option<usize>,
+        /// Idle sandboxes whose CPU time and memory are measured side by
+        /// side (0: none).
+        #[arg(long, default_value_t = 10)]
+        idle: usize,
+        /// Megabytes (10^6 bytes) the stdout measurement writes (0: none).
+        #[arg(long, value_name = "MB", default_value_t = 50)]
+        stdout_mb: u64,
     },
     /// Install Hull from a built tree: binaries, guest assets, configuration,
     /// and the `hull` runtime handler in containerd's configuration.
@@ -130,6 +137,8 @@ fn main() {
             rootfs,
             iterations,
             burst,
+            idle,
+            stdout_mb,
         } => {
             let config = Config::load(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -138,7 +147,14 @@ fn main() {
                 .unwrap_or_else(|e| fail(e));
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let burst = burst.unwrap_or(4 * cpus);
-            let bench = hull_shim::bench::bench(&config, &rootfs, iterations.max(1), burst);
+            let bench = hull_shim::bench::bench(
+                &config,
+                &rootfs,
+                iterations.max(1),
+                burst,
+                idle,
+                stdout_mb * 1_000_000,
+            );
             match runtime.block_on(bench) {
                 Ok(report) => {
                     print!("{}", report.markdown());
