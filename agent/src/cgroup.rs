@@ -81,7 +81,12 @@ pub fn stats(dir: &Path) -> StatsContainerResponse {
 
 /// The number of processes the OOM killer has killed in this cgroup.
 pub fn oom_kills(dir: &Path) -> u64 {
-    keyed(&read(dir, "memory.events"), "oom_kill")
+    oom_kills_in(&read(dir, "memory.events"))
+}
+
+/// The `oom_kill` count of a `memory.events` text.
+pub fn oom_kills_in(memory_events: &str) -> u64 {
+    keyed(memory_events, "oom_kill")
 }
 
 /// Every process in the cgroup and its descendants.

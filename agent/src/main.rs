@@ -14,6 +14,7 @@ mod executable;
 mod forward;
 mod init;
 mod network;
+mod oom;
 mod process_io;
 mod propagation;
 mod reaper;

@@ -91,9 +91,6 @@ impl Paths {
     }
 }
 
-/// How often a container's memory.events is read for OOM kills.
-const OOM_POLL: Duration = Duration::from_millis(250);
-
 pub struct Sandbox {
     paths: Paths,
     reaper: Arc<Reaper>,
@@ -338,7 +335,7 @@ impl Sandbox {
         if let Some(master) = spawned.terminal {
             io.set_terminal(master);
         }
-        let oom_watch = tokio::spawn(watch_oom(
+        let oom_watch = tokio::spawn(crate::oom::watch(
             id.to_owned(),
             cgroup.clone(),
             self.oom_tx.clone(),
@@ -637,21 +634,6 @@ fn delete_runtime_state(root: &Path, id: &str) -> std::result::Result<(), String
     container.delete(true).map_err(|e| e.to_string())?;
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
-}
-
-async fn watch_oom(id: String, cgroup: PathBuf, events: mpsc::UnboundedSender<String>) {
-    let mut seen = cgroup::oom_kills(&cgroup);
-    loop {
-        tokio::time::sleep(OOM_POLL).await;
-        let now = cgroup::oom_kills(&cgroup);
-        if now > seen {
-            tracing::info!(container = %id, kills = now - seen, "OOM kill");
-            if events.send(id.clone()).is_err() {
-                return;
-            }
-        }
-        seen = now;
-    }
 }
 
 fn path_arg(path: &Path) -> String {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hull_protocols::stdio::{self, StreamHeader, StreamKind, MAX_HEADER_LEN};
-use hull_protocols::{AGENT_API_PORT, AGENT_FORWARD_PORT, AGENT_STDIO_PORT};
+use hull_protocols::{AGENT_API_PORT, AGENT_FORWARD_PORT, AGENT_READY_PORT, AGENT_STDIO_PORT};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use ttrpc::r#async::transport::Listener;
@@ -105,6 +105,9 @@ pub async fn run(mode: Mode) -> Result<()> {
         }
     }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "hull-agent ready");
+    if mode.is_guest() {
+        tell_the_host_we_serve().await;
+    }
 
     match &mode {
         Mode::Guest => {
@@ -126,6 +129,16 @@ pub async fn run(mode: Mode) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Connects to the host's ready port and hangs up: the host waits for
+/// that instead of retrying connections to the API port.
+async fn tell_the_host_we_serve() {
+    let host = tokio_vsock::VsockAddr::new(libc::VMADDR_CID_HOST, AGENT_READY_PORT);
+    if let Err(err) = tokio_vsock::VsockStream::connect(host).await {
+        // The host retries the API port then, as it would without the call.
+        tracing::warn!(%err, "telling the host that the agent serves");
+    }
 }
 
 /// Where stdio streams come from: vsock in the guest, a Unix socket on the

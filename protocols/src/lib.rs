@@ -26,6 +26,9 @@ pub use agent::ApiVersion;
 pub const AGENT_API_PORT: u32 = 1024;
 /// vsock port on which the agent accepts stdio streams.
 pub const AGENT_STDIO_PORT: u32 = 1025;
+/// Host vsock port the agent connects to once it serves: the host waits for
+/// that instead of retrying connections through the boot.
+pub const AGENT_READY_PORT: u32 = 1027;
 /// vsock port on which the agent accepts forwarded TCP connections
 /// (`kubectl port-forward`); see [`forward`].
 pub const AGENT_FORWARD_PORT: u32 = 1026;

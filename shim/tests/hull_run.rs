@@ -476,7 +476,7 @@ fn a_guest_without_an_agent_times_out_naming_the_console_log() {
     assert_eq!(output.status.code(), Some(125));
     let stderr = text(&output.stderr);
     assert!(
-        stderr.contains("did not accept a connection within"),
+        stderr.contains("did not say that it serves within"),
         "{stderr}"
     );
     assert!(stderr.contains("console.log"), "{stderr}");

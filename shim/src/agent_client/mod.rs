@@ -1,15 +1,16 @@
 //! Reaching the guest agent: hybrid vsock (Firecracker's protocol over one
-//! Unix socket per VM), the ttrpc API on port 1024 and stdio streams on 1025.
+//! Unix socket per VM), the ttrpc API on port 1024 and stdio streams on 1025;
+//! the agent's own call to host port 1027 says that it serves.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use hull_protocols::agent::{CheckRequest, CheckResponse};
 use hull_protocols::agent_ttrpc;
 use hull_protocols::stdio::{parse_answer, StreamHeader};
-use hull_protocols::{AGENT_API_PORT, AGENT_STDIO_PORT, API_VERSION};
+use hull_protocols::{AGENT_API_PORT, AGENT_READY_PORT, AGENT_STDIO_PORT, API_VERSION};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
+use tokio::net::{UnixListener, UnixStream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentClientError {
@@ -21,6 +22,8 @@ pub enum AgentClientError {
     },
     #[error("vsock port {port}: {reason}")]
     Handshake { port: u32, reason: String },
+    #[error("the guest agent did not say that it serves within {waited:.1?} (it calls host vsock port {AGENT_READY_PORT} when it does)")]
+    NotReady { waited: Duration },
     #[error("the guest agent did not accept a connection within {waited:.1?} ({attempts} attempts; last: {last})")]
     NotListening {
         waited: Duration,
@@ -113,6 +116,42 @@ pub async fn read_line<R: AsyncRead + Unpin>(stream: &mut R) -> std::io::Result<
     String::from_utf8(line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// The host end of the agent's ready call: once the agent serves, it
+/// connects to host port [`AGENT_READY_PORT`], which the VM's vsock device
+/// turns into a connection to `<uds>_<port>`. Waiting for it replaces
+/// knocking on the agent's port through the boot. Nothing is read from the
+/// connection: that it came is the message.
+pub struct ReadySignal {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ReadySignal {
+    /// Listens beside the VM's hybrid vsock socket `uds`, the socket owned
+    /// by `owner` (the VMM's uid and gid: the VMM connects from its jail).
+    pub fn listen(uds: &Path, owner: (u32, u32)) -> std::io::Result<Self> {
+        let mut path = uds.as_os_str().to_owned();
+        path.push(format!("_{AGENT_READY_PORT}"));
+        let path = PathBuf::from(path);
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path)?;
+        let signal = ReadySignal { listener, path };
+        std::os::unix::fs::chown(&signal.path, Some(owner.0), Some(owner.1))?;
+        Ok(signal)
+    }
+
+    /// Waits for the agent's call.
+    async fn wait(&self) -> std::io::Result<()> {
+        self.listener.accept().await.map(drop)
+    }
+}
+
+impl Drop for ReadySignal {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// A connected, version-checked guest agent.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -126,9 +165,25 @@ impl AgentClient {
     /// (one deadline for the whole boot, not one per step): retries the
     /// connection until the agent listens, then gives the version check
     /// what is left.
-    pub async fn connect(vsock: HybridVsock, timeout: Duration) -> Result<Self, AgentClientError> {
+    pub async fn connect(
+        vsock: HybridVsock,
+        ready: Option<&ReadySignal>,
+        timeout: Duration,
+    ) -> Result<Self, AgentClientError> {
         let started = Instant::now();
         let deadline = started + timeout;
+        if let Some(ready) = ready {
+            match tokio::time::timeout_at(deadline.into(), ready.wait()).await {
+                Ok(Ok(())) => {}
+                // Knocking, as without a ready call, still works.
+                Ok(Err(err)) => tracing::warn!(%err, "waiting for the agent's ready call"),
+                Err(_) => {
+                    return Err(AgentClientError::NotReady {
+                        waited: started.elapsed(),
+                    })
+                }
+            }
+        }
         let mut attempts = 0;
         let mut last = String::new();
         let stream = loop {
@@ -324,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn connect_times_out_when_nobody_answers() {
         let (_dir, vsock) = endpoint("").await;
-        let err = AgentClient::connect(vsock, Duration::from_millis(300))
+        let err = AgentClient::connect(vsock, None, Duration::from_millis(300))
             .await
             .err()
             .unwrap();
@@ -354,7 +409,7 @@ mod tests {
         });
         let vsock = HybridVsock::new(path);
         let started = Instant::now();
-        let err = AgentClient::connect(vsock, Duration::from_millis(700))
+        let err = AgentClient::connect(vsock, None, Duration::from_millis(700))
             .await
             .err()
             .unwrap();

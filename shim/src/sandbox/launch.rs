@@ -22,6 +22,8 @@ pub(super) struct Launch {
     pub(super) virtiofsd: PathBuf,
     /// hull-vmm, which jails virtiofsd (and QEMU).
     pub(super) jailer: PathBuf,
+    /// The uid and gid the VMM (and QEMU's vsock backend) run as.
+    pub(super) vmm_ids: (u32, u32),
 }
 
 /// The programs a sandbox runs, found on this host.
@@ -98,6 +100,7 @@ impl Launch {
             hypervisor,
             virtiofsd,
             jailer: vmm,
+            vmm_ids,
         })
     }
 }

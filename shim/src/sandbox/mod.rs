@@ -32,7 +32,7 @@ pub use self::progress::{Milestone, Progress};
 pub use self::state_dir::{create_state_dir, remove_state, SandboxPaths, SHARED_DIR_NAME};
 pub use self::virtiofsd::{Virtiofsd, VirtiofsdLaunch};
 pub use self::vmm_ids::VMM_ID_COUNT;
-use crate::agent_client::{context, rpc_message, AgentClient, HybridVsock};
+use crate::agent_client::{context, rpc_message, AgentClient, HybridVsock, ReadySignal};
 use crate::config::Config;
 use crate::host::Virtualization;
 use crate::hypervisor::{self, Backend, Hypervisor, NetDevice, VmParams, VmmHost};
@@ -155,6 +155,7 @@ impl SandboxVm {
             mut hypervisor,
             virtiofsd,
             jailer,
+            vmm_ids,
         } = launch;
         let cgroup = SandboxCgroup::create(
             &Hierarchies::detect()?,
@@ -229,6 +230,12 @@ impl SandboxVm {
             console: self.log_pipe(&self.paths.console_log.clone(), log_max)?,
             cgroup_procs: self.cgroup.as_ref().expect("made above").procs_paths(),
         };
+        // Where the agent says it serves, from the VMM's jail.
+        let ready =
+            ReadySignal::listen(&self.paths.vsock, vmm_ids).map_err(|source| SandboxError::Io {
+                what: "listening for the agent's ready call".into(),
+                source,
+            })?;
         // Kept before it runs, so that a failed start is stopped with the rest.
         let started = hypervisor.start(&vm_config, host).await;
         let pid = hypervisor.pid();
@@ -252,7 +259,7 @@ impl SandboxVm {
 
         let vsock = HybridVsock::new(&self.paths.vsock);
         let agent = tokio::select! {
-            agent = AgentClient::connect(vsock, config.agent_timeout()) => agent.map_err(|source| SandboxError::Boot {
+            agent = AgentClient::connect(vsock, Some(&ready), config.agent_timeout()) => agent.map_err(|source| SandboxError::Boot {
                 source,
                 queued: slot.waited,
                 log: self.paths.console_log.clone(),
