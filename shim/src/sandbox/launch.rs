@@ -137,6 +137,12 @@ pub(super) fn kernel_cmdline(config: &Config, backend: Backend, tsc_khz: Option<
         if let Some(khz) = tsc_khz {
             cmdline.push_str(&format!(" tsc_early_khz={khz}"));
         }
+        // QEMU/TCG derives the guest's TSC from the host's monotonic clock,
+        // so the kernel's check of it against the HPET (every 0.5 s, an
+        // emulated device read each time) only keeps an idle guest awake:
+        // `hull bench --idle 10` measured 0.83% and 1.38% of a CPU per idle
+        // sandbox with it, 0.31% and 0.34% without.
+        cmdline.push_str(" tsc=reliable");
     }
     if !config.kernel_params.is_empty() {
         cmdline.push(' ');

@@ -128,7 +128,8 @@ fn host_limits_are_the_vm_plus_the_overheads() {
 }
 
 #[test]
-fn only_qemu_under_tcg_gets_the_tsc_frequency_and_only_hull_vmm_resets_through_the_i8042() {
+fn only_qemu_under_tcg_gets_the_tsc_frequency_and_trust_and_only_hull_vmm_resets_through_the_i8042()
+{
     let config = Config {
         kernel_params: "debug".into(),
         ..Config::default()
@@ -138,7 +139,10 @@ fn only_qemu_under_tcg_gets_the_tsc_frequency_and_only_hull_vmm_resets_through_t
         Backend::Qemu(ResolvedAccelerator::Tcg),
         Some(2_000_000),
     );
-    assert_eq!(tcg, format!("{BASE_CMDLINE} tsc_early_khz=2000000 debug"));
+    assert_eq!(
+        tcg,
+        format!("{BASE_CMDLINE} tsc_early_khz=2000000 tsc=reliable debug")
+    );
     assert_eq!(
         kernel_cmdline(
             &config,
