@@ -22,8 +22,8 @@ printf 'hypervisor = "qemu"\naccelerator = "tcg"\nagent_timeout_secs = 300\n' > 
 cat > "$out/run.sh" <<SCRIPT
 #!/bin/bash
 for backend in builtin qemu-kvm qemu-tcg; do
-    echo "## \$backend (hull bench -n $iterations --burst 0 --config $out/\$backend.toml)"
-    hull bench -n $iterations --burst 0 --rootfs $rootfs --config $out/\$backend.toml 2>&1
+    echo "## \$backend (hull bench -n $iterations --burst 0 --idle 1 --stdout-mb 0 --config $out/\$backend.toml)"
+    hull bench -n $iterations --burst 0 --idle 1 --stdout-mb 0 --rootfs $rootfs --config $out/\$backend.toml 2>&1
     echo
 done
 SCRIPT
@@ -35,7 +35,7 @@ chmod +x "$out/run.sh"
 # a backend whose bench failed shows none.
 section() { awk -v b="## $1 " 'index($0, b) == 1 { on = 1; next } /^## / { on = 0 } on' "$out/lab.log"; }
 median() { section "$1" | awk -F'|' -v row="$2" 'index($2, row) { gsub(/[^0-9]/, "", $3); print $3; exit }'; }
-rss() { section "$1" | awk -F'|' 'index($2, "VMM (") { gsub(/[^0-9]/, "", $3); print $3; exit }'; }
+pss() { section "$1" | awk -F'|' 'index($2, "VMM PSS") { gsub(/[^0-9.]/, "", $3); print $3; exit }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "-" }'; }
 echo
 echo "## ratios, same L1 (QEMU ÷ hull-vmm)"
@@ -47,5 +47,5 @@ for row in "VMM start → agent answers" "whole run incl. tear-down"; do
     b=$(median builtin "$row"); k=$(median qemu-kvm "$row"); t=$(median qemu-tcg "$row")
     echo "| $row (median) | $(shown "$b" ms) | $(shown "$k" ms) | $(shown "$t" ms) | $(ratio "$k" "$b") | $(ratio "$t" "$b") |"
 done
-b=$(rss builtin); k=$(rss qemu-kvm); t=$(rss qemu-tcg)
-echo "| VMM RSS, one idle container | $(shown "$b" MiB) | $(shown "$k" MiB) | $(shown "$t" MiB) | $(ratio "$k" "$b") | $(ratio "$t" "$b") |"
+b=$(pss builtin); k=$(pss qemu-kvm); t=$(pss qemu-tcg)
+echo "| VMM PSS, one idle container | $(shown "$b" MiB) | $(shown "$k" MiB) | $(shown "$t" MiB) | $(ratio "$k" "$b") | $(ratio "$t" "$b") |"

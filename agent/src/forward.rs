@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use hull_protocols::forward::{ForwardHeader, MAX_HEADER_LEN};
 use hull_protocols::stdio;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::server::read_header_line;
 
 /// How long the header and the connection to the pod's port may take.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -44,30 +46,15 @@ where
     }
 }
 
-/// Reads the header line a byte at a time, so no stream data is consumed.
 async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<ForwardHeader, String> {
-    let mut line = Vec::with_capacity(32);
-    loop {
-        let byte = stream
-            .read_u8()
-            .await
-            .map_err(|e| format!("reading the port-forward header: {e}"))?;
-        line.push(byte);
-        if byte == b'\n' {
-            break;
-        }
-        if line.len() >= MAX_HEADER_LEN {
-            return Err("port-forward header too long".into());
-        }
-    }
-    let line = String::from_utf8(line).map_err(|_| "port-forward header is not UTF-8")?;
+    let line = read_header_line(stream, MAX_HEADER_LEN, "port-forward header").await?;
     ForwardHeader::parse(&line).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::duplex;
+    use tokio::io::{duplex, AsyncReadExt};
     use tokio::net::TcpListener;
 
     async fn answer(stream: &mut tokio::io::DuplexStream) -> String {

@@ -239,20 +239,31 @@ where
 
 /// Reads the header line a byte at a time, so no stream data is consumed.
 async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<StreamHeader, String> {
+    let line = read_header_line(stream, MAX_HEADER_LEN, "stream header").await?;
+    StreamHeader::parse(&line).map_err(|e| e.to_string())
+}
+
+/// Reads one header line (newline included, at most `max` bytes) a byte at
+/// a time, so that none of the data after it is consumed; `what` names it
+/// in errors.
+pub async fn read_header_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    max: usize,
+    what: &str,
+) -> Result<String, String> {
     let mut line = Vec::with_capacity(128);
     loop {
         let byte = stream
             .read_u8()
             .await
-            .map_err(|e| format!("reading the stream header: {e}"))?;
+            .map_err(|e| format!("reading the {what}: {e}"))?;
         line.push(byte);
         if byte == b'\n' {
             break;
         }
-        if line.len() >= MAX_HEADER_LEN {
-            return Err("stream header too long".into());
+        if line.len() >= max {
+            return Err(format!("{what} too long"));
         }
     }
-    let line = String::from_utf8(line).map_err(|_| "stream header is not UTF-8".to_string())?;
-    StreamHeader::parse(&line).map_err(|e| e.to_string())
+    String::from_utf8(line).map_err(|_| format!("{what} is not UTF-8"))
 }
