@@ -50,8 +50,8 @@ const LOOPBACK_IP4: i32 = 0x0100_007f;
 const LOOPBACK_IP6_LAST: i32 = 0x0100_0000;
 
 /// Which listener of the map serves a family.
-pub const KEY_IPV4: u32 = 0;
-pub const KEY_IPV6: u32 = 1;
+const KEY_IPV4: u32 = 0;
+const KEY_IPV6: u32 = 1;
 
 /// One `struct bpf_insn`.
 #[derive(Clone, Copy)]
@@ -78,6 +78,7 @@ const ST_W: u8 = 0x62; // *(u32 *)(dst + off) = imm
 const MOV64_X: u8 = 0xbf;
 const MOV64_K: u8 = 0xb7;
 const ADD64_K: u8 = 0x07;
+const OR64_X: u8 = 0x4f; // dst |= src
 const JA: u8 = 0x05;
 const JEQ_K: u8 = 0x15;
 const JNE_K: u8 = 0x55;
@@ -106,7 +107,6 @@ const fn jump(code: u8, dst: u8, imm: i32, at: usize, to: usize) -> Insn {
 /// The program, with `map_fd` in its one map reference; the comments
 /// number the instructions the jumps count.
 fn program(map_fd: i32) -> Vec<Insn> {
-    let or64_x = 0x4f; // dst |= src
     let code = vec![
         /* 0 */ insn(MOV64_X, R6, R1, 0, 0),
         /* 1 */ insn(LDX_W, R2, R6, CTX_PROTOCOL, 0),
@@ -116,9 +116,9 @@ fn program(map_fd: i32) -> Vec<Insn> {
         /* 5 */ jump(JNE_K, R2, libc::AF_INET6, 5, PASS),
         /* 6 */ insn(LDX_W, R2, R6, CTX_LOCAL_IP6, 0),
         /* 7 */ insn(LDX_W, R3, R6, CTX_LOCAL_IP6 + 4, 0),
-        /* 8 */ insn(or64_x, R2, R3, 0, 0),
+        /* 8 */ insn(OR64_X, R2, R3, 0, 0),
         /* 9 */ insn(LDX_W, R3, R6, CTX_LOCAL_IP6 + 8, 0),
-        /* 10 */ insn(or64_x, R2, R3, 0, 0),
+        /* 10 */ insn(OR64_X, R2, R3, 0, 0),
         /* 11 */ jump(JNE_K, R2, 0, 11, PASS),
         /* 12 */ insn(LDX_W, R2, R6, CTX_LOCAL_IP6 + 12, 0),
         /* 13 */ jump(JNE_K, R2, LOOPBACK_IP6_LAST, 13, PASS),

@@ -14,6 +14,10 @@ use crate::run::{run_with, RunOptions};
 use crate::sandbox::{Milestone, Progress};
 use crate::spec::{container_spec, ProcessOptions};
 
+mod density;
+use density::{idle, stdout_ratio, IDLE_WINDOW};
+pub use density::{Idle, StdoutRatio};
+
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("hull run failed: {0}")]
@@ -69,32 +73,6 @@ pub struct Report {
     /// the last container runs: with boot admission as configured, with
     /// every boot admitted at once, and runc containers beside.
     pub burst: Option<Burst>,
-}
-
-/// What idle sandboxes cost the host, per sandbox: the mean over `pods`.
-#[derive(Debug, Default)]
-pub struct Idle {
-    pub pods: usize,
-    /// How long CPU time was counted.
-    pub window: Duration,
-    /// CPU time of the sandbox's host processes (VMM, virtiofsd, the vsock
-    /// backend) in the window, as a share of one CPU.
-    pub cpu_percent: f64,
-    /// Proportional set size (shared pages split among their users), KiB.
-    pub vmm_pss_kib: u64,
-    /// The VMM's anonymous part of it (the guest's RAM it touched, and its
-    /// own heap and buffers).
-    pub vmm_pss_anon_kib: u64,
-    pub helpers_pss_kib: u64,
-}
-
-/// The same bytes to the host through a container's stdout, and through a
-/// pipe inside the guest.
-#[derive(Debug)]
-pub struct StdoutRatio {
-    pub bytes: u64,
-    pub to_host: Duration,
-    pub in_guest: Duration,
 }
 
 #[derive(Debug)]
@@ -340,208 +318,6 @@ async fn hull_burst(config: &Config, rootfs: &Path, count: usize) -> Result<Dura
     }
 }
 
-/// A container's stdout throughput beside a pipe inside its guest: the
-/// guest times `head -c BYTES /dev/zero` written to the container's stdout
-/// (which the host copies to /dev/null) and through a pipe to `cat` in the
-/// guest, from /proc/uptime (10 ms steps) on stderr.
-async fn stdout_ratio(
-    config: &Config,
-    rootfs: &Path,
-    bytes: u64,
-) -> Result<StdoutRatio, BenchError> {
-    use tokio::io::AsyncReadExt;
-    let failed = |what: &str, e: std::io::Error| BenchError::Sandbox(format!("{what}: {e}"));
-    // FIFOs, as containerd gives a container's stdio; this process reads
-    // them as containerd would.
-    let dir = std::env::temp_dir().join(format!("hull-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| failed("creating a FIFO directory", e))?;
-    let (out, err) = (dir.join("stdout"), dir.join("stderr"));
-    for fifo in [&out, &err] {
-        nix::unistd::mkfifo(
-            fifo,
-            nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
-        )
-        .map_err(|e| failed("making a FIFO", e.into()))?;
-    }
-    // Opened read-write, so that no writer is needed yet.
-    let receiver = |path: &Path| {
-        tokio::net::unix::pipe::OpenOptions::new()
-            .read_write(true)
-            .open_receiver(path)
-            .map_err(|e| failed("opening a FIFO", e))
-    };
-    let mut out_rx = receiver(&out)?;
-    let mut err_rx = receiver(&err)?;
-    let drain =
-        tokio::spawn(async move { tokio::io::copy(&mut out_rx, &mut tokio::io::sink()).await });
-    let script = format!(
-        "t() {{ read up _ < /proc/uptime; echo $up >&2; }}; \
-         t; head -c {bytes} /dev/zero; t; head -c {bytes} /dev/zero | cat > /dev/null; t"
-    );
-    let id = format!("stdout-{}", std::process::id());
-    let stdio = StdioPaths {
-        stdout: out.display().to_string(),
-        stderr: err.display().to_string(),
-        ..Default::default()
-    };
-    let started =
-        sandbox_with_container_writing(config, &id, rootfs, &["sh", "-c", &script], stdio).await;
-    let marks = match started {
-        Ok(manager) => {
-            let exited = manager.wait(&id, "").await;
-            // The three lines are in the FIFO once the process has ended.
-            let mut text = String::new();
-            let mut buf = [0u8; 256];
-            while text.lines().count() < 3 {
-                match tokio::time::timeout(Duration::from_secs(10), err_rx.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => text.push_str(&String::from_utf8_lossy(&buf[..n])),
-                    _ => break,
-                }
-            }
-            manager.destroy().await;
-            exited
-                .map(|_| text)
-                .map_err(|e| BenchError::Sandbox(e.to_string()))
-        }
-        Err(err) => Err(err),
-    };
-    drain.abort();
-    let _ = std::fs::remove_dir_all(&dir);
-    let text = marks?;
-    let marks: Vec<f64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-    let [start, written, piped] = marks[..] else {
-        return Err(BenchError::Sandbox(format!(
-            "the stdout measurement printed {text:?}, not three times"
-        )));
-    };
-    Ok(StdoutRatio {
-        bytes,
-        to_host: Duration::from_secs_f64((written - start).max(0.0)),
-        in_guest: Duration::from_secs_f64((piped - written).max(0.0)),
-    })
-}
-
-/// How long idle sandboxes settle before their CPU time is counted, and
-/// how long it is counted.
-const IDLE_SETTLE: Duration = Duration::from_secs(5);
-const IDLE_WINDOW: Duration = Duration::from_secs(10);
-
-/// Boots `pods` sandboxes with an idle container each, lets them settle,
-/// then counts their host processes' CPU time over `window` and reads
-/// their memory (PSS).
-async fn idle(
-    config: &Config,
-    rootfs: &Path,
-    pods: usize,
-    window: Duration,
-) -> Result<Idle, BenchError> {
-    let mut managers = Vec::new();
-    let mut failure = None;
-    for i in 0..pods {
-        let id = format!("idle-{}-{i}", std::process::id());
-        match sandbox_with_container(config, &id, rootfs, &["sleep", "3600"]).await {
-            Ok(manager) => managers.push(manager),
-            Err(err) => {
-                failure = Some(err);
-                break;
-            }
-        }
-    }
-    let measured = match failure {
-        Some(err) => Err(err),
-        None => {
-            tokio::time::sleep(IDLE_SETTLE).await;
-            let processes: Vec<(Option<u32>, Vec<u32>)> = managers
-                .iter()
-                .map(|m| m.host_processes().unwrap_or_default())
-                .collect();
-            let all: Vec<u32> = processes.iter().flat_map(|(_, p)| p.clone()).collect();
-            let before: u64 = all.iter().map(|&pid| cpu_ticks(pid)).sum();
-            let started = Instant::now();
-            tokio::time::sleep(window).await;
-            let after: u64 = all.iter().map(|&pid| cpu_ticks(pid)).sum();
-            let elapsed = started.elapsed();
-            // SAFETY: sysconf takes a constant and has no side effects.
-            let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-            let cpu = after.saturating_sub(before) as f64 / ticks_per_second;
-            let mut idle = Idle {
-                pods,
-                window: elapsed,
-                cpu_percent: 100.0 * cpu / elapsed.as_secs_f64() / pods as f64,
-                ..Default::default()
-            };
-            for (vmm, pids) in &processes {
-                for &pid in pids {
-                    let pss = Pss::of(pid);
-                    if Some(pid) == *vmm {
-                        idle.vmm_pss_kib += pss.total_kib;
-                        idle.vmm_pss_anon_kib += pss.anon_kib;
-                    } else {
-                        idle.helpers_pss_kib += pss.total_kib;
-                    }
-                }
-            }
-            let per_pod = |kib: u64| kib / pods as u64;
-            idle.vmm_pss_kib = per_pod(idle.vmm_pss_kib);
-            idle.vmm_pss_anon_kib = per_pod(idle.vmm_pss_anon_kib);
-            idle.helpers_pss_kib = per_pod(idle.helpers_pss_kib);
-            Ok(idle)
-        }
-    };
-    for manager in managers {
-        manager.destroy().await;
-    }
-    measured
-}
-
-/// User and system CPU time of a process and its reaped children, in clock
-/// ticks (`/proc/PID/stat` fields 14 to 17).
-fn cpu_ticks(pid: u32) -> u64 {
-    cpu_ticks_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
-}
-
-fn cpu_ticks_in(stat: &str) -> u64 {
-    // The command name, in parentheses, may hold spaces: fields count from
-    // after its closing parenthesis (field 3 is the first there).
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    rest.split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum()
-}
-
-/// A process's proportional set size, from `/proc/PID/smaps_rollup`.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Pss {
-    total_kib: u64,
-    anon_kib: u64,
-}
-
-impl Pss {
-    fn of(pid: u32) -> Self {
-        Self::parse(
-            &std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default(),
-        )
-    }
-
-    fn parse(rollup: &str) -> Self {
-        let field = |name: &str| {
-            rollup
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
-        };
-        Pss {
-            total_kib: field("Pss:"),
-            anon_kib: field("Pss_Anon:"),
-        }
-    }
-}
-
 impl Report {
     /// The report as a Markdown table, as docs/benchmarks.md shows it.
     pub fn markdown(&self) -> String {
@@ -580,7 +356,7 @@ impl Report {
         if let Some(stdout) = &self.stdout {
             let secs = |d: Duration| format!("{:.2} s", d.as_secs_f64());
             out += &format!(
-                "\n| {mb} MB of `head -c` in the guest | time | pipe ÷ stdout |\n|---|---|---|\n| to the container's stdout (to /dev/null on the host) | {} | {:.0}% |\n| through a pipe inside the guest | {} | |\n",
+                "\n| {mb} MB of `head -c` in the guest | time | pipe ÷ stdout |\n|---|---|---|\n| to the container's stdout (read from a FIFO and dropped on the host) | {} | {:.0}% |\n| through a pipe inside the guest | {} | |\n",
                 secs(stdout.to_host),
                 100.0 * stdout.in_guest.as_secs_f64() / stdout.to_host.as_secs_f64().max(0.001),
                 secs(stdout.in_guest),
@@ -614,29 +390,5 @@ mod tests {
         assert_eq!(samples.median(), Duration::from_millis(20));
         assert_eq!(samples.min(), Duration::from_millis(10));
         assert_eq!(samples.max(), Duration::from_millis(30));
-    }
-
-    #[test]
-    fn cpu_time_and_pss_of_this_process_are_read() {
-        let spin = Instant::now();
-        while spin.elapsed() < Duration::from_millis(50) {
-            std::hint::black_box(0);
-        }
-        assert!(cpu_ticks(std::process::id()) > 0);
-        assert!(Pss::of(std::process::id()).total_kib > 0);
-    }
-
-    #[test]
-    fn stat_and_smaps_rollup_fields_are_found() {
-        // A command name with a space and a parenthesis does not shift them.
-        let stat = "42 (a) b) S 1 2 3 4 5 6 7 8 9 10 100 20 3 4 20 0 1 0";
-        assert_eq!(cpu_ticks_in(stat), 127);
-        assert_eq!(
-            Pss::parse("Rss: 10 kB\nPss:                 812 kB\nPss_Anon:  300 kB\n"),
-            Pss {
-                total_kib: 812,
-                anon_kib: 300
-            }
-        );
     }
 }
