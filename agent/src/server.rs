@@ -136,7 +136,8 @@ pub async fn run(mode: Mode) -> Result<()> {
 async fn tell_the_host_we_serve() {
     let host = tokio_vsock::VsockAddr::new(libc::VMADDR_CID_HOST, AGENT_READY_PORT);
     if let Err(err) = tokio_vsock::VsockStream::connect(host).await {
-        // The host retries the API port then, as it would without the call.
+        // The host then gives up at its boot deadline, with an error that
+        // names the ready port; this line is in the console log it points to.
         tracing::warn!(%err, "telling the host that the agent serves");
     }
 }

@@ -162,9 +162,10 @@ pub struct AgentClient {
 
 impl AgentClient {
     /// Connects to the agent and checks its version, all within `timeout`
-    /// (one deadline for the whole boot, not one per step): retries the
-    /// connection until the agent listens, then gives the version check
-    /// what is left.
+    /// (one deadline for the whole boot, not one per step): waits for the
+    /// agent's ready call when there is a `ready` listener, then connects
+    /// (retrying until the agent listens, which without a ready call is
+    /// how the boot is waited for) and gives the version check what is left.
     pub async fn connect(
         vsock: HybridVsock,
         ready: Option<&ReadySignal>,

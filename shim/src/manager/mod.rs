@@ -513,7 +513,7 @@ impl Manager {
             id,
             Path::new(GUEST_SHARE_DIR),
             &pod,
-            &Host,
+            &Host::default(),
         )?)
     }
 

@@ -143,11 +143,10 @@ impl BootedVm for RunningVm {
             .map_err(ContainerShareError::Rootfs)?;
         let mut pod_volumes = self.pod_volumes.lock().expect("pod volumes lock");
         for host in shares {
-            let users = host
+            let bound = host
                 .pod_volume
                 .as_ref()
-                .map(|name| pod_volumes.entry(name.clone()).or_default());
-            let bound = users.as_ref().is_some_and(|users| !users.is_empty());
+                .is_some_and(|name| pod_volumes.contains_key(name));
             if !bound {
                 let bind = ShareBind {
                     source: host.source.clone(),
@@ -157,12 +156,20 @@ impl BootedVm for RunningVm {
                     // A pod volume asks for propagation (spec.rs).
                     receives_host_mounts: host.pod_volume.is_some(),
                 };
-                share
-                    .bind(&bind, &host.share_path)
-                    .map_err(ContainerShareError::Volume)?;
+                if let Err(err) = share.bind(&bind, &host.share_path) {
+                    // A pod volume's directory is no container's, so the
+                    // caller's unmount_container would not take it.
+                    if let Some(name) = &host.pod_volume {
+                        share.remove_pod_volume(name);
+                    }
+                    return Err(ContainerShareError::Volume(err));
+                }
             }
-            if let Some(users) = users {
-                users.insert(id.to_owned());
+            if let Some(name) = &host.pod_volume {
+                pod_volumes
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(id.to_owned());
             }
         }
         Ok(())
@@ -175,9 +182,10 @@ impl BootedVm for RunningVm {
             tracing::warn!(container = %id, ?leftovers, "left in the share");
         }
         let mut pod_volumes = self.pod_volumes.lock().expect("pod volumes lock");
+        // An entry exists only while a container uses the volume.
         pod_volumes.retain(|name, users| {
             if !users.remove(id) || !users.is_empty() {
-                return !users.is_empty();
+                return true;
             }
             let leftovers = share.remove_pod_volume(name);
             if !leftovers.is_empty() {

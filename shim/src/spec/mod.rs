@@ -120,6 +120,13 @@ fn propagates(options: &[String]) -> bool {
         .any(|o| matches!(o.as_str(), "rshared" | "shared" | "rslave" | "slave"))
 }
 
+fn is_propagation(option: &str) -> bool {
+    matches!(
+        option,
+        "rprivate" | "private" | "rslave" | "slave" | "rshared" | "shared"
+    )
+}
+
 /// The share directory of a pod volume: one per host source and mode,
 /// named so that no container id can take it (ids cannot start with `_`).
 pub fn pod_volume_name(source: &Path, read_only: bool, recursive: bool, rro: bool) -> String {
@@ -183,8 +190,12 @@ pub trait HostMounts {
     fn submounts(&self, source: &Path) -> Vec<Submount>;
 }
 
-/// The host the shim runs on.
-pub struct Host;
+/// The host the shim runs on, as one [`guest_spec`] call sees it: the mount
+/// table is read once, when a volume first needs it.
+#[derive(Default)]
+pub struct Host {
+    mount_table: std::sync::OnceLock<Vec<crate::sys::mount::MountEntry>>,
+}
 
 impl HostMounts for Host {
     fn is_memory_volume(&self, source: &Path) -> bool {
@@ -193,14 +204,13 @@ impl HostMounts for Host {
 
     fn submounts(&self, source: &Path) -> Vec<Submount> {
         let source = std::fs::canonicalize(source).unwrap_or_else(|_| source.to_owned());
-        let table = match crate::sys::mount::mount_table() {
-            Ok(table) => table,
-            Err(err) => {
+        let table = self.mount_table.get_or_init(|| {
+            crate::sys::mount::mount_table().unwrap_or_else(|err| {
                 // The mounts below stay read-only in the guest: the safe side.
                 tracing::warn!(%err, "reading the mount table");
-                return Vec::new();
-            }
-        };
+                Vec::new()
+            })
+        });
         let mut submounts: Vec<Submount> = Vec::new();
         for entry in table {
             let Ok(relative) = entry.mount_point.strip_prefix(&source) else {
@@ -407,17 +417,7 @@ fn submount_bind(
         "rbind".to_string(),
         if sub.read_only { "ro" } else { "rw" }.to_string(),
     ];
-    options.extend(
-        volume_options
-            .iter()
-            .filter(|o| {
-                matches!(
-                    o.as_str(),
-                    "rprivate" | "private" | "rslave" | "slave" | "rshared" | "shared"
-                )
-            })
-            .cloned(),
-    );
+    options.extend(volume_options.iter().filter(|o| is_propagation(o)).cloned());
     let mut mount = Mount::default();
     mount.set_destination(destination.join(&sub.relative));
     mount.set_typ(Some("bind".into()));
