@@ -71,8 +71,9 @@ demo: image
 demo-stop:
 	@scripts/private-containerd.sh stop $(DEMO_DIR)
 
-bench: install
-	@hull bench --rootfs $(ROOTFS)
+# BENCH_FLAGS reach hull bench (e.g. BENCH_FLAGS="-n 7 --pods 20").
+bench: install image
+	@scripts/bench.sh /run/hull-bench $(ROOTFS) $(IMAGE) $(BENCH_FLAGS)
 
 # Pod start-up through containerd's CRI plugin, hull beside runc.
 bench-cri: build assets

@@ -5,16 +5,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::manager::{ContainerRequest, Manager, StdioPaths, StdioWiring, VmLauncher};
+use crate::pod::VmSize;
 use crate::rootfs::RootfsMountSpec;
 use crate::run::{run_with, RunOptions};
-use crate::sandbox::{Milestone, Progress};
+use crate::sandbox::{
+    remove_state, Milestone, Progress, SandboxError, SandboxOptions, SandboxPaths, SandboxVm,
+};
 use crate::spec::{container_spec, ProcessOptions};
 
+pub mod containerd;
 mod density;
+use containerd::ContainerdReport;
 use density::{idle, stdout_ratio, IDLE_WINDOW};
 pub use density::{Idle, StdoutRatio};
 
@@ -26,6 +32,8 @@ pub enum BenchError {
     Runc(String),
     #[error("{0}")]
     Sandbox(String),
+    #[error("containerd: {0}")]
+    Containerd(String),
 }
 
 /// Several timings of one quantity.
@@ -57,6 +65,9 @@ pub struct Report {
     pub iterations: usize,
     /// The hypervisor backend: hull-vmm, QEMU/KVM or QEMU/TCG.
     pub backend: String,
+    /// The same kernel and initrd booted with the same VMM flags to a PID 1
+    /// that powers off at once: VMM start to VMM exit.
+    pub raw_boot: Samples,
     /// `hull run -- true`: VMM start to agent answering.
     pub boot_to_agent: Samples,
     /// `hull run -- true`: command start to container exit.
@@ -73,6 +84,8 @@ pub struct Report {
     /// the last container runs: with boot admission as configured, with
     /// every boot admitted at once, and runc containers beside.
     pub burst: Option<Burst>,
+    /// `ctr` against a containerd, hull beside runc.
+    pub containerd: Option<ContainerdReport>,
 }
 
 #[derive(Debug)]
@@ -84,20 +97,47 @@ pub struct Burst {
     pub runc: Duration,
 }
 
-pub async fn bench(
-    config: &Config,
-    rootfs: &Path,
-    iterations: usize,
-    burst: usize,
-    idle_pods: usize,
-    stdout_bytes: u64,
-) -> Result<Report, BenchError> {
+/// What `hull bench` measures, and on what.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The containers' root filesystem (busybox).
+    pub rootfs: PathBuf,
+    /// Runs of each timed start-up.
+    pub iterations: usize,
+    /// Sandboxes started at once through the lifecycle manager (0: none).
+    pub burst: usize,
+    /// Idle sandboxes whose CPU and memory are measured (0: none).
+    pub idle_pods: usize,
+    /// Bytes the stdout measurement writes (0: none).
+    pub stdout_bytes: u64,
+    /// A containerd to run `ctr` against under both runtimes, and how many
+    /// detached containers to start there at once.
+    pub containerd: Option<(containerd::Target, usize)>,
+}
+
+pub async fn bench(config: &Config, options: &BenchOptions) -> Result<Report, BenchError> {
+    let BenchOptions {
+        rootfs,
+        iterations,
+        burst,
+        idle_pods,
+        stdout_bytes,
+        ..
+    } = options;
+    let (rootfs, iterations, burst, idle_pods, stdout_bytes) = (
+        rootfs.as_path(),
+        *iterations,
+        *burst,
+        *idle_pods,
+        *stdout_bytes,
+    );
     let mut report = Report {
         iterations,
         guest_memory_mib: config.memory_mib,
         ..Default::default()
     };
     for _ in 0..iterations {
+        report.raw_boot.push(raw_boot(config).await?);
         let progress = Arc::new(Progress::new(false));
         let options = RunOptions {
             rootfs: rootfs.to_owned(),
@@ -123,6 +163,14 @@ pub async fn bench(
     for _ in 0..iterations {
         report.runc_total.push(runc_true(rootfs)?);
     }
+    if let Some((target, pods)) = &options.containerd {
+        let (target, pods) = (target.clone(), *pods);
+        let report_ctr =
+            tokio::task::spawn_blocking(move || containerd::bench(&target, iterations, pods))
+                .await
+                .map_err(|e| BenchError::Containerd(e.to_string()))??;
+        report.containerd = Some(report_ctr);
+    }
     if idle_pods > 0 {
         report.idle = Some(idle(config, rootfs, idle_pods, IDLE_WINDOW).await?);
     }
@@ -147,6 +195,54 @@ pub async fn bench(
             .map_err(|e| BenchError::Sandbox(e.to_string()))?
             .to_string();
     Ok(report)
+}
+
+/// The kernel parameter that has the agent, as PID 1, power the VM off
+/// before anything else (`hull_raw_boot` in agent/src/init.rs).
+const RAW_BOOT_PARAM: &str = "hull_raw_boot=1";
+
+/// Boots a sandbox VM whose PID 1 powers off at once, everything else as
+/// `hull run` boots it, and times its VMM from start to exit.
+async fn raw_boot(config: &Config) -> Result<Duration, BenchError> {
+    let config = Config {
+        kernel_params: format!("{} {RAW_BOOT_PARAM}", config.kernel_params)
+            .trim()
+            .to_owned(),
+        ..config.clone()
+    };
+    let options = SandboxOptions {
+        size: VmSize {
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+        },
+        netns: None,
+        hostname: String::new(),
+    };
+    static BOOTS: AtomicUsize = AtomicUsize::new(0);
+    let id = format!(
+        "raw-boot-{}-{}",
+        std::process::id(),
+        BOOTS.fetch_add(1, Ordering::Relaxed)
+    );
+    let progress = Progress::new(false);
+    let booted =
+        SandboxVm::start_unless(&config, &id, &options, &progress, std::future::pending()).await;
+    match booted {
+        // A failed start keeps its logs; this one did what it was asked.
+        Err(SandboxError::VmDied { .. }) => {
+            remove_state(&SandboxPaths::new(&config.state_dir, &id), false)
+        }
+        Err(err) => return Err(BenchError::Sandbox(format!("raw boot: {err}"))),
+        Ok(vm) => {
+            vm.shutdown().await;
+            return Err(BenchError::Sandbox(
+                "raw boot: the agent answered instead of powering off; is the initrd older than this hull?"
+                    .into(),
+            ));
+        }
+    }
+    let at = |m| progress.time_of(m).unwrap_or_default();
+    Ok(at(Milestone::VmEnded).saturating_sub(at(Milestone::VmStarted)))
 }
 
 /// A runc bundle in a temporary directory running `args` on `rootfs` with
@@ -334,6 +430,10 @@ impl Report {
             "{} iterations, {}, guest memory {} MiB\n\n| measure | median | min | max |\n|---|---|---|---|\n",
             self.iterations, self.backend, self.guest_memory_mib
         );
+        out += &row(
+            "raw boot: the same kernel, initrd and VMM flags, PID 1 powers off at once (VMM start → exit)",
+            &self.raw_boot,
+        );
         out += &row("hull: VMM start → agent answers", &self.boot_to_agent);
         out += &row("hull run -- true: start → container exited", &self.to_exit);
         out += &row(
@@ -341,6 +441,13 @@ impl Report {
             &self.hull_total,
         );
         out += &row("runc run true (same rootfs)", &self.runc_total);
+        out += &format!(
+            "| hull run -- true (whole run) ÷ raw boot, medians | {:.2}× | | |\n",
+            ratio(self.hull_total.median(), self.raw_boot.median())
+        );
+        if let Some(containerd) = &self.containerd {
+            out += &containerd.markdown();
+        }
         if let Some(idle) = &self.idle {
             let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
             out += &format!(
@@ -374,6 +481,15 @@ impl Report {
             );
         }
         out
+    }
+}
+
+/// `a ÷ b`, 0 where `b` is nothing.
+fn ratio(a: Duration, b: Duration) -> f64 {
+    if b.is_zero() {
+        0.0
+    } else {
+        a.as_secs_f64() / b.as_secs_f64()
     }
 }
 

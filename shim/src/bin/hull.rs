@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use hull_shim::admin::{check, containerd_config, install};
+use hull_shim::bench;
 use hull_shim::config::{Config, MAX_VCPUS};
 use hull_shim::run::{self, RunOptions, EXIT_HULL_ERROR};
 use hull_shim::spec::ProcessOptions;
@@ -81,11 +82,24 @@ enum Command {
         burst: Option<usize>,
         /// Idle sandboxes whose CPU time and memory are measured side by
         /// side (0: none).
-        #[arg(long, default_value_t = 10)]
+        #[arg(long, default_value_t = 20)]
         idle: usize,
         /// Megabytes (10^6 bytes) the stdout measurement writes (0: none).
         #[arg(long, value_name = "MB", default_value_t = 50)]
         stdout_mb: u64,
+        /// A containerd socket: also time `ctr run --rm IMAGE ID true` under
+        /// hull and runc, alternating, and start --pods containers at once
+        /// under each (the image must be in its `hull-bench` namespace;
+        /// `make bench` starts a private containerd for this).
+        #[arg(long, value_name = "SOCKET")]
+        containerd: Option<PathBuf>,
+        /// The image `--containerd` runs.
+        #[arg(long, value_name = "REF", default_value = "local/busybox:latest")]
+        image: String,
+        /// Containers `--containerd` starts at once, each its own sandbox
+        /// under hull (0: none).
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        pods: usize,
     },
     /// Install Hull from a built tree: binaries, guest assets, configuration,
     /// and the `hull` runtime handler in containerd's configuration.
@@ -139,6 +153,9 @@ fn main() {
             burst,
             idle,
             stdout_mb,
+            containerd,
+            image,
+            pods,
         } => {
             let config = Config::load(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -147,14 +164,16 @@ fn main() {
                 .unwrap_or_else(|e| fail(e));
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let burst = burst.unwrap_or(4 * cpus);
-            let bench = hull_shim::bench::bench(
-                &config,
-                &rootfs,
-                iterations.max(1),
+            let options = bench::BenchOptions {
+                rootfs,
+                iterations: iterations.max(1),
                 burst,
-                idle,
-                stdout_mb * 1_000_000,
-            );
+                idle_pods: idle,
+                stdout_bytes: stdout_mb * 1_000_000,
+                containerd: containerd
+                    .map(|address| (bench::containerd::Target { address, image }, pods)),
+            };
+            let bench = bench::bench(&config, &options);
             match runtime.block_on(bench) {
                 Ok(report) => {
                     print!("{}", report.markdown());

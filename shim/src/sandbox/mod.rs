@@ -264,10 +264,13 @@ impl SandboxVm {
                 queued: slot.waited,
                 log: self.paths.console_log.clone(),
             })?,
-            exit = self.wait_for_vm_exit() => return Err(SandboxError::VmDied {
-                exit,
-                log: self.paths.console_log.clone(),
-            }),
+            exit = self.wait_for_vm_exit() => {
+                progress.milestone(Milestone::VmEnded, &format!("VM ended: {exit}"));
+                return Err(SandboxError::VmDied {
+                    exit,
+                    log: self.paths.console_log.clone(),
+                });
+            }
         };
         drop(slot);
         progress.milestone(

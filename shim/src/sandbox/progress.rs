@@ -13,6 +13,8 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Milestone {
     VmStarted,
+    /// The VM ended before its agent answered.
+    VmEnded,
     AgentReady,
     ContainerStarted,
     ContainerExited,

@@ -1,0 +1,219 @@
+//! Hull beside runc through a running containerd, driven with `ctr` as a
+//! user would: `ctr run --rm ... true` under each runtime in turn, and a
+//! number of detached containers (each its own sandbox under Hull) started
+//! at once.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BenchError, Samples};
+
+/// The containerd namespace the benchmark's containers live in; the image
+/// must be imported there.
+pub const NAMESPACE: &str = "hull-bench";
+pub const HULL_RUNTIME: &str = "io.containerd.hull.v2";
+pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+
+/// Where and what to run.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// containerd's socket.
+    pub address: PathBuf,
+    /// An image in [`NAMESPACE`] with `true` and `sleep` on its PATH.
+    pub image: String,
+}
+
+#[derive(Debug)]
+pub struct ContainerdReport {
+    pub address: PathBuf,
+    pub hull_run: Samples,
+    pub runc_run: Samples,
+    pub burst: Option<CtrBurst>,
+}
+
+/// Detached containers started at once under each runtime.
+#[derive(Debug)]
+pub struct CtrBurst {
+    pub count: usize,
+    pub hull: BurstResult,
+    pub runc: BurstResult,
+}
+
+#[derive(Debug)]
+pub struct BurstResult {
+    /// Until the last `ctr run -d` returned (its task started, or failed).
+    pub elapsed: Duration,
+    pub started: usize,
+}
+
+/// `iterations` runs of `ctr run --rm` of `true`, hull and runc alternating,
+/// then `burst` detached `sleep` containers at once under each.
+pub fn bench(
+    target: &Target,
+    iterations: usize,
+    burst: usize,
+) -> Result<ContainerdReport, BenchError> {
+    target.check()?;
+    let mut report = ContainerdReport {
+        address: target.address.clone(),
+        hull_run: Samples::default(),
+        runc_run: Samples::default(),
+        burst: None,
+    };
+    let tag = std::process::id();
+    for i in 0..iterations {
+        report
+            .hull_run
+            .push(target.run_true(HULL_RUNTIME, &format!("bench-hull-{tag}-{i}"))?);
+        report
+            .runc_run
+            .push(target.run_true(RUNC_RUNTIME, &format!("bench-runc-{tag}-{i}"))?);
+    }
+    if burst > 0 {
+        report.burst = Some(CtrBurst {
+            count: burst,
+            hull: target.burst(HULL_RUNTIME, "hull", burst),
+            runc: target.burst(RUNC_RUNTIME, "runc", burst),
+        });
+    }
+    Ok(report)
+}
+
+impl Target {
+    fn ctr(&self) -> Command {
+        let mut ctr = Command::new("ctr");
+        ctr.arg("--address")
+            .arg(&self.address)
+            .args(["--namespace", NAMESPACE]);
+        ctr
+    }
+
+    /// The socket answers and the image is there, before anything is timed.
+    fn check(&self) -> Result<(), BenchError> {
+        let output = self
+            .ctr()
+            .args(["images", "check", &format!("name=={}", self.image)])
+            .output()
+            .map_err(|e| BenchError::Containerd(format!("cannot run ctr: {e}")))?;
+        if !output.status.success() {
+            return Err(BenchError::Containerd(format!(
+                "containerd at {}: {}",
+                self.address.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        if !String::from_utf8_lossy(&output.stdout).contains(&self.image) {
+            return Err(BenchError::Containerd(format!(
+                "image {} is not in containerd namespace {NAMESPACE} (ctr -n {NAMESPACE} images import ...)",
+                self.image
+            )));
+        }
+        Ok(())
+    }
+
+    fn run_true(&self, runtime: &str, id: &str) -> Result<Duration, BenchError> {
+        let start = Instant::now();
+        let output = self
+            .ctr()
+            .args(["run", "--rm", "--runtime", runtime, &self.image, id, "true"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| BenchError::Containerd(format!("cannot run ctr: {e}")))?;
+        let elapsed = start.elapsed();
+        if !output.status.success() {
+            self.remove(id);
+            return Err(BenchError::Containerd(format!(
+                "ctr run --runtime {runtime} {} true: {}",
+                self.image,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(elapsed)
+    }
+
+    /// Starts `count` detached containers of `sleep` at once and times them
+    /// until the last `ctr run -d` returns; then removes them all.
+    fn burst(&self, runtime: &str, name: &str, count: usize) -> BurstResult {
+        let ids: Vec<String> = (0..count)
+            .map(|i| format!("burst-{name}-{}-{i}", std::process::id()))
+            .collect();
+        let start = Instant::now();
+        let started = std::thread::scope(|scope| {
+            let runs: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    scope.spawn(move || {
+                        self.ctr()
+                            .args(["run", "-d", "--runtime", runtime, &self.image, id])
+                            .args(["sleep", "600"])
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .is_ok_and(|status| status.success())
+                    })
+                })
+                .collect();
+            runs.into_iter()
+                .map(|run| run.join())
+                .filter(|ran| matches!(ran, Ok(true)))
+                .count()
+        });
+        let elapsed = start.elapsed();
+        for id in &ids {
+            self.remove(id);
+        }
+        BurstResult { elapsed, started }
+    }
+
+    /// Removes a container and its task, whatever state they are in.
+    fn remove(&self, id: &str) {
+        let quiet = |mut command: Command| {
+            let _ = command.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        };
+        let mut task = self.ctr();
+        task.args(["task", "rm", "--force", id]);
+        quiet(task);
+        let mut container = self.ctr();
+        container.args(["containers", "rm", id]);
+        quiet(container);
+    }
+}
+
+impl ContainerdReport {
+    pub fn markdown(&self) -> String {
+        let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1000.0);
+        let mut out = format!(
+            "\n| through containerd ({}), `ctr run --rm IMAGE ID true`, alternating | median | min | max |\n|---|---|---|---|\n",
+            self.address.display()
+        );
+        for (name, samples) in [("hull", &self.hull_run), ("runc", &self.runc_run)] {
+            out += &format!(
+                "| {name} | {} | {} | {} |\n",
+                ms(samples.median()),
+                ms(samples.min()),
+                ms(samples.max())
+            );
+        }
+        out += &format!(
+            "| hull ÷ runc, medians | {:.1}× | | |\n",
+            super::ratio(self.hull_run.median(), self.runc_run.median())
+        );
+        if let Some(burst) = &self.burst {
+            out += &format!(
+                "\n| {n} `ctr run -d ... sleep` at once, until the last returned | time | started |\n|---|---|---|\n",
+                n = burst.count
+            );
+            for (name, result) in [("hull", &burst.hull), ("runc", &burst.runc)] {
+                out += &format!(
+                    "| {name} | {} | {} of {} |\n",
+                    ms(result.elapsed),
+                    result.started,
+                    burst.count
+                );
+            }
+        }
+        out
+    }
+}
