@@ -521,3 +521,100 @@ fn an_impossible_vcpu_count_is_refused_before_any_vm_starts() {
     }
     assert!(!env.state_dir().exists() || walk(&env.state_dir()).is_empty());
 }
+
+/// The median of the `hull bench` table row that starts with `name`, in ms.
+fn bench_median_ms(report: &str, name: &str) -> f64 {
+    let row = report
+        .lines()
+        .find(|line| line.starts_with(&format!("| {name}")))
+        .unwrap_or_else(|| panic!("no row `{name}` in:\n{report}"));
+    let median = row.split('|').nth(2).unwrap().trim();
+    median
+        .strip_suffix(" ms")
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("median `{median}` of `{name}` is not in ms"))
+}
+
+#[test]
+fn bench_times_a_raw_boot_of_the_same_guest_beside_hull_run() {
+    let env = Env::new();
+    let output = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .arg("--config")
+        .arg(env.config())
+        .args(["bench", "-n", "1", "--burst", "0", "--idle", "0"])
+        .args(["--stdout-mb", "0", "--rootfs"])
+        .arg(&env.rootfs)
+        .output()
+        .unwrap();
+    let report = text(&output.stdout);
+    assert!(output.status.success(), "{report}{}", text(&output.stderr));
+    // The raw boot ends when the guest's PID 1 powers off; `hull run` boots
+    // the same guest, then runs a container and ends the VM, so it must
+    // take longer.
+    let raw = bench_median_ms(&report, "raw boot");
+    let run = bench_median_ms(&report, "hull run -- true: whole run");
+    assert!(raw > 0.0 && raw < run, "{report}");
+    assert!(report.contains("hull run -- true (whole run) ÷ raw boot"));
+    env.assert_nothing_left();
+}
+
+/// The shared memory (the guest's RAM, a memfd) of the one VMM running
+/// under `state`, in KiB.
+fn vmm_rss_shmem_kib(state: &Path) -> u64 {
+    let pid_file = walk(state)
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "vmm.pid"))
+        .expect("a running sandbox has a vmm.pid");
+    let pid = std::fs::read_to_string(pid_file).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("RssShmem:"))
+        .expect("RssShmem in /proc/PID/status");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// QEMU only: hull-vmm has no balloon device (docs/architecture.md), and
+/// the nested lab leaves this test out.
+#[test]
+fn memory_the_guest_frees_returns_to_the_host() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
+        .arg("--config")
+        .arg(env.config())
+        .args(["run", "--rootfs"])
+        .arg(&env.rootfs)
+        .args(["--", "sh", "-c"])
+        .arg(
+            "head -c 50000000 /dev/zero > /dev/shm/fill && echo filled && read a && \
+             rm /dev/shm/fill && echo freed && read b",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "filled");
+    let filled = vmm_rss_shmem_kib(&env.state_dir());
+    stdin.write_all(b"\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "freed");
+    // The guest reports free blocks two seconds after they are freed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut now = filled;
+    while now + 40_000 > filled && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        now = vmm_rss_shmem_kib(&env.state_dir());
+    }
+    stdin.write_all(b"\n").unwrap();
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        now + 40_000 <= filled,
+        "the guest freed 50 MB but the VMM's guest memory went from {filled} KiB only to {now} KiB"
+    );
+    env.assert_nothing_left();
+}
