@@ -19,8 +19,10 @@ pub struct Idle {
     pub cpu_percent: f64,
     /// Proportional set size (shared pages split among their users), KiB.
     pub vmm_pss_kib: u64,
-    /// The VMM's anonymous part of it (the guest's RAM it touched, and its
-    /// own heap and buffers).
+    /// The VMM's shared memory: the guest's RAM (a memfd) it touched.
+    pub vmm_pss_shmem_kib: u64,
+    /// The VMM's own anonymous memory (under QEMU/TCG, most of it the
+    /// translation cache; then its heap and device buffers).
     pub vmm_pss_anon_kib: u64,
     pub helpers_pss_kib: u64,
 }
@@ -171,6 +173,7 @@ pub(super) async fn idle(
                     if Some(pid) == *vmm {
                         idle.vmm_pss_kib += pss.total_kib;
                         idle.vmm_pss_anon_kib += pss.anon_kib;
+                        idle.vmm_pss_shmem_kib += pss.shmem_kib;
                     } else {
                         idle.helpers_pss_kib += pss.total_kib;
                     }
@@ -179,6 +182,7 @@ pub(super) async fn idle(
             let per_pod = |kib: u64| kib / pods as u64;
             idle.vmm_pss_kib = per_pod(idle.vmm_pss_kib);
             idle.vmm_pss_anon_kib = per_pod(idle.vmm_pss_anon_kib);
+            idle.vmm_pss_shmem_kib = per_pod(idle.vmm_pss_shmem_kib);
             idle.helpers_pss_kib = per_pod(idle.helpers_pss_kib);
             Ok(idle)
         }
@@ -213,6 +217,7 @@ fn cpu_ticks_in(stat: &str) -> u64 {
 struct Pss {
     total_kib: u64,
     anon_kib: u64,
+    shmem_kib: u64,
 }
 
 impl Pss {
@@ -233,6 +238,7 @@ impl Pss {
         Pss {
             total_kib: field("Pss:"),
             anon_kib: field("Pss_Anon:"),
+            shmem_kib: field("Pss_Shmem:"),
         }
     }
 }
@@ -257,10 +263,13 @@ mod tests {
         let stat = "42 (a) b) S 1 2 3 4 5 6 7 8 9 10 100 20 3 4 20 0 1 0";
         assert_eq!(cpu_ticks_in(stat), 127);
         assert_eq!(
-            Pss::parse("Rss: 10 kB\nPss:                 812 kB\nPss_Anon:  300 kB\n"),
+            Pss::parse(
+                "Rss: 10 kB\nPss:                 812 kB\nPss_Anon:  300 kB\nPss_Shmem: 500 kB\n"
+            ),
             Pss {
                 total_kib: 812,
-                anon_kib: 300
+                anon_kib: 300,
+                shmem_kib: 500,
             }
         );
     }

@@ -451,12 +451,13 @@ impl Report {
         if let Some(idle) = &self.idle {
             let mib = |kib: u64| format!("{:.1} MiB", kib as f64 / 1024.0);
             out += &format!(
-                "\n| {n} idle sandboxes (a container of `sleep` each), per sandbox | |\n|---|---|\n| host CPU of the VMM, virtiofsd and the vsock backend, over {w:.0} s | {cpu:.2}% of one CPU |\n| VMM PSS (guest RAM it touched, and its own) | {vmm} |\n| of which anonymous | {anon} |\n| virtiofsd and the vsock backend, PSS | {helpers} |\n",
+                "\n| {n} idle sandboxes (a container of `sleep` each), per sandbox | |\n|---|---|\n| host CPU of the VMM, virtiofsd and the vsock backend, over {w:.0} s | {cpu:.2}% of one CPU |\n| VMM PSS | {vmm} |\n| of which the guest's RAM it touched (shared memory) | {shmem} |\n| of which its own anonymous memory | {anon} |\n| virtiofsd and the vsock backend, PSS | {helpers} |\n",
                 n = idle.pods,
                 w = idle.window.as_secs_f64(),
                 cpu = idle.cpu_percent,
                 vmm = mib(idle.vmm_pss_kib),
                 anon = mib(idle.vmm_pss_anon_kib),
+                shmem = mib(idle.vmm_pss_shmem_kib),
                 helpers = mib(idle.helpers_pss_kib),
             );
         }
