@@ -2,9 +2,7 @@
 //! calls to `hull-agent runtime` that create them.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,9 +11,9 @@ use tokio::io::Interest;
 use tokio::net::UnixListener;
 use tokio::sync::{oneshot, watch};
 
+use crate::forker::Forker;
 use crate::process_io::{ChildStdio, ProcessIo};
 use crate::reaper::{Exit, Reaper};
-use crate::runtime::STDIO_FDS;
 
 /// A process of a container: its init or an exec.
 pub struct Process {
@@ -91,6 +89,7 @@ pub struct Spawned {
 /// Runs `hull-agent runtime <args>` for a process whose stdio is `stdio`
 /// (pipes) or a terminal (`console_socket`), and returns the new process.
 pub async fn run_runtime(
+    forker: &Forker,
     reaper: &Reaper,
     args: Vec<String>,
     pid_file: &Path,
@@ -106,59 +105,25 @@ pub async fn run_runtime(
         None => None,
     };
 
-    let mut command = std::process::Command::new("/proc/self/exe");
-    command
-        .arg("runtime")
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    let mut args = args;
     if let Some(path) = console_socket {
-        command.arg("--console-socket").arg(path);
+        args.push("--console-socket".into());
+        args.push(path.to_string_lossy().into_owned());
     }
-    let fds = [
-        stdio.stdin.as_raw_fd(),
-        stdio.stdout.as_raw_fd(),
-        stdio.stderr.as_raw_fd(),
-    ];
-    // SAFETY: the closure only calls fcntl and dup2, which are
-    // async-signal-safe, on fds that stay open until the child has exec'd.
-    unsafe {
-        command.pre_exec(move || {
-            // Move the fds out of 3..=5 first so no dup2 overwrites a source.
-            let mut high = [0; 3];
-            for (slot, fd) in high.iter_mut().zip(fds) {
-                *slot = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                if *slot < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            for (target, fd) in STDIO_FDS.iter().zip(high) {
-                if libc::dup2(fd, *target) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let (mut child, exited) = reaper
-        .spawn(|| command.spawn(), |child| child.id())
-        .map_err(RuntimeError::Spawn)?;
+    let outcome = forker
+        .run(reaper, &args, [&stdio.stdin, &stdio.stdout, &stdio.stderr])
+        .await;
     drop(stdio);
-
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let errors = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
-        text
-    });
-    let status = exited.await.map(|exit| exit.status).unwrap_or(-1);
-    let errors = errors.await.unwrap_or_default();
-    if status != 0 {
+    let failure = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(message)) => Some(RuntimeError::Failed(failure_message(&message))),
+        Err(err) => Some(RuntimeError::Spawn(err)),
+    };
+    if let Some(failure) = failure {
         if let Some(task) = console {
             task.abort();
         }
-        return Err(RuntimeError::Failed(failure_message(&errors, status)));
+        return Err(failure);
     }
 
     let terminal = match console {
@@ -193,15 +158,13 @@ pub async fn run_runtime(
     })
 }
 
-/// What `hull-agent runtime` that exited with `status` printed, as the
-/// agent reports it.
-fn failure_message(stderr: &str, status: i32) -> String {
+/// The error of a failed `hull-agent runtime` call, as the agent reports it.
+fn failure_message(error: &str) -> String {
     // libcontainer 0.7 pads the error of a failed exec with NULs.
-    let stderr = stderr.replace('\0', "");
-    let message = stderr.trim();
-    let message = message.strip_prefix("hull-agent: ").unwrap_or(message);
+    let error = error.replace('\0', "");
+    let message = error.trim();
     if message.is_empty() {
-        format!("hull-agent runtime exited with status {status}")
+        "hull-agent runtime failed without saying why".to_owned()
     } else {
         message.to_owned()
     }
@@ -261,15 +224,12 @@ mod tests {
     #[test]
     fn failure_messages_are_plain_text() {
         assert_eq!(
-            failure_message(
-                "hull-agent: starting a process: failed to unix syscall\0\0\n",
-                1
-            ),
+            failure_message("starting a process: failed to unix syscall\0\0\n"),
             "starting a process: failed to unix syscall"
         );
         assert_eq!(
-            failure_message("\n", 101),
-            "hull-agent runtime exited with status 101"
+            failure_message("\n"),
+            "hull-agent runtime failed without saying why"
         );
     }
 }

@@ -11,6 +11,7 @@
 mod cgroup;
 mod container;
 mod executable;
+mod forker;
 mod forward;
 mod init;
 mod network;
@@ -47,12 +48,17 @@ enum Command {
     /// Internal: create a container or exec process with libcontainer.
     #[command(hide = true)]
     Runtime(runtime::RuntimeArgs),
+    /// Internal: fork a child for each runtime call the agent sends on
+    /// stdin (see forker.rs).
+    #[command(hide = true, name = forker::SUBCOMMAND)]
+    RuntimeForker,
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Runtime(args)) => runtime::main(args),
+        Some(Command::RuntimeForker) => forker::serve(),
         Some(Command::Serve { dir }) => serve(server::Mode::Host { dir }),
         None if std::process::id() == 1 => init::main(),
         None => Err(anyhow::anyhow!(

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use crate::cgroup;
 use crate::container::{run_runtime, Container, Process, RuntimeError};
 use crate::executable::{self, ExecutableError};
+use crate::forker::Forker;
 use crate::process_io::{AttachError, FdStream, ProcessIo};
 use crate::propagation::PropagationSources;
 use crate::reaper::{Exit, Reaper};
@@ -94,6 +95,8 @@ impl Paths {
 pub struct Sandbox {
     paths: Paths,
     reaper: Arc<Reaper>,
+    /// Runs `hull-agent runtime` calls.
+    forker: Forker,
     containers: Mutex<HashMap<String, Arc<Container>>>,
     oom_tx: mpsc::UnboundedSender<String>,
     oom_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
@@ -154,12 +157,18 @@ impl Sandbox {
         Sandbox {
             paths,
             reaper,
+            forker: Forker::new(),
             containers: Mutex::new(HashMap::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             consoles_made: Default::default(),
             propagation: PropagationSources::default(),
         }
+    }
+
+    /// Starts what runs containers' runtime calls, before the first call.
+    pub async fn warm(&self) {
+        self.forker.warm(&self.reaper).await;
     }
 
     /// A new path for a console socket, short whatever the ids.
@@ -325,6 +334,7 @@ impl Sandbox {
             path_arg(bundle),
         ];
         let spawned = run_runtime(
+            &self.forker,
             &self.reaper,
             args,
             &pid_file,
@@ -419,6 +429,7 @@ impl Sandbox {
             path_arg(&process_file),
         ];
         let result = run_runtime(
+            &self.forker,
             &self.reaper,
             args,
             &pid_file,

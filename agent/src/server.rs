@@ -108,6 +108,7 @@ pub async fn run(mode: Mode) -> Result<()> {
     if mode.is_guest() {
         tell_the_host_we_serve().await;
     }
+    sandbox.warm().await;
 
     match &mode {
         Mode::Guest => {

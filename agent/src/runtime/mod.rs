@@ -3,13 +3,15 @@
 //!
 //! libcontainer clones, and cloning from the agent's multi-threaded async
 //! process could leave the child with locks held by other threads. The agent
-//! therefore runs itself with these arguments for every create and exec; the
-//! container's processes outlive this child and are re-parented to the agent
-//! (PID 1, or a child subreaper on the host), which reaps them.
+//! therefore has every create and exec run by a child of its single-threaded
+//! forker (forker.rs), with these arguments; the container's processes
+//! outlive that child and are re-parented to the agent (PID 1, or a child
+//! subreaper on the host), which reaps them. `hull-agent runtime ARGS` runs
+//! the same by hand.
 //!
 //! The process's stdio arrives as fds 3, 4 and 5 (unless it has a terminal,
-//! whose master goes to the console socket); errors go to our stderr, which
-//! the agent reads.
+//! whose master goes to the console socket); the error goes back to the
+//! agent as the forker's answer.
 
 mod exec_seccomp;
 
