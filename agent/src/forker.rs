@@ -1,12 +1,14 @@
 //! `hull-agent runtime` calls without an exec each: a single-threaded
-//! process (`hull-agent runtime-forker`), started once, forks a child for
-//! each call, which runs [`crate::runtime::main`] as the exec'd program did.
+//! process, forked from the agent before its async runtime starts, forks a
+//! child for each call, which runs [`crate::runtime::main`] as an exec'd
+//! `hull-agent runtime` does. Should it die, `hull-agent runtime-forker`
+//! is exec'd in its place.
 //!
-//! Under emulation an exec of the agent was a third of a container's
-//! creation: forking the agent's address space, exec'ing its 8 MB, and
-//! starting it again took 80 ms of the 300 the guest spent creating a
-//! container (`docs/benchmarks.md`). A fork of this small process that has
-//! already started costs a few.
+//! Under emulation an exec of the agent was a quarter of a container's
+//! creation: forking the agent's address space, exec'ing its 8 MB and
+//! starting it again took 80 ms of the 308 the guest spent creating a
+//! container (timed with markers in the guest's kernel log, stop 23). A
+//! fork of this small process that has already started costs a few.
 //!
 //! The agent sends each call as one message on a SEQPACKET socket (the
 //! forker's stdin): the arguments, NUL-separated, and four descriptors, the
@@ -19,7 +21,7 @@
 use std::io::{IoSlice, IoSliceMut, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
@@ -37,32 +39,42 @@ const MAX_CALL: usize = 64 * 1024;
 /// Descriptors per call: stdin, stdout, stderr and the answer's socket.
 const CALL_FDS: usize = 4;
 
-/// The agent's end: starts the forker on first use (or on [`Forker::warm`])
-/// and again if it has died.
+/// The agent's end: the forker forked at the agent's start, or one exec'd
+/// again if that one has died.
 pub struct Forker {
-    running: tokio::sync::Mutex<Option<Running>>,
-}
-
-struct Running {
-    control: OwnedFd,
-    _child: Child,
+    /// The socket the forker takes calls on.
+    control: tokio::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl Forker {
-    pub fn new() -> Self {
-        Forker {
-            running: tokio::sync::Mutex::new(None),
-        }
-    }
-
-    /// Starts the forker now, so that the first call does not wait for it.
-    pub async fn warm(&self, reaper: &Reaper) {
-        let mut running = self.running.lock().await;
-        if running.is_none() {
-            match start(reaper) {
-                Ok(started) => *running = Some(started),
-                Err(err) => tracing::warn!(%err, "starting the runtime forker"),
+    /// Forks the forker from this process, which must have one thread
+    /// still (the async runtime not yet started): it is ready at once, with
+    /// no exec.
+    pub fn fork_now() -> std::io::Result<Self> {
+        let (control, forker_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        // SAFETY: the caller has one thread, so the child may do anything.
+        match unsafe { nix::unistd::fork() }? {
+            nix::unistd::ForkResult::Child => {
+                drop(control);
+                let code = match serve_on(forker_end.as_raw_fd()) {
+                    Ok(()) => 0,
+                    Err(err) => {
+                        eprintln!("hull-agent runtime-forker: {err:#}");
+                        1
+                    }
+                };
+                // SAFETY: ends the forked forker without running the
+                // agent's destructors in it.
+                unsafe { libc::_exit(code) }
             }
+            nix::unistd::ForkResult::Parent { .. } => Ok(Forker {
+                control: tokio::sync::Mutex::new(Some(control)),
+            }),
         }
     }
 
@@ -92,23 +104,23 @@ impl Forker {
             child_end.as_raw_fd(),
         ];
         {
-            let mut running = self.running.lock().await;
+            let mut control = self.control.lock().await;
             // A forker that died (its socket refuses the call) is started
             // again once.
             let mut sent = false;
             for _ in 0..2 {
-                if running.is_none() {
-                    *running = Some(start(reaper)?);
+                if control.is_none() {
+                    *control = Some(start(reaper)?);
                 }
-                let control = running.as_ref().expect("started above").control.as_raw_fd();
-                match send_call(control, call.as_bytes(), &fds) {
+                let fd = control.as_ref().expect("started above").as_raw_fd();
+                match send_call(fd, call.as_bytes(), &fds) {
                     Ok(()) => {
                         sent = true;
                         break;
                     }
                     Err(err) => {
                         tracing::warn!(%err, "the runtime forker is gone; starting it again");
-                        *running = None;
+                        *control = None;
                     }
                 }
             }
@@ -134,13 +146,8 @@ impl Forker {
     }
 }
 
-impl Default for Forker {
-    fn default() -> Self {
-        Forker::new()
-    }
-}
-
-fn start(reaper: &Reaper) -> std::io::Result<Running> {
+/// Execs a new forker (`hull-agent runtime-forker`, its socket as stdin).
+fn start(reaper: &Reaper) -> std::io::Result<OwnedFd> {
     let (control, forker_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -153,11 +160,8 @@ fn start(reaper: &Reaper) -> std::io::Result<Running> {
         .stdin(Stdio::from(forker_end))
         .stdout(Stdio::null());
     // Its exit is the reaper's to collect; nothing waits for it.
-    let (child, _exit) = reaper.spawn(|| command.spawn(), |child| child.id())?;
-    Ok(Running {
-        control,
-        _child: child,
-    })
+    reaper.spawn(|| command.spawn(), |child| child.id())?;
+    Ok(control)
 }
 
 fn send_call(control: RawFd, call: &[u8], fds: &[RawFd; CALL_FDS]) -> std::io::Result<()> {
@@ -167,8 +171,14 @@ fn send_call(control: RawFd, call: &[u8], fds: &[RawFd; CALL_FDS]) -> std::io::R
     Ok(())
 }
 
-/// The forker's side: serves calls on stdin until the agent closes it.
+/// `hull-agent runtime-forker`: serves calls on stdin until the agent
+/// closes it.
 pub fn serve() -> anyhow::Result<()> {
+    serve_on(libc::STDIN_FILENO)
+}
+
+/// The forker's side: serves calls on `control` until the agent closes it.
+fn serve_on(control: RawFd) -> anyhow::Result<()> {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // The children are never waited for: the kernel reaps them.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
@@ -179,7 +189,7 @@ pub fn serve() -> anyhow::Result<()> {
             let mut iov = [IoSliceMut::new(&mut data)];
             let mut space = nix::cmsg_space!([RawFd; CALL_FDS]);
             let msg = recvmsg::<()>(
-                libc::STDIN_FILENO,
+                control,
                 &mut iov,
                 Some(&mut space),
                 MsgFlags::MSG_CMSG_CLOEXEC,
@@ -211,7 +221,14 @@ pub fn serve() -> anyhow::Result<()> {
             .collect();
         // SAFETY: this process has one thread, so the child may do anything.
         match unsafe { nix::unistd::fork() }? {
-            nix::unistd::ForkResult::Child => call(args, fds),
+            nix::unistd::ForkResult::Child => {
+                if control > libc::STDERR_FILENO {
+                    // The call's child and what it forks have no use for it.
+                    // SAFETY: closes our own copy of the forker's socket.
+                    unsafe { libc::close(control) };
+                }
+                call(args, fds)
+            }
             nix::unistd::ForkResult::Parent { .. } => drop(fds),
         }
     }
@@ -255,8 +272,8 @@ fn run_call(args: &[String]) -> anyhow::Result<()> {
     crate::runtime::main(call.runtime)
 }
 
-/// Puts the call's stdio at fds 3, 4 and 5 and /dev/null at 0 and 1 (0 was
-/// the forker's socket), and returns the answer's socket.
+/// Puts the call's stdio at fds 3, 4 and 5 and /dev/null at 0 and 1 (0 is
+/// the exec'd forker's socket), and returns the answer's socket.
 fn prepare(fds: [OwnedFd; CALL_FDS]) -> std::io::Result<std::fs::File> {
     use nix::sys::signal::{signal, SigHandler, Signal};
     // libcontainer waits for the processes it forks.

@@ -73,6 +73,10 @@ fn main() {
 
 /// Runs the agent until the sandbox is destroyed.
 fn serve(mode: server::Mode) -> Result<()> {
+    // Before any thread exists, so that the forker is a plain fork, and
+    // before logging is set up: libcontainer would log through it into
+    // the container's stderr.
+    let forker = forker::Forker::fork_now().context("starting the runtime forker")?;
     init_logging();
     if !mode.is_guest() {
         // Orphaned container processes must come back to us, as they would
@@ -91,7 +95,7 @@ fn serve(mode: server::Mode) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(server::run(mode))
+    runtime.block_on(server::run(mode, forker))
 }
 
 fn init_logging() {

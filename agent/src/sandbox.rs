@@ -152,23 +152,18 @@ fn check_id(what: &'static str, id: &str) -> Result<()> {
 }
 
 impl Sandbox {
-    pub fn new(paths: Paths, reaper: Arc<Reaper>) -> Self {
+    pub fn new(paths: Paths, reaper: Arc<Reaper>, forker: Forker) -> Self {
         let (oom_tx, oom_rx) = mpsc::unbounded_channel();
         Sandbox {
             paths,
             reaper,
-            forker: Forker::new(),
+            forker,
             containers: Mutex::new(HashMap::new()),
             oom_tx,
             oom_rx: tokio::sync::Mutex::new(oom_rx),
             consoles_made: Default::default(),
             propagation: PropagationSources::default(),
         }
-    }
-
-    /// Starts what runs containers' runtime calls, before the first call.
-    pub async fn warm(&self) {
-        self.forker.warm(&self.reaper).await;
     }
 
     /// A new path for a console socket, short whatever the ids.

@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
+use crate::forker::Forker;
 use crate::network::GuestNetwork;
 use crate::process_io::{pump_input, pump_output};
 use crate::reaper::Reaper;
@@ -36,7 +37,7 @@ impl Mode {
     }
 }
 
-pub async fn run(mode: Mode) -> Result<()> {
+pub async fn run(mode: Mode, forker: Forker) -> Result<()> {
     // Before the API is served: containers may use 127.0.0.1 at once. A
     // host-mode agent does it too, for its tests in a new network namespace
     // (elsewhere lo is up already).
@@ -50,7 +51,7 @@ pub async fn run(mode: Mode) -> Result<()> {
     paths
         .create()
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let sandbox = Arc::new(Sandbox::new(paths, reaper));
+    let sandbox = Arc::new(Sandbox::new(paths, reaper, forker));
     let power_off = Arc::new(Notify::new());
     let service = hull_protocols::agent_ttrpc::create_agent(Arc::new(AgentService {
         sandbox: sandbox.clone(),
@@ -108,7 +109,6 @@ pub async fn run(mode: Mode) -> Result<()> {
     if mode.is_guest() {
         tell_the_host_we_serve().await;
     }
-    sandbox.warm().await;
 
     match &mode {
         Mode::Guest => {

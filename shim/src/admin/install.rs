@@ -34,7 +34,8 @@ metadata:
 handler: hull
 # What a pod's VM costs beyond its containers' requests, so the scheduler
 # counts it: the guest's share (pod_memory_overhead_mib, 128 MiB by
-# default) and the VMM process itself (about 50 MiB of QEMU).
+# default) and the VMM process itself (QEMU's own memory: 52.9 MiB per
+# idle sandbox under TCG in Hull's docs/benchmarks.md, from `make bench`).
 overhead:
   podFixed:
     memory: 180Mi

@@ -44,9 +44,7 @@ const HYBRID_LISTEN_FD: i32 = 4;
 /// TCG's translation cache, in MiB (QEMU's default is up to 1 GiB): within
 /// the sandbox cgroup's overhead beside QEMU's heap, virtiofsd and the vsock
 /// backend. A boot fills it whatever its size, so it is most of QEMU's own
-/// memory: `hull bench -n 5 --idle 10` measured QEMU's PSS per idle sandbox
-/// at 125.9 MiB with 64, 106.2 with 32 and 87.5 with 16, and `hull run --
-/// true` at 1310, 1311 and 1757 ms (16 retranslates the container's start).
+/// memory; below 32 MiB a container's start is retranslated, and slower.
 const TCG_TB_MIB: u32 = 32;
 /// Where the guest's kernel and initrd are in QEMU's jail.
 const JAIL_KERNEL: &str = "/vm/vmlinux";
