@@ -94,16 +94,27 @@ impl Env {
             .collect()
     }
 
-    fn hull(&self, extra: &[&str], command: &[&str], stdin: &[u8]) -> Output {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
-            .arg("--config")
-            .arg(self.config())
-            .arg("run")
-            .args(extra)
+    /// `hull --config <this env's> SUBCOMMAND`.
+    fn command(&self, subcommand: &str) -> Command {
+        let mut hull = Command::new(env!("CARGO_BIN_EXE_hull"));
+        hull.arg("--config").arg(self.config()).arg(subcommand);
+        hull
+    }
+
+    /// `hull run EXTRA --rootfs <this env's> -- COMMAND`.
+    fn run_command(&self, extra: &[&str], command: &[&str]) -> Command {
+        let mut run = self.command("run");
+        run.args(extra)
             .arg("--rootfs")
             .arg(&self.rootfs)
             .arg("--")
-            .args(command)
+            .args(command);
+        run
+    }
+
+    fn hull(&self, extra: &[&str], command: &[&str], stdin: &[u8]) -> Output {
+        let mut child = self
+            .run_command(extra, command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -293,13 +304,9 @@ fn signals_behave_as_under_runc() {
 #[test]
 fn a_signal_during_boot_removes_the_sandbox() {
     let env = Env::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .arg("--config")
-        .arg(env.config())
-        .args(["run", "--rootfs"])
-        .arg(&env.rootfs)
-        // Were the signal to reach the container instead, it would exit 7.
-        .args(["--", "sh", "-c", "trap 'exit 7' TERM; sleep 100 & wait"])
+    // Were the signal to reach the container instead, it would exit 7.
+    let mut child = env
+        .run_command(&[], &["sh", "-c", "trap 'exit 7' TERM; sleep 100 & wait"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -364,10 +371,9 @@ fn a_missing_command_exits_127_with_the_reason() {
 #[test]
 fn a_missing_rootfs_is_refused_before_any_vm_starts() {
     let env = Env::new();
-    let output = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .arg("--config")
-        .arg(env.config())
-        .args(["run", "--rootfs", "/nonexistent/rootfs", "--", "true"])
+    let output = env
+        .command("run")
+        .args(["--rootfs", "/nonexistent/rootfs", "--", "true"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(125));
@@ -538,10 +544,9 @@ fn bench_median_ms(report: &str, name: &str) -> f64 {
 #[test]
 fn bench_times_a_raw_boot_of_the_same_guest_beside_hull_run() {
     let env = Env::new();
-    let output = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .arg("--config")
-        .arg(env.config())
-        .args(["bench", "-n", "1", "--burst", "0", "--idle", "0"])
+    let output = env
+        .command("bench")
+        .args(["-n", "1", "--burst", "0", "--idle", "0"])
         .args(["--stdout-mb", "0", "--rootfs"])
         .arg(&env.rootfs)
         .output()
@@ -580,16 +585,10 @@ fn vmm_rss_shmem_kib(state: &Path) -> u64 {
 fn memory_the_guest_frees_returns_to_the_host() {
     use std::io::{BufRead, BufReader};
     let env = Env::new();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hull"))
-        .arg("--config")
-        .arg(env.config())
-        .args(["run", "--rootfs"])
-        .arg(&env.rootfs)
-        .args(["--", "sh", "-c"])
-        .arg(
-            "head -c 50000000 /dev/zero > /dev/shm/fill && echo filled && read a && \
-             rm /dev/shm/fill && echo freed && read b",
-        )
+    let fill_then_free = "head -c 50000000 /dev/zero > /dev/shm/fill && echo filled && \
+                          read a && rm /dev/shm/fill && echo freed && read b";
+    let mut child = env
+        .run_command(&[], &["sh", "-c", fill_then_free])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
