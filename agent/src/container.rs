@@ -91,7 +91,7 @@ pub struct Spawned {
 pub async fn run_runtime(
     forker: &Forker,
     reaper: &Reaper,
-    args: Vec<String>,
+    mut args: Vec<String>,
     pid_file: &Path,
     stdio: ChildStdio,
     console_socket: Option<&Path>,
@@ -105,7 +105,6 @@ pub async fn run_runtime(
         None => None,
     };
 
-    let mut args = args;
     if let Some(path) = console_socket {
         args.push("--console-socket".into());
         args.push(path.to_string_lossy().into_owned());

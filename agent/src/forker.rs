@@ -51,12 +51,7 @@ impl Forker {
     /// still (the async runtime not yet started): it is ready at once, with
     /// no exec.
     pub fn fork_now() -> std::io::Result<Self> {
-        let (control, forker_end) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (control, forker_end) = control_pair()?;
         // SAFETY: the caller has one thread, so the child may do anything.
         match unsafe { nix::unistd::fork() }? {
             nix::unistd::ForkResult::Child => {
@@ -105,27 +100,18 @@ impl Forker {
         ];
         {
             let mut control = self.control.lock().await;
-            // A forker that died (its socket refuses the call) is started
-            // again once.
-            let mut sent = false;
-            for _ in 0..2 {
-                if control.is_none() {
-                    *control = Some(start(reaper)?);
-                }
-                let fd = control.as_ref().expect("started above").as_raw_fd();
-                match send_call(fd, call.as_bytes(), &fds) {
-                    Ok(()) => {
-                        sent = true;
-                        break;
-                    }
-                    Err(err) => {
-                        tracing::warn!(%err, "the runtime forker is gone; starting it again");
-                        *control = None;
-                    }
-                }
-            }
-            if !sent {
-                return Err(std::io::Error::other("the runtime forker takes no calls"));
+            let sent = match control.as_ref() {
+                Some(fd) => send_call(fd.as_raw_fd(), call.as_bytes(), &fds),
+                None => Err(std::io::ErrorKind::NotConnected.into()),
+            };
+            if let Err(err) = sent {
+                // A forker that died (its socket refuses the call) is
+                // replaced, and the call sent again once.
+                tracing::warn!(%err, "the runtime forker is gone; starting another");
+                *control = None;
+                let fd = start(reaper)?;
+                send_call(fd.as_raw_fd(), call.as_bytes(), &fds)?;
+                *control = Some(fd);
             }
         }
         drop(child_end);
@@ -148,12 +134,7 @@ impl Forker {
 
 /// Execs a new forker (`hull-agent runtime-forker`, its socket as stdin).
 fn start(reaper: &Reaper) -> std::io::Result<OwnedFd> {
-    let (control, forker_end) = socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (control, forker_end) = control_pair()?;
     let mut command = Command::new("/proc/self/exe");
     command
         .arg(SUBCOMMAND)
@@ -162,6 +143,17 @@ fn start(reaper: &Reaper) -> std::io::Result<OwnedFd> {
     // Its exit is the reaper's to collect; nothing waits for it.
     reaper.spawn(|| command.spawn(), |child| child.id())?;
     Ok(control)
+}
+
+/// The socket the agent sends calls on, and the forker's end of it: one
+/// call per message.
+fn control_pair() -> nix::Result<(OwnedFd, OwnedFd)> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
 }
 
 fn send_call(control: RawFd, call: &[u8], fds: &[RawFd; CALL_FDS]) -> std::io::Result<()> {

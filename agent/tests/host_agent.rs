@@ -355,6 +355,38 @@ async fn runs_a_container_with_separate_stdout_stderr_and_exit_code() {
 }
 
 #[tokio::test]
+async fn a_runtime_forker_that_died_is_replaced() {
+    let agent = HostAgent::launch().await;
+    // The agent and its forker share the agent's cgroup; the forker is the
+    // one whose parent is the other.
+    let procs = std::fs::read_to_string(agent._cgroup.0.join("agent/cgroup.procs")).unwrap();
+    let pids: Vec<&str> = procs.lines().collect();
+    let parent_of = |pid: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("PPid:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_owned()
+    };
+    let forker = *pids
+        .iter()
+        .find(|pid| pids.contains(&parent_of(pid).as_str()))
+        .unwrap_or_else(|| panic!("no forker among the agent's processes {pids:?}"));
+    let killed = Command::new("kill")
+        .args(["-KILL", forker])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    let rootfs = busybox_rootfs(agent.dir.path());
+    let spec = spec(&rootfs, &["sh", "-c", "echo out; exit 3"], false);
+    agent.create("c1", &spec, pipes(false)).await.unwrap();
+    let out = agent.read_all("c1", "", StreamKind::Stdout).await;
+    agent.start("c1").await;
+    assert_eq!(agent.wait("c1", "").await, 3);
+    assert_eq!(out.await.unwrap(), b"out\n");
+    agent.remove("c1").await;
+}
+
+#[tokio::test]
 async fn stdin_reaches_the_container_and_its_end_closes_it() {
     let agent = HostAgent::launch().await;
     let rootfs = busybox_rootfs(agent.dir.path());
