@@ -116,21 +116,7 @@ pub struct BenchOptions {
 }
 
 pub async fn bench(config: &Config, options: &BenchOptions) -> Result<Report, BenchError> {
-    let BenchOptions {
-        rootfs,
-        iterations,
-        burst,
-        idle_pods,
-        stdout_bytes,
-        ..
-    } = options;
-    let (rootfs, iterations, burst, idle_pods, stdout_bytes) = (
-        rootfs.as_path(),
-        *iterations,
-        *burst,
-        *idle_pods,
-        *stdout_bytes,
-    );
+    let (rootfs, iterations, burst) = (options.rootfs.as_path(), options.iterations, options.burst);
     let mut report = Report {
         iterations,
         guest_memory_mib: config.memory_mib,
@@ -171,11 +157,11 @@ pub async fn bench(config: &Config, options: &BenchOptions) -> Result<Report, Be
                 .map_err(|e| BenchError::Containerd(e.to_string()))??;
         report.containerd = Some(report_ctr);
     }
-    if idle_pods > 0 {
-        report.idle = Some(idle(config, rootfs, idle_pods, IDLE_WINDOW).await?);
+    if options.idle_pods > 0 {
+        report.idle = Some(idle(config, rootfs, options.idle_pods, IDLE_WINDOW).await?);
     }
-    if stdout_bytes > 0 {
-        report.stdout = Some(stdout_ratio(config, rootfs, stdout_bytes).await?);
+    if options.stdout_bytes > 0 {
+        report.stdout = Some(stdout_ratio(config, rootfs, options.stdout_bytes).await?);
     }
     if burst > 0 {
         let unadmitted = Config {
