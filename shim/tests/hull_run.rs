@@ -602,8 +602,11 @@ fn memory_the_guest_frees_returns_to_the_host() {
     assert_eq!(lines.next().unwrap().unwrap(), "freed");
     // The guest reports free blocks two seconds after they are freed.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    // Reported in 2 MiB blocks (agent/src/init.rs): a little of the 48 MiB
+    // stays in blocks the guest's other pages share.
+    const RETURNED_KIB: u64 = 32 * 1024;
     let mut now = filled;
-    while now + 40_000 > filled && std::time::Instant::now() < deadline {
+    while now + RETURNED_KIB > filled && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(500));
         now = vmm_rss_shmem_kib(&env.state_dir());
     }
@@ -612,7 +615,7 @@ fn memory_the_guest_frees_returns_to_the_host() {
     let output = child.wait_with_output().unwrap();
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
-        now + 40_000 <= filled,
+        now + RETURNED_KIB <= filled,
         "the guest freed 50 MB but the VMM's guest memory went from {filled} KiB only to {now} KiB"
     );
     env.assert_nothing_left();
