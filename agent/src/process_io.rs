@@ -8,7 +8,7 @@
 //! pipe (and the process blocks) rather than being lost.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
@@ -155,13 +155,69 @@ impl ProcessIo {
 }
 
 /// Copies a process's output to the host stream, then half-closes it.
-pub async fn pump_output<W>(mut from: FdStream, mut to: W) -> io::Result<u64>
+///
+/// Output from a pipe is spliced into the socket: the kernel moves it from
+/// the pipe into the socket's packets, one copy, as a pipe between two
+/// processes in the guest costs, where reading it into the agent and
+/// writing it out again cost two (docs/benchmarks.md, the stdout row). A
+/// terminal's output, which splice cannot take, goes through a buffer.
+pub async fn pump_output<W>(from: FdStream, mut to: W) -> io::Result<u64>
 where
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + AsRawFd + Unpin,
 {
-    let copied = tokio::io::copy(&mut from, &mut to).await?;
+    let copied = if from.is_pipe()? {
+        let pipe = from.into_fd();
+        // SAFETY: `to` holds its socket open until the splice below ends.
+        let socket = unsafe { BorrowedFd::borrow_raw(to.as_raw_fd()) }.try_clone_to_owned()?;
+        tokio::task::spawn_blocking(move || splice_all(&pipe, &socket))
+            .await
+            .map_err(io::Error::other)??
+    } else {
+        let mut from = tokio::io::BufReader::with_capacity(OUTPUT_BUFFER, from);
+        tokio::io::copy_buf(&mut from, &mut to).await?
+    };
     to.shutdown().await?;
     Ok(copied)
+}
+
+/// What one read takes from a terminal, or one splice moves: a pipe's
+/// default capacity is 64 KiB, so a buffer of that size empties it.
+const OUTPUT_BUFFER: usize = 64 << 10;
+
+/// Splices everything `pipe` carries until its writers are gone into
+/// `socket`, on a thread of its own: both fds are non-blocking (tokio's
+/// socket, and the pipe as `FdStream` left it), so it waits for each in
+/// poll(2) rather than spinning on EAGAIN.
+fn splice_all(pipe: &OwnedFd, socket: &OwnedFd) -> io::Result<u64> {
+    use nix::errno::Errno;
+    use nix::fcntl::{splice, SpliceFFlags};
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let wait = |fd: &OwnedFd, flags: PollFlags| loop {
+        match poll(&mut [PollFd::new(fd.as_fd(), flags)], PollTimeout::NONE) {
+            Err(Errno::EINTR) => continue,
+            result => return result.map(drop),
+        }
+    };
+    let mut copied = 0u64;
+    loop {
+        // Until the pipe has data or has no writer left, then until the
+        // socket has room or has failed: the splice then reports which.
+        wait(pipe, PollFlags::POLLIN)?;
+        wait(socket, PollFlags::POLLOUT)?;
+        match splice(
+            pipe,
+            None,
+            socket,
+            None,
+            OUTPUT_BUFFER,
+            SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
+        ) {
+            Ok(0) => return Ok(copied),
+            Ok(n) => copied += n as u64,
+            Err(Errno::EAGAIN | Errno::EINTR) => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
 }
 
 /// Copies the host stream into a process's stdin; the end of the stream
@@ -181,6 +237,16 @@ pub struct FdStream {
 }
 
 impl FdStream {
+    fn is_pipe(&self) -> io::Result<bool> {
+        let stat = nix::sys::stat::fstat(self.fd.get_ref().as_raw_fd())?;
+        Ok(stat.st_mode & libc::S_IFMT == libc::S_IFIFO)
+    }
+
+    /// The fd, no longer registered with tokio (and still non-blocking).
+    fn into_fd(self) -> OwnedFd {
+        self.fd.into_inner()
+    }
+
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
         let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
@@ -291,6 +357,44 @@ mod tests {
         let mut out = Vec::new();
         stdout.read_to_end(&mut out).await.unwrap();
         assert_eq!(out, b"out");
+    }
+
+    /// Four pipes' worth, written while the host side does not read yet,
+    /// so the splice waits for the socket as well as for the pipe.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pumped_output_arrives_whole_then_the_stream_ends() {
+        let (io, child) = ProcessIo::new(&request(false)).unwrap();
+        let stdout = io.attach(StreamKind::Stdout).unwrap();
+        let (agent_end, mut host_end) = tokio::net::UnixStream::pair().unwrap();
+        let pump = tokio::spawn(pump_output(stdout, agent_end));
+        let data: Vec<u8> = (0..4 * OUTPUT_BUFFER).map(|i| (i % 251) as u8).collect();
+        let written = data.clone();
+        let writer = std::thread::spawn(move || {
+            std::io::Write::write_all(&mut std::fs::File::from(child.stdout), &written).unwrap()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut got = Vec::new();
+        host_end.read_to_end(&mut got).await.unwrap();
+        writer.join().unwrap();
+        assert!(got == data, "{} bytes arrived of {}", got.len(), data.len());
+        assert_eq!(pump.await.unwrap().unwrap(), data.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn pumping_output_ends_when_the_host_hangs_up() {
+        let (io, child) = ProcessIo::new(&request(false)).unwrap();
+        let stdout = io.attach(StreamKind::Stdout).unwrap();
+        let (agent_end, host_end) = tokio::net::UnixStream::pair().unwrap();
+        drop(host_end);
+        let mut process_stdout = std::fs::File::from(child.stdout);
+        std::io::Write::write_all(&mut process_stdout, b"nobody reads this").unwrap();
+        let pumped = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            pump_output(stdout, agent_end),
+        )
+        .await
+        .expect("the pump ends while the process still holds its stdout");
+        assert!(pumped.is_err(), "{pumped:?}");
     }
 
     #[tokio::test]
