@@ -35,12 +35,9 @@ export HULL_TEST_AGENT_TIMEOUT=120
 # Guests with two vCPUs stay out (two_vcpus_give_the_container_two_cpus,
 # the_vm_has_the_pods_size): one vCPU spinning on the other, which waits in
 # L1 for a CPU that L1 never gets back, wedged L1 in about half the runs
-# (QEMU 7.2's nested AMD-V; docs/kvm-lab.md, "L1 wedges"). So does
-# memory_the_guest_frees_returns_to_the_host: free page reporting is QEMU's
-# balloon device, which hull-vmm does not have.
+# (QEMU 7.2's nested AMD-V; docs/kvm-lab.md, "L1 wedges").
 suites=(
-    "hull_run shim --skip two_vcpus_give_the_container_two_cpus
-        --skip memory_the_guest_frees_returns_to_the_host"
+    "hull_run shim --skip two_vcpus_give_the_container_two_cpus"
     "ctr_hull tests exec_with_and_without_terminal_matches_runc pause_and_resume_match_runc
         ps_and_metrics_match_runc killing_the_vm_ends_the_task_and_cleans_up"
     "cri_hull tests pod_network_names_and_shared_namespaces

@@ -579,8 +579,8 @@ fn vmm_rss_shmem_kib(state: &Path) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
-/// QEMU only: hull-vmm has no balloon device (docs/architecture.md), and
-/// the nested lab leaves this test out.
+/// Free page reporting: QEMU's virtio-balloon, and hull-vmm's own in the
+/// nested lab (vmm/src/devices/virtio/balloon.rs).
 #[test]
 fn memory_the_guest_frees_returns_to_the_host() {
     use std::io::{BufRead, BufReader};

@@ -18,6 +18,7 @@ use crate::arch::x86_64::{cpuid, layout, msr};
 use crate::config::{TapSource, VmConfig};
 use crate::device_manager::{Bus, LegacyDeviceManager, MmioDeviceManager};
 use crate::devices::legacy::{COM1_IRQ, I8042_PORT, I8042_PORT_LEN};
+use crate::devices::virtio::balloon::BalloonDevice;
 use crate::devices::virtio::block::BlockDevice;
 use crate::devices::virtio::fs::{FsDevice, FsError};
 use crate::devices::virtio::net::{NetDevice, Tap};
@@ -254,6 +255,10 @@ pub fn build(config: &VmConfig) -> Result<BuiltVm, BuildError> {
             .map_err(device_error(format!("net {source}")))?;
         event_loop.add(device).map_err(BuildError::EventLoop)?;
     }
+
+    // Free page reporting, so memory the guest frees leaves the VMM (devices/virtio/balloon.rs).
+    mmio.register_virtio_device(Arc::new(Mutex::new(BalloonDevice::new())), irq)
+        .map_err(device_error("balloon"))?;
 
     let mut kernel = File::open(&config.boot.kernel).map_err(|source| BuildError::Open {
         what: "kernel",

@@ -280,8 +280,9 @@ fn main(rules: &mut Rules) -> RuleResult<()> {
 /// the guest notifies their queue; the virtio-fs devices, which speak
 /// vhost-user to virtiofsd (`sendmsg`/`recvmsg`, with fds attached) when
 /// the guest activates or resets them, and write a kick eventfd when it
-/// notifies a queue; and the virtio-net devices, which send frames to their
-/// taps (`writev`) and take frames from them (`read`).
+/// notifies a queue; the virtio-net devices, which send frames to their
+/// taps (`writev`) and take frames from them (`read`); and the balloon,
+/// which frees the guest pages the guest reports (`madvise`, in `common`).
 fn vcpu(rules: &mut Rules) -> RuleResult<()> {
     let ioctl = |request| -> RuleResult<SeccompRule> {
         SeccompRule::new(vec![SeccompCondition::new(

@@ -3,11 +3,13 @@
 //!
 //! - `mmio`: the virtio-mmio transport and the [`mmio::VirtioDevice`] trait devices implement
 //!   for it.
+//! - `balloon`: virtio-balloon for free page reporting only.
 //! - `block`: virtio-blk on a raw image file.
 //! - `fs`: virtio-fs, a vhost-user frontend to virtiofsd.
 //! - `net`: virtio-net on a tap.
 //! - `vsock`: virtio-vsock with hybrid vsock.
 
+pub mod balloon;
 pub mod block;
 pub mod fs;
 pub mod mmio;
