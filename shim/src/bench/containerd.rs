@@ -14,6 +14,9 @@ use super::{BenchError, Samples};
 pub const NAMESPACE: &str = "hull-bench";
 pub const HULL_RUNTIME: &str = "io.containerd.hull.v2";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// How long one `ctr` command may take; the slowest, one of twenty pods
+/// started at once, took 18 s here (docs/benchmarks.md).
+const CTR_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Where and what to run.
 #[derive(Debug, Clone)]
@@ -81,11 +84,15 @@ pub fn bench(
 }
 
 impl Target {
+    /// `ctr` on this containerd, each command bounded by [`CTR_DEADLINE`]:
+    /// a runtime that hangs fails the bench instead of stopping it.
     fn ctr(&self) -> Command {
         let mut ctr = Command::new("ctr");
         ctr.arg("--address")
             .arg(&self.address)
-            .args(["--namespace", NAMESPACE]);
+            .args(["--namespace", NAMESPACE])
+            .arg("--timeout")
+            .arg(format!("{}s", CTR_DEADLINE.as_secs()));
         ctr
     }
 
