@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::cpu::{CpuSnapshot, CpuUsage};
 use super::{BenchError, Samples};
 
 /// The containerd namespace the benchmark's containers live in; the image
@@ -48,6 +49,8 @@ pub struct BurstResult {
     /// Until the last `ctr run -d` returned (its task started, or failed).
     pub elapsed: Duration,
     pub started: usize,
+    /// The machine's CPU time over the same span.
+    pub cpu: CpuUsage,
 }
 
 /// `iterations` runs of `ctr run --rm` of `true`, hull and runc alternating,
@@ -145,6 +148,7 @@ impl Target {
         let ids: Vec<String> = (0..count)
             .map(|i| format!("burst-{name}-{}-{i}", std::process::id()))
             .collect();
+        let cpu_before = CpuSnapshot::take();
         let start = Instant::now();
         let started = std::thread::scope(|scope| {
             let runs: Vec<_> = ids
@@ -168,10 +172,15 @@ impl Target {
                 .count()
         });
         let elapsed = start.elapsed();
+        let cpu = CpuSnapshot::take().since(&cpu_before);
         for id in &ids {
             self.remove(id);
         }
-        BurstResult { elapsed, started }
+        BurstResult {
+            elapsed,
+            started,
+            cpu,
+        }
     }
 
     /// Removes a container and its task, whatever state they are in.
@@ -218,6 +227,22 @@ impl ContainerdReport {
                     ms(result.elapsed),
                     result.started,
                     burst.count
+                );
+            }
+            // What bounds the burst: the CPUs' time, and who took it.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            out += &format!(
+                "\n| CPU time during the {n} at once ({cpus} CPUs) | busy, of what the CPUs had | per container | most, by process name (alive at the end) |\n|---|---|---|---|\n",
+                n = burst.count
+            );
+            for (name, result) in [("hull", &burst.hull), ("runc", &burst.runc)] {
+                let seconds = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+                out += &format!(
+                    "| {name} | {} of {} | {} | {} |\n",
+                    seconds(result.cpu.busy),
+                    seconds(result.elapsed * cpus as u32),
+                    seconds(result.cpu.busy / burst.count.max(1) as u32),
+                    result.cpu.top(3)
                 );
             }
         }

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use super::cpu::cpu_ticks;
 use super::{sandbox_with_container, sandbox_with_container_writing, BenchError};
 use crate::config::Config;
 use crate::manager::StdioPaths;
@@ -193,25 +194,6 @@ pub(super) async fn idle(
     measured
 }
 
-/// User and system CPU time of a process and its reaped children, in clock
-/// ticks (`/proc/PID/stat` fields 14 to 17).
-fn cpu_ticks(pid: u32) -> u64 {
-    cpu_ticks_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default())
-}
-
-fn cpu_ticks_in(stat: &str) -> u64 {
-    // The command name, in parentheses, may hold spaces: fields count from
-    // after its closing parenthesis (field 3 is the first there).
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    rest.split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum()
-}
-
 /// A process's proportional set size, from `/proc/PID/smaps_rollup`.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Pss {
@@ -248,20 +230,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_time_and_pss_of_this_process_are_read() {
-        let spin = Instant::now();
-        while spin.elapsed() < Duration::from_millis(50) {
-            std::hint::black_box(0);
-        }
-        assert!(cpu_ticks(std::process::id()) > 0);
+    fn pss_of_this_process_is_read() {
         assert!(Pss::of(std::process::id()).total_kib > 0);
     }
 
     #[test]
-    fn stat_and_smaps_rollup_fields_are_found() {
-        // A command name with a space and a parenthesis does not shift them.
-        let stat = "42 (a) b) S 1 2 3 4 5 6 7 8 9 10 100 20 3 4 20 0 1 0";
-        assert_eq!(cpu_ticks_in(stat), 127);
+    fn smaps_rollup_fields_are_found() {
         assert_eq!(
             Pss::parse(
                 "Rss: 10 kB\nPss:                 812 kB\nPss_Anon:  300 kB\nPss_Shmem: 500 kB\n"

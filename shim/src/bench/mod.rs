@@ -19,6 +19,7 @@ use crate::sandbox::{
 use crate::spec::{container_spec, ProcessOptions};
 
 pub mod containerd;
+mod cpu;
 mod density;
 use containerd::ContainerdReport;
 use density::{idle, stdout_ratio, IDLE_WINDOW};
