@@ -11,13 +11,13 @@
 use tracing::{debug, warn};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{
     GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap,
 };
 
 use crate::devices::virtio::mmio::{
-    read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
+    drain_queue, read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
 };
 
 /// The virtio spec's `VIRTIO_BALLOON_F_REPORTING` (virtio-bindings has no balloon header).
@@ -78,46 +78,17 @@ impl BalloonDevice {
             return false;
         };
         let mem = active.mem.memory();
-        let queue = &mut active.reporting;
-        let mut used = false;
-        let mut idle_rounds = 0;
-        loop {
-            if queue.disable_notification(&*mem).is_err() {
-                break;
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-                let head = chain.head_index();
-                for desc in chain {
-                    match discard(&mem, desc.addr(), desc.len()) {
-                        Ok(()) => self.discarded += u64::from(desc.len()),
-                        Err(e) => warn!(error = %e, "ignoring a free page report"),
-                    }
-                }
-                // Written or not, the buffer goes back, or the driver would wait for it.
-                if let Err(e) = queue.add_used(&*mem, head, 0) {
-                    warn!(error = %e, "cannot return a free page report");
-                    return used;
-                }
-                used = true;
-                popped = true;
-            }
-            idle_rounds = if popped { 0 } else { idle_rounds + 1 };
-            match queue.enable_notification(&*mem) {
-                Ok(true) if idle_rounds < 2 => {}
-                // More available than can be popped: the driver's index is out of range.
-                Ok(true) => {
-                    warn!("virtio-balloon available ring index is out of range");
-                    break;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    warn!(error = %e, "virtio-balloon reporting queue failed");
-                    break;
+        let discarded = &mut self.discarded;
+        drain_queue(&mut active.reporting, &mem, "virtio-balloon", |chain| {
+            for desc in chain {
+                match discard(&mem, desc.addr(), desc.len()) {
+                    Ok(()) => *discarded += u64::from(desc.len()),
+                    Err(e) => warn!(error = %e, "ignoring a free page report"),
                 }
             }
-        }
-        used && queue.needs_notification(&*mem).unwrap_or(true)
+            // Nothing is written; the buffer goes back, or the driver would wait for it.
+            0
+        })
     }
 }
 

@@ -22,7 +22,7 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemory, GuestMemoryAtomic, GuestMemoryMmap};
 
 use crate::devices::Interrupt;
@@ -161,6 +161,51 @@ pub fn take_queues<const N: usize>(
         }
     }
     Ok(queues)
+}
+
+/// Hands every chain the driver made available on `queue` to `handle` and returns it to the
+/// driver with the length `handle` says it wrote, malformed chains too (or the driver would
+/// leak the buffers); `device` names the device in logs. Returns whether the driver wants an
+/// interrupt for what was used. A driver whose available index runs ahead of what can be
+/// popped is given up on after two empty rounds, so it cannot hold a vCPU thread here.
+pub fn drain_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    device: &'static str,
+    mut handle: impl FnMut(DescriptorChain<&GuestMemoryMmap>) -> u32,
+) -> bool {
+    let mut used = false;
+    let mut idle_rounds = 0;
+    loop {
+        if queue.disable_notification(mem).is_err() {
+            return used;
+        }
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let written = handle(chain);
+            if let Err(e) = queue.add_used(mem, head, written) {
+                warn!(device, error = %e, "cannot return a chain to the driver");
+                return used;
+            }
+            used = true;
+            popped = true;
+        }
+        idle_rounds = if popped { 0 } else { idle_rounds + 1 };
+        match queue.enable_notification(mem) {
+            Ok(true) if idle_rounds < 2 => {}
+            Ok(true) => {
+                warn!(device, "the available ring index is out of range");
+                break;
+            }
+            Ok(false) => break,
+            Err(e) => {
+                warn!(device, error = %e, "the queue failed");
+                break;
+            }
+        }
+    }
+    used && queue.needs_notification(mem).unwrap_or(true)
 }
 
 /// [`VirtioDevice::read_config`] for a device whose config space is the bytes `config`.

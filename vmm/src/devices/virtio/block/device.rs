@@ -10,12 +10,12 @@ use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BL
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 
 use super::request::{handle_chain, Disk};
 use crate::devices::virtio::mmio::{
-    read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
+    drain_queue, read_config_space, take_queues, ActivateError, VirtioDevice, VirtioInterrupt,
 };
 
 const QUEUE_MAX_SIZE: u16 = 256;
@@ -64,40 +64,10 @@ impl BlockDevice {
             return false;
         };
         let mem = active.mem.memory();
-        let queue = &mut active.queue;
-        let mut used = false;
-        let mut idle_rounds = 0;
-        loop {
-            if queue.disable_notification(&*mem).is_err() {
-                return used;
-            }
-            let mut popped = false;
-            while let Some(chain) = queue.pop_descriptor_chain(&*mem) {
-                let head = chain.head_index();
-                let written = handle_chain(&*mem, &self.disk, chain);
-                // Malformed chains go back too, or the driver would leak the buffers.
-                if let Err(e) = queue.add_used(&*mem, head, written) {
-                    warn!(error = %e, "cannot return a virtio-blk request");
-                    return used;
-                }
-                used = true;
-                popped = true;
-            }
-            idle_rounds = if popped { 0 } else { idle_rounds + 1 };
-            match queue.enable_notification(&*mem) {
-                Ok(true) if idle_rounds < 2 => {}
-                Ok(true) => {
-                    warn!("virtio-blk available ring index is out of range");
-                    break;
-                }
-                Ok(false) => break,
-                Err(e) => {
-                    warn!(error = %e, "virtio-blk queue failed");
-                    break;
-                }
-            }
-        }
-        used && queue.needs_notification(&*mem).unwrap_or(true)
+        let disk = &self.disk;
+        drain_queue(&mut active.queue, &mem, "virtio-blk", |chain| {
+            handle_chain(&*mem, disk, chain)
+        })
     }
 
     fn notify_driver(&self) {
