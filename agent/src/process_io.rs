@@ -187,23 +187,40 @@ const OUTPUT_BUFFER: usize = 64 << 10;
 /// Splices everything `pipe` carries until its writers are gone into
 /// `socket`, on a thread of its own: both fds are non-blocking (tokio's
 /// socket, and the pipe as `FdStream` left it), so it waits for each in
-/// poll(2) rather than spinning on EAGAIN.
+/// poll(2) rather than spinning on EAGAIN. It ends too when the host hangs
+/// up, even while the pipe stays quiet (a daemon the process left behind
+/// holding its stdout), so no thread waits on a stream nobody reads.
 fn splice_all(pipe: &OwnedFd, socket: &OwnedFd) -> io::Result<u64> {
     use nix::errno::Errno;
     use nix::fcntl::{splice, SpliceFFlags};
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let wait = |fd: &OwnedFd, flags: PollFlags| loop {
-        match poll(&mut [PollFd::new(fd.as_fd(), flags)], PollTimeout::NONE) {
+    let wait = |fds: &mut [PollFd]| loop {
+        match poll(fds, PollTimeout::NONE) {
             Err(Errno::EINTR) => continue,
             result => return result.map(drop),
         }
     };
+    let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR;
     let mut copied = 0u64;
     loop {
-        // Until the pipe has data or has no writer left, then until the
-        // socket has room or has failed: the splice then reports which.
-        wait(pipe, PollFlags::POLLIN)?;
-        wait(socket, PollFlags::POLLOUT)?;
+        // Until the pipe has data or has no writer left, or the host hung
+        // up (reported whatever is asked for); then until the socket has
+        // room or has failed: the splice then reports which.
+        let mut fds = [
+            PollFd::new(pipe.as_fd(), PollFlags::POLLIN),
+            PollFd::new(socket.as_fd(), PollFlags::empty()),
+        ];
+        wait(&mut fds)?;
+        if fds[1]
+            .revents()
+            .is_some_and(|events| events.intersects(hung_up))
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the host closed the stream",
+            ));
+        }
+        wait(&mut [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)])?;
         match splice(
             pipe,
             None,
@@ -395,6 +412,27 @@ mod tests {
         .await
         .expect("the pump ends while the process still holds its stdout");
         assert!(pumped.is_err(), "{pumped:?}");
+    }
+
+    /// The process still holds its stdout and writes nothing.
+    #[tokio::test]
+    async fn pumping_quiet_output_ends_when_the_host_hangs_up() {
+        let (io, child) = ProcessIo::new(&request(false)).unwrap();
+        let stdout = io.attach(StreamKind::Stdout).unwrap();
+        let (agent_end, host_end) = tokio::net::UnixStream::pair().unwrap();
+        let pump = tokio::spawn(pump_output(stdout, agent_end));
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        drop(host_end);
+        let pumped = tokio::time::timeout(std::time::Duration::from_secs(10), pump)
+            .await
+            .expect("the pump ends while the process holds its stdout, quiet")
+            .unwrap();
+        assert_eq!(
+            pumped.unwrap_err().kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "the host's hang-up, not a failed splice"
+        );
+        drop(child);
     }
 
     #[tokio::test]
