@@ -42,7 +42,7 @@ pub async fn run(mode: Mode, forker: Forker) -> Result<()> {
     // Before the API is served: containers may use 127.0.0.1 at once. A
     // host-mode agent does it too, for its tests in a new network namespace
     // (elsewhere lo is up already).
-    crate::network::loopback_up().await?;
+    crate::network::loopback_up().context("bringing lo up")?;
     let reaper = Reaper::start().context("watching SIGCHLD")?;
     let state_dir = match &mode {
         Mode::Guest => PathBuf::from(GUEST_STATE_DIR),

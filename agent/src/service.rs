@@ -52,9 +52,9 @@ impl From<NetworkError> for ttrpc::Error {
     fn from(err: NetworkError) -> Self {
         let code = match &err {
             NetworkError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
-            NetworkError::NoLinkWithMac { .. }
-            | NetworkError::NoSuchDevice { .. }
-            | NetworkError::NoLoopback { .. } => Code::NOT_FOUND,
+            NetworkError::NoLinkWithMac { .. } | NetworkError::NoSuchDevice { .. } => {
+                Code::NOT_FOUND
+            }
             NetworkError::AmbiguousMac { .. } => Code::FAILED_PRECONDITION,
             // The kernel refuses what the guest's state does not allow: a
             // gateway it cannot reach, an MTU the NIC cannot take.

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures_util::TryStreamExt;
 use rtnetlink::packet_core::{ErrorMessage, NlasIterator};
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteScope};
 use rtnetlink::sys::AsyncSocket;
 use rtnetlink::{Handle, RouteMessageBuilder};
@@ -75,7 +75,6 @@ pub struct Link {
     pub index: u32,
     pub name: String,
     pub mac: Vec<u8>,
-    pub up: bool,
 }
 
 impl Link {
@@ -84,7 +83,6 @@ impl Link {
             index: message.header.index,
             name: String::new(),
             mac: Vec::new(),
-            up: message.header.flags.contains(LinkFlags::Up),
         };
         for attribute in message.attributes {
             match attribute {
