@@ -65,7 +65,6 @@ fn main() {
             Some(Command::Runtime(args)) => runtime::main(args),
             Some(Command::RuntimeForker) => forker::serve(),
             Some(Command::Serve { dir }) => serve(server::Mode::Host { dir }),
-            None if std::process::id() == 1 => init::main(),
             None => Err(anyhow::anyhow!(
                 "hull-agent runs as PID 1 of a Hull VM; on a host use `hull-agent serve --dir DIR`"
             )),

@@ -8,7 +8,7 @@
 //! pipe (and the process blocks) rather than being lost.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::{Mutex, OnceLock};
 use std::task::{ready, Context, Poll};
@@ -163,12 +163,11 @@ impl ProcessIo {
 /// terminal's output, which splice cannot take, goes through a buffer.
 pub async fn pump_output<W>(from: FdStream, mut to: W) -> io::Result<u64>
 where
-    W: AsyncWrite + AsRawFd + Unpin,
+    W: AsyncWrite + AsFd + Unpin,
 {
     let copied = if from.is_pipe()? {
         let pipe = from.into_fd();
-        // SAFETY: `to` holds its socket open until the splice below ends.
-        let socket = unsafe { BorrowedFd::borrow_raw(to.as_raw_fd()) }.try_clone_to_owned()?;
+        let socket = to.as_fd().try_clone_to_owned()?;
         tokio::task::spawn_blocking(move || splice_all(&pipe, &socket))
             .await
             .map_err(io::Error::other)??

@@ -1,7 +1,7 @@
 //! Where the agent listens: vsock in the guest, Unix sockets on the host.
 //! The ttrpc API and the stdio streams share nothing but the sandbox.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -148,7 +148,7 @@ async fn tell_the_host_we_serve() {
 /// host.
 #[async_trait::async_trait]
 trait StreamListener: Send + Sync + 'static {
-    type Stream: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static;
+    type Stream: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static;
     async fn accept_stream(&self) -> std::io::Result<Self::Stream>;
 }
 
@@ -201,7 +201,7 @@ fn accept_forwards(listener: impl StreamListener) {
 /// stream ends.
 async fn serve_stream<S>(sandbox: Arc<Sandbox>, mut stream: S)
 where
-    S: AsyncRead + AsyncWrite + AsRawFd + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + AsFd + Unpin + Send + 'static,
 {
     let header = match read_header(&mut stream).await {
         Ok(header) => header,
