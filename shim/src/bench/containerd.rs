@@ -15,8 +15,8 @@ use super::{BenchError, Samples};
 pub const NAMESPACE: &str = "hull-bench";
 pub const HULL_RUNTIME: &str = "io.containerd.hull.v2";
 pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
-/// How long one `ctr` command may take; the slowest, one of twenty pods
-/// started at once, took 18 s here (docs/benchmarks.md).
+/// How long one `ctr` command may take; twenty pods started at once took
+/// 14 to 18 s in all here (docs/benchmarks.md).
 const CTR_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Where and what to run.

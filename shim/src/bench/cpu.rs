@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 /// The CPU counters at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CpuSnapshot {
     /// Ticks all CPUs spent in anything but idle and I/O wait.
     busy_ticks: u64,
@@ -27,7 +27,7 @@ struct Process {
 }
 
 /// CPU time between two snapshots.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct CpuUsage {
     /// What all CPUs were busy for.
     pub busy: Duration,
@@ -95,7 +95,7 @@ impl CpuUsage {
     }
 }
 
-fn ticks_per_second() -> f64 {
+pub fn ticks_per_second() -> f64 {
     // SAFETY: sysconf takes a constant and has no side effects.
     unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
 }
@@ -117,15 +117,23 @@ fn busy_ticks_in(stat: &str) -> Option<u64> {
     )
 }
 
-/// A process's name, start and own user and system ticks, without its
-/// reaped children's (`/proc/PID/stat` fields 2, 22, 14 and 15).
-fn process_in(stat: &str) -> Option<Process> {
+/// `/proc/PID/stat` split: the process's name, and its numeric field `n`
+/// (counted as proc(5) does, from 1) for `n` from 3 on.
+fn stat_fields(stat: &str) -> Option<(&str, impl Fn(usize) -> Option<u64> + '_)> {
     // The name, in parentheses, may hold spaces and parentheses: fields
     // count from after the last closing one (field 3 is the first there).
     let (head, rest) = stat.rsplit_once(')')?;
     let (_, name) = head.split_once('(')?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3)?.parse::<u64>().ok();
+    Some((name, move |n: usize| {
+        fields.get(n.checked_sub(3)?)?.parse().ok()
+    }))
+}
+
+/// A process's name, start and own user and system ticks, without its
+/// reaped children's (`/proc/PID/stat` fields 2, 22, 14 and 15).
+fn process_in(stat: &str) -> Option<Process> {
+    let (name, field) = stat_fields(stat)?;
     let kernel_thread = field(9)? & KERNEL_THREAD != 0;
     let name = match name.split_once('/') {
         Some((base, _)) if kernel_thread => base,
@@ -148,14 +156,7 @@ pub fn cpu_ticks(pid: u32) -> u64 {
 }
 
 fn cpu_ticks_in(stat: &str) -> u64 {
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return 0;
-    };
-    rest.split_whitespace()
-        .skip(11)
-        .take(4)
-        .filter_map(|field| field.parse::<u64>().ok())
-        .sum()
+    stat_fields(stat).map_or(0, |(_, field)| (14..=17).filter_map(field).sum())
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::cpu::cpu_ticks;
+use super::cpu::{cpu_ticks, ticks_per_second};
 use super::{sandbox_with_container, sandbox_with_container_writing, BenchError};
 use crate::config::Config;
 use crate::manager::StdioPaths;
@@ -159,9 +159,7 @@ pub(super) async fn idle(
             tokio::time::sleep(window).await;
             let after: u64 = all.iter().map(|&pid| cpu_ticks(pid)).sum();
             let elapsed = started.elapsed();
-            // SAFETY: sysconf takes a constant and has no side effects.
-            let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-            let cpu = after.saturating_sub(before) as f64 / ticks_per_second;
+            let cpu = after.saturating_sub(before) as f64 / ticks_per_second();
             let mut idle = Idle {
                 pods,
                 window: elapsed,
