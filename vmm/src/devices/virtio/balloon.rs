@@ -58,18 +58,11 @@ pub struct BalloonDevice {
     /// `virtio_balloon_config`: `num_pages` (u32, always 0) and `actual` (u32, the driver's).
     config: [u8; 8],
     active: Option<Active>,
-    /// Bytes handed back to the host since the device was built.
-    discarded: u64,
 }
 
 impl BalloonDevice {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Bytes of guest memory discarded so far.
-    pub fn discarded(&self) -> u64 {
-        self.discarded
     }
 
     /// Discards every reported range and returns each chain. Returns whether to interrupt.
@@ -78,12 +71,10 @@ impl BalloonDevice {
             return false;
         };
         let mem = active.mem.memory();
-        let discarded = &mut self.discarded;
         drain_queue(&mut active.reporting, &mem, "virtio-balloon", |chain| {
             for desc in chain {
-                match discard(&mem, desc.addr(), desc.len()) {
-                    Ok(()) => *discarded += u64::from(desc.len()),
-                    Err(e) => warn!(error = %e, "ignoring a free page report"),
+                if let Err(e) = discard(&mem, desc.addr(), desc.len()) {
+                    warn!(error = %e, "ignoring a free page report");
                 }
             }
             // Nothing is written; the buffer goes back, or the driver would wait for it.
@@ -191,7 +182,6 @@ impl std::fmt::Debug for BalloonDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BalloonDevice")
             .field("active", &self.active.is_some())
-            .field("discarded", &self.discarded)
             .finish()
     }
 }
@@ -292,7 +282,6 @@ mod tests {
         // Two ranges in one chain, as the driver sends a scatterlist.
         let half = DATA_LEN / 2;
         guest.report(&[(DATA, half, true), (DATA + u64::from(half), half, true)]);
-        assert_eq!(guest.driver.device().discarded(), u64::from(DATA_LEN));
         assert_eq!(filled - guest.allocated(), u64::from(DATA_LEN));
         assert!(guest.data().iter().all(|&b| b == 0));
     }
@@ -313,7 +302,6 @@ mod tests {
         ] {
             guest.report(&[(addr, len, true)]);
         }
-        assert_eq!(guest.driver.device().discarded(), 0);
         assert_eq!(guest.allocated(), filled);
         assert!(guest.data().iter().all(|&b| b == 0xab));
     }
