@@ -94,8 +94,10 @@ pub struct GuestNetwork {
 }
 
 impl GuestNetwork {
-    /// Finds the link by its MAC address and makes it the requested
-    /// interface: down, renamed, its MTU, exactly the requested addresses
+    /// Finds the link by its MAC address (or, when no link has it, by name,
+    /// and gives it the address: a VM booted ahead of its pod has a NIC
+    /// with a MAC of its own) and makes it the requested interface: down,
+    /// renamed, its MTU, exactly the requested addresses
     /// (the kernel's IPv6 link-local address stays), up. Taking it down
     /// drops its routes, so UpdateRoutes comes after.
     pub async fn update_interface(&self, request: &UpdateInterfaceRequest) -> Result<()> {
@@ -107,13 +109,26 @@ impl GuestNetwork {
         let _one_at_a_time = self.busy.lock().await;
         let netlink = Netlink::connect().map_err(NetworkError::Socket)?;
         let links = netlink.links().await.map_err(failed("listing links"))?;
-        let link = link_with_mac(&links, config.mac)?;
+        let (link, new_mac) = link_for(&links, &config.name, config.mac)?;
         let index = link.index;
 
         netlink
             .set_link(LinkUnspec::new_with_index(index).down().build())
             .await
             .map_err(failed(format!("taking {} down", link.name)))?;
+        if new_mac {
+            netlink
+                .set_link(
+                    LinkUnspec::new_with_index(index)
+                        .address(config.mac.0.to_vec())
+                        .build(),
+                )
+                .await
+                .map_err(failed(format!(
+                    "giving {} the MAC {}",
+                    link.name, config.mac
+                )))?;
+        }
         if link.name != config.name {
             netlink
                 .set_link(
@@ -277,6 +292,19 @@ fn no_such_device(route: &RouteConfig, links: &[Link]) -> NetworkError {
         device: route.device.clone(),
         route: route.to_string(),
         links: list(links),
+    }
+}
+
+/// The link to configure, and whether it must take the MAC: the one with
+/// the MAC, else the one with the name.
+fn link_for<'a>(links: &'a [Link], name: &str, mac: MacAddress) -> Result<(&'a Link, bool)> {
+    match link_with_mac(links, mac) {
+        Ok(link) => Ok((link, false)),
+        Err(NetworkError::NoLinkWithMac { .. }) if links.iter().any(|l| l.name == name) => {
+            let link = links.iter().find(|l| l.name == name).expect("checked");
+            Ok((link, true))
+        }
+        Err(err) => Err(err),
     }
 }
 
@@ -562,5 +590,15 @@ mod tests {
             twice.to_string(),
             "MAC address 02:00:00:00:00:02 is on more than one link: eth1, twin"
         );
+
+        // A MAC no link has goes to the link of the name, which takes it.
+        let mac = "02:00:00:00:00:09".parse().unwrap();
+        let (named, new_mac) = link_for(&links, "eth1", mac).unwrap();
+        assert_eq!((named.name.as_str(), new_mac), ("eth1", true));
+        let (by_mac, new_mac) =
+            link_for(&links, "eth1", "02:00:00:00:00:01".parse().unwrap()).unwrap();
+        assert_eq!((by_mac.name.as_str(), new_mac), ("eth0", false));
+        assert!(link_for(&links, "eth7", mac).is_err());
+        assert!(link_for(&links, "eth0", "02:00:00:00:00:02".parse().unwrap()).is_err());
     }
 }
