@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use futures::TryStreamExt;
@@ -95,7 +95,79 @@ impl PodNetwork {
     ) -> Result<Option<PodNetwork>, PodNetworkError> {
         let path = netns.to_owned();
         in_namespace(netns, move |handle| async move {
-            setup(&path, &handle, header).await
+            setup(&path, &handle, Tap::New(header)).await
+        })
+        .await?
+    }
+
+    /// Wires the pod's interface to the tap a VM booted ahead of the pod
+    /// already has, moving the tap into the pod's namespace first. `None`
+    /// (and the tap left where it is) when the namespace has no interface
+    /// besides loopback.
+    pub async fn adopt(
+        netns: &Path,
+        held: &mut Option<HeldTap>,
+    ) -> Result<Option<PodNetwork>, PodNetworkError> {
+        let Some(tap) = held.as_ref() else {
+            return Ok(None);
+        };
+        let pod = File::open(netns).map_err(|source| PodNetworkError::Namespace {
+            path: netns.to_owned(),
+            source,
+        })?;
+        let path = netns.to_owned();
+        let has_interface = in_namespace(netns, |handle| async move {
+            let links: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+            Ok::<_, rtnetlink::Error>(links.iter().any(is_pod_interface))
+        })
+        .await?
+        .map_err(|e| PodNetworkError::Netlink {
+            netns: path.clone(),
+            what: "listing links".into(),
+            message: e.to_string(),
+        })?;
+        if !has_interface {
+            return Ok(None);
+        }
+        let holding = tap.namespace_path();
+        let moved = in_namespace(&holding, move |handle| async move {
+            let index = handle
+                .link()
+                .get()
+                .match_name(TAP_NAME.to_owned())
+                .execute()
+                .try_next()
+                .await?
+                .map(|l| l.header.index);
+            let Some(index) = index else {
+                return Ok(false);
+            };
+            handle
+                .link()
+                .set(
+                    LinkUnspec::new_with_index(index)
+                        .setns_by_fd(pod.as_raw_fd())
+                        .build(),
+                )
+                .execute()
+                .await?;
+            Ok::<_, rtnetlink::Error>(true)
+        })
+        .await?;
+        let failed = |message: String| PodNetworkError::Netlink {
+            netns: path.clone(),
+            what: format!("moving {TAP_NAME} in"),
+            message,
+        };
+        match moved {
+            Ok(true) => {}
+            Ok(false) => return Err(failed("the tap is gone from its namespace".into())),
+            Err(e) => return Err(failed(e.to_string())),
+        }
+        let tap = held.take().expect("checked above").tap;
+        let path = netns.to_owned();
+        in_namespace(netns, move |handle| async move {
+            setup(&path, &handle, Tap::Moved(tap)).await
         })
         .await?
     }
@@ -174,10 +246,60 @@ where
         .map_err(namespace_error)
 }
 
+/// A tap made in a network namespace of its own before its pod exists, for
+/// a VM booted ahead (the pool). The namespace lives while this does.
+#[derive(Debug)]
+pub struct HeldTap {
+    namespace: File,
+    tap: OwnedFd,
+}
+
+impl HeldTap {
+    /// Makes a network namespace with a tap `hull0` in it.
+    pub fn create(header: TapHeader) -> Result<HeldTap, PodNetworkError> {
+        let failed = |source| PodNetworkError::Namespace {
+            path: "a new network namespace".into(),
+            source,
+        };
+        std::thread::Builder::new()
+            .name("hull-netns".into())
+            .spawn(move || {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| failed(std::io::Error::from(e)))?;
+                let namespace = File::open("/proc/thread-self/ns/net").map_err(failed)?;
+                let tap = attach_tap(TAP_NAME, header).map_err(|source| PodNetworkError::Tap {
+                    netns: "a new network namespace".into(),
+                    source,
+                })?;
+                Ok(HeldTap { namespace, tap })
+            })
+            .map_err(failed)?
+            .join()
+            .map_err(|_| failed(std::io::Error::other("the namespace thread panicked")))?
+    }
+
+    /// The tap's file descriptor, for the VMM.
+    pub fn tap(&self) -> &OwnedFd {
+        &self.tap
+    }
+
+    fn namespace_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.namespace.as_raw_fd()))
+    }
+}
+
+/// Where the pod's tap comes from.
+enum Tap {
+    /// Made now, in the pod's namespace.
+    New(TapHeader),
+    /// Moved in from a [`HeldTap`]'s namespace.
+    Moved(OwnedFd),
+}
+
 async fn setup(
     netns: &Path,
     handle: &Handle,
-    header: TapHeader,
+    tap: Tap,
 ) -> Result<Option<PodNetwork>, PodNetworkError> {
     let failed = |what: &str| {
         let what = what.to_owned();
@@ -247,10 +369,15 @@ async fn setup(
         routes.extend(found.iter().filter_map(|r| guest_route(r, veth_index)));
     }
 
-    let tap = attach_tap(TAP_NAME, header).map_err(|source| PodNetworkError::Tap {
-        netns: netns.to_owned(),
-        source,
-    })?;
+    let tap = match tap {
+        Tap::New(header) => {
+            attach_tap(TAP_NAME, header).map_err(|source| PodNetworkError::Tap {
+                netns: netns.to_owned(),
+                source,
+            })?
+        }
+        Tap::Moved(fd) => fd,
+    };
     let tap_index = handle
         .link()
         .get()

@@ -5,14 +5,14 @@
 //! out of the tap. Needs root, as the suite does.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use hull_shim::network::{GuestRoute, PodNetwork, TapHeader, TAP_NAME};
+use hull_shim::network::{GuestRoute, HeldTap, PodNetwork, TapHeader, TAP_NAME};
 
 /// Two named network namespaces joined by a veth, removed on drop.
 struct Namespaces {
@@ -211,6 +211,65 @@ async fn the_tap_carries_the_pod_interface_both_ways_and_is_undone() {
     assert!(!qdiscs.contains("ingress"), "{qdiscs}");
     let links = ip(&["-n", &namespaces.pod, "link", "show"]);
     assert!(!links.contains(TAP_NAME), "{links}");
+}
+
+/// A VM booted ahead of its pod (the pool) has its tap in a namespace of
+/// its own; adopting moves that very tap into the pod's namespace and
+/// wires it as `setup` would.
+#[tokio::test]
+async fn a_held_tap_moves_into_the_pod_and_carries_its_interface() {
+    let namespaces = Namespaces::new();
+    let mac = namespaces.pod_mac();
+    let held = HeldTap::create(TapHeader::None).expect("a tap in a namespace of its own");
+    // SAFETY: dup of a descriptor `held` owns; the copy stands for the VMM's.
+    let vmm_copy = unsafe { OwnedFd::from_raw_fd(libc::dup(held.tap().as_raw_fd())) };
+    let links = ip(&["-n", &namespaces.pod, "link", "show"]);
+    assert!(!links.contains(TAP_NAME), "{links}");
+
+    let mut held = Some(held);
+    let network = PodNetwork::adopt(&namespaces.netns_path(), &mut held)
+        .await
+        .expect("adopting the tap")
+        .expect("the pod has an interface");
+    assert!(held.is_none(), "the tap is the pod network's now");
+    assert_eq!(network.interface.mac, mac);
+    let tap = ip(&["-j", "-n", &namespaces.pod, "link", "show", TAP_NAME]);
+    assert!(tap.contains("\"mtu\":1400"), "{tap}");
+    let filters = namespaces.in_pod(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
+    assert!(
+        filters.contains("Egress Redirect to device hull0"),
+        "{filters}"
+    );
+
+    let request = arp_request(mac);
+    // SAFETY: writing a buffer we own, of its length.
+    let written =
+        unsafe { libc::write(vmm_copy.as_raw_fd(), request.as_ptr().cast(), request.len()) };
+    assert_eq!(written, request.len() as isize);
+    let reply = read_arp_reply(&vmm_copy, Instant::now() + Duration::from_secs(5))
+        .expect("no ARP reply from the node came out of the VMM's tap");
+    assert_eq!(&reply[0..6], &mac);
+
+    network.teardown().await;
+    drop(vmm_copy);
+    let links = ip(&["-n", &namespaces.pod, "link", "show"]);
+    assert!(!links.contains(TAP_NAME), "{links}");
+}
+
+/// A pod without an interface leaves a held tap where it is.
+#[tokio::test]
+async fn a_held_tap_stays_held_for_a_pod_without_an_interface() {
+    let name = format!("hull-empty-held-{}", std::process::id());
+    assert!(Command::new("ip")
+        .args(["netns", "add", &name])
+        .status()
+        .unwrap()
+        .success());
+    let mut held = Some(HeldTap::create(TapHeader::None).unwrap());
+    let adopted = PodNetwork::adopt(Path::new(&format!("/run/netns/{name}")), &mut held).await;
+    let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    assert!(adopted.expect("no error").is_none());
+    assert!(held.is_some());
 }
 
 /// With the built-in VMM the tap carries a virtio-net header: hull-vmm's
