@@ -17,6 +17,14 @@ pub struct InvalidId {
     reason: &'static str,
 }
 
+/// A hash that stays the same across builds and hosts (FNV-1a), for names
+/// derived from other names; not for anything an attacker picks to collide.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// Checks `id` against containerd's grammar; `what` names it in the error
 /// ("container id", "sandbox id (annotation io.kubernetes.cri.sandbox-id)").
 pub fn validate(what: &'static str, id: &str) -> Result<(), InvalidId> {

@@ -36,7 +36,7 @@ use crate::agent_client::{context, rpc_message, AgentClient, HybridVsock, ReadyS
 use crate::config::Config;
 use crate::host::Virtualization;
 use crate::hypervisor::{self, Backend, Hypervisor, NetDevice, VmParams, VmmHost};
-use crate::network::{format_mac, PodNetwork, TapHeader};
+use crate::network::{format_mac, HeldTap, PodNetwork, TapHeader};
 use crate::pod::VmSize;
 use crate::port_forward::PortForwarder;
 use crate::rootfs::{self, SharedDir};
@@ -63,9 +63,23 @@ pub struct SandboxOptions {
 }
 
 pub struct SandboxVm {
+    /// The sandbox's id: its pod's, or, until a pool's VM is claimed, its name.
     pub id: String,
+    /// What the host's parts are named by (the state directory, the
+    /// cgroups, the VMM's uid lease): the sandbox id, or the name a pool
+    /// gave a VM it booted ahead.
+    pub name: String,
     pub paths: SandboxPaths,
     network: Option<PodNetwork>,
+    /// A VM booted ahead of its pod keeps its tap here until the pod's
+    /// network takes it.
+    held_tap: Option<HeldTap>,
+    /// For a VM booted ahead and claimed: `<state_dir>/<sandbox id>`, a
+    /// symlink to the state directory, through which the sandbox is found
+    /// by its id (as `shim delete` does).
+    alias: Option<PathBuf>,
+    /// The VM's vCPUs and memory, fixed at boot.
+    size: VmSize,
     hypervisor: Option<Box<dyn Hypervisor>>,
     virtiofsd: Option<Virtiofsd>,
     share: Option<SharedDir>,
@@ -100,6 +114,106 @@ impl SandboxVm {
         progress: &Progress,
         cancel: impl std::future::Future<Output = String>,
     ) -> Result<Self, SandboxError> {
+        let (mut vm, launch) = SandboxVm::prepare(config, id, options)?;
+        let booted = tokio::select! {
+            booted = vm.boot_and_attach(config, options, launch, progress) => booted,
+            why = cancel => Err(SandboxError::Cancelled(why)),
+        };
+        match booted {
+            Ok(()) => Ok(vm),
+            Err(err) => {
+                vm.teardown(true).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Boots a VM of `size` ahead of its pod, for a pool: its host parts
+    /// are named `name`, its NIC's tap waits in a network namespace of its
+    /// own, and the guest knows no sandbox until [`SandboxVm::claim`].
+    pub async fn start_ahead(
+        config: &Config,
+        name: &str,
+        size: VmSize,
+        progress: &Progress,
+        cancel: impl std::future::Future<Output = String>,
+    ) -> Result<Self, SandboxError> {
+        let options = SandboxOptions {
+            size,
+            netns: None,
+            hostname: String::new(),
+        };
+        let (mut vm, launch) = SandboxVm::prepare(config, name, &options)?;
+        let booted = tokio::select! {
+            booted = vm.boot(config, &options, Net::Held, launch, progress) => booted,
+            why = cancel => Err(SandboxError::Cancelled(why)),
+        };
+        match booted {
+            Ok(()) => Ok(vm),
+            Err(err) => {
+                // No shim's delete comes after a pool's VM: the logs of a
+                // boot that failed are kept (the error names them), those
+                // of one the pool stopped are not.
+                let keep_logs = !matches!(err, SandboxError::Cancelled(_));
+                vm.teardown(keep_logs).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Makes a VM booted ahead the sandbox `id`: the pod's network takes
+    /// its tap, and the agent learns the sandbox. On failure the caller
+    /// shuts the VM down.
+    pub async fn claim(
+        &mut self,
+        id: &str,
+        options: &SandboxOptions,
+        progress: &Progress,
+    ) -> Result<(), SandboxError> {
+        crate::ids::validate("sandbox id", id)?;
+        let alias = self.paths.dir.with_file_name(id);
+        std::os::unix::fs::symlink(&self.name, &alias).map_err(|source| SandboxError::Io {
+            what: format!("naming {} for the sandbox", alias.display()),
+            source,
+        })?;
+        self.alias = Some(alias);
+        if let Some(netns) = &options.netns {
+            self.network = PodNetwork::adopt(netns, &mut self.held_tap).await?;
+            if self.network.is_some() {
+                progress.step("pod network wired to the tap booted ahead");
+            }
+        }
+        self.id = id.to_owned();
+        self.attach(options, progress).await
+    }
+
+    /// The sandbox's size as booted.
+    pub fn size(&self) -> VmSize {
+        self.size
+    }
+
+    async fn boot_and_attach(
+        &mut self,
+        config: &Config,
+        options: &SandboxOptions,
+        launch: Launch,
+        progress: &Progress,
+    ) -> Result<(), SandboxError> {
+        let net = match &options.netns {
+            Some(netns) => Net::Pod(netns),
+            None => Net::None,
+        };
+        self.boot(config, options, net, launch, progress).await?;
+        self.attach(options, progress).await
+    }
+
+    /// What comes before the boot: the id's check, the assets, the VMM's
+    /// uid, the launch, the state directory.
+    fn prepare(
+        config: &Config,
+        id: &str,
+        options: &SandboxOptions,
+    ) -> Result<(Self, Launch), SandboxError> {
         crate::ids::validate("sandbox id", id)?;
         check_assets(config)?;
         let paths = SandboxPaths::new(&config.state_dir, id);
@@ -116,10 +230,14 @@ impl SandboxVm {
         };
         let launch = Launch::prepare(config, &paths, options, Virtualization::detect(), vmm_ids)?;
         create_state_dir(&config.state_dir, &paths.dir)?;
-        let mut vm = SandboxVm {
+        let vm = SandboxVm {
             id: id.to_owned(),
+            name: id.to_owned(),
+            size: options.size,
             paths,
             network: None,
+            held_tap: None,
+            alias: None,
             hypervisor: None,
             virtiofsd: None,
             share: None,
@@ -130,23 +248,16 @@ impl SandboxVm {
             agent: None,
             port_forward: None,
         };
-        let booted = tokio::select! {
-            booted = vm.boot(config, options, launch, progress) => booted,
-            why = cancel => Err(SandboxError::Cancelled(why)),
-        };
-        match booted {
-            Ok(()) => Ok(vm),
-            Err(err) => {
-                vm.teardown(true).await;
-                Err(err)
-            }
-        }
+        Ok((vm, launch))
     }
 
+    /// Boots the VM to an agent that answers: everything of the sandbox
+    /// that does not depend on its pod.
     async fn boot(
         &mut self,
         config: &Config,
         options: &SandboxOptions,
+        net: Net<'_>,
         launch: Launch,
         progress: &Progress,
     ) -> Result<(), SandboxError> {
@@ -160,7 +271,7 @@ impl SandboxVm {
         let cgroup = SandboxCgroup::create(
             &Hierarchies::detect()?,
             &config.cgroup_parent,
-            &self.id,
+            &self.name,
             host_limits(config, &options.size),
         )?;
         let cgroup_procs = cgroup.procs_files();
@@ -187,13 +298,17 @@ impl SandboxVm {
         )?);
         progress.step("virtiofsd started");
 
-        if let Some(netns) = &options.netns {
-            let header = match backend {
-                Backend::Builtin => TapHeader::VirtioNet,
-                Backend::Qemu(_) => TapHeader::None,
-            };
-            self.network = PodNetwork::setup(netns, header).await?;
-            progress.step("pod network wired to the tap");
+        let header = match backend {
+            Backend::Builtin => TapHeader::VirtioNet,
+            Backend::Qemu(_) => TapHeader::None,
+        };
+        match net {
+            Net::None => {}
+            Net::Pod(netns) => {
+                self.network = PodNetwork::setup(netns, header).await?;
+                progress.step("pod network wired to the tap");
+            }
+            Net::Held => self.held_tap = Some(HeldTap::create(header)?),
         }
 
         let vm_config = VmParams {
@@ -207,10 +322,18 @@ impl SandboxVm {
             fs_socket: self.paths.virtiofsd.clone(),
             fs_tag: SHARE_TAG.into(),
             console_log: self.paths.console_log.clone(),
-            net: self.network.as_ref().map(|network| NetDevice {
-                tap_fd: network.tap().as_raw_fd(),
-                mac: format_mac(&network.interface.mac),
-            }),
+            net: match (&self.network, &self.held_tap) {
+                (Some(network), _) => Some(NetDevice {
+                    tap_fd: network.tap().as_raw_fd(),
+                    mac: format_mac(&network.interface.mac),
+                }),
+                // The agent gives the NIC the pod's MAC when it is claimed.
+                (None, Some(held)) => Some(NetDevice {
+                    tap_fd: held.tap().as_raw_fd(),
+                    mac: format_mac(&ahead_mac(&self.name)),
+                }),
+                (None, None) => None,
+            },
         };
         // Only so many VMs boot at once on this host; the boot deadline
         // starts once this one may.
@@ -280,7 +403,24 @@ impl SandboxVm {
                 agent.info.agent_version, agent.info.kernel_release
             ),
         );
+        if let (Some(killer), Some(every)) = (killer, config.health_check()) {
+            let exit = self.exit_watch();
+            self.guards
+                .push(guard::check_agent(agent.clone(), every, exit, killer));
+        }
+        self.agent = Some(agent);
+        Ok(())
+    }
 
+    /// Gives the booted VM its sandbox: the agent learns the sandbox and
+    /// mounts the share, the guest NIC takes the pod's addresses, and
+    /// port-forward reaches the pod.
+    async fn attach(
+        &mut self,
+        options: &SandboxOptions,
+        progress: &Progress,
+    ) -> Result<(), SandboxError> {
+        let agent = self.agent.clone().expect("a booted VM has an agent");
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
@@ -324,13 +464,7 @@ impl SandboxVm {
                 }
             }
         }
-        if let (Some(killer), Some(every)) = (killer, config.health_check()) {
-            let exit = self.exit_watch();
-            self.guards
-                .push(guard::check_agent(agent.clone(), every, exit, killer));
-        }
         progress.step("sandbox ready");
-        self.agent = Some(agent);
         Ok(())
     }
 
@@ -442,6 +576,7 @@ impl SandboxVm {
         if let Some(network) = self.network.take() {
             network.teardown().await;
         }
+        self.held_tap = None;
         if let Some(virtiofsd) = self.virtiofsd.take() {
             virtiofsd.stop(Duration::from_secs(2)).await;
         }
@@ -455,7 +590,30 @@ impl SandboxVm {
         }
         self.share = None;
         remove_state(&self.paths, keep_logs);
+        // Kept with the logs, which are found through it.
+        if let Some(alias) = self.alias.take().filter(|_| !keep_logs) {
+            if let Err(err) = std::fs::remove_file(&alias) {
+                tracing::warn!(alias = %alias.display(), %err, "removing the sandbox's name");
+            }
+        }
     }
+}
+
+/// Where a sandbox's NIC comes from at boot.
+enum Net<'a> {
+    /// No NIC: the sandbox has no pod network namespace.
+    None,
+    /// A tap in the pod's network namespace, wired to its interface.
+    Pod(&'a Path),
+    /// A tap held in a namespace of its own until the pod is known.
+    Held,
+}
+
+/// The MAC a VM booted ahead gives its NIC until the pod's replaces it:
+/// locally administered, unicast, and different per VM name.
+fn ahead_mac(name: &str) -> [u8; 6] {
+    let bytes = crate::ids::stable_hash(name.as_bytes()).to_be_bytes();
+    [0x02, bytes[0], bytes[1], bytes[2], bytes[3], bytes[4]]
 }
 
 /// The user namespace virtiofsd runs in and the share's mounts are
