@@ -16,6 +16,7 @@ pub mod ids;
 pub mod manager;
 pub mod network;
 pub mod pod;
+pub mod pool;
 pub mod port_forward;
 pub mod rootfs;
 pub mod run;

@@ -689,6 +689,8 @@ pub(crate) const LEFTOVER_KINDS: &[&str] = &[
     "qemu-system-x86_64",
     // The built-in VMM, and with QEMU the vsock backend (`hull-vmm vsock`).
     "hull-vmm",
+    // `hull pool` and its warm shims (`hull --config <dir>/hull.toml ...`).
+    "hull",
     "virtiofsd",
     "containerd",
 ];

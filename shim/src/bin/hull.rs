@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use hull_shim::admin::{check, containerd_config, install};
 use hull_shim::bench;
 use hull_shim::config::{Config, MAX_VCPUS};
+use hull_shim::pod::VmSize;
+use hull_shim::pool;
 use hull_shim::run::{self, RunOptions, EXIT_HULL_ERROR};
 use hull_shim::spec::ProcessOptions;
 
@@ -100,6 +102,35 @@ enum Command {
         /// under hull (0: none).
         #[arg(long, value_name = "N", default_value_t = 20)]
         pods: usize,
+    },
+    /// Keep VMs booted ahead for new sandboxes of one containerd, so that
+    /// their start does not wait for a boot (runs until SIGTERM or SIGINT).
+    Pool {
+        /// VMs to keep booted ahead.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+        count: u32,
+        /// Virtual CPUs of the pool's VMs (default: the configuration's).
+        /// Only sandboxes of the pool's size are served from it.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_VCPUS)))]
+        vcpus: Option<u32>,
+        /// Memory of the pool's VMs, in MiB (default: the configuration's).
+        #[arg(long, value_name = "MIB")]
+        memory_mib: Option<u32>,
+        /// The containerd socket whose new sandboxes the pool serves.
+        #[arg(
+            long,
+            value_name = "SOCKET",
+            default_value = "/run/containerd/containerd.sock"
+        )]
+        containerd: String,
+    },
+    /// One of `hull pool`'s warm shims (started by the pool, not by hand).
+    #[command(hide = true)]
+    PoolMember {
+        #[arg(long)]
+        vcpus: u32,
+        #[arg(long)]
+        memory_mib: u32,
     },
     /// Install Hull from a built tree: binaries, guest assets, configuration,
     /// and the `hull` runtime handler in containerd's configuration.
@@ -206,6 +237,48 @@ fn main() {
                 containerd_config: (!no_containerd).then_some(containerd_config),
             };
             match install::install(&options, &mut |action| println!("{action}")) {
+                Ok(()) => 0,
+                Err(err) => fail(err),
+            }
+        }
+        Command::Pool {
+            count,
+            vcpus,
+            memory_mib,
+            containerd,
+        } => {
+            let config = Config::load(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
+            let size = VmSize {
+                vcpus: vcpus.unwrap_or(config.vcpus),
+                memory_mib: memory_mib.unwrap_or(config.memory_mib),
+            };
+            let options = pool::daemon::PoolOptions {
+                count: count as usize,
+                size,
+                containerd_address: containerd,
+                config,
+                config_path: cli.config.clone(),
+                verbose: cli.verbose,
+            };
+            // One thread: members die with the thread that started them.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(e));
+            match runtime.block_on(pool::daemon::serve(options)) {
+                Ok(()) => 0,
+                Err(err) => fail(err),
+            }
+        }
+        Command::PoolMember { vcpus, memory_mib } => {
+            let config = Config::load(cli.config.as_deref()).unwrap_or_else(|e| fail(e));
+            let size = VmSize { vcpus, memory_mib };
+            // One thread: the VM's helpers die with the thread that started them.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|e| fail(e));
+            match runtime.block_on(pool::member::run(config, size)) {
                 Ok(()) => 0,
                 Err(err) => fail(err),
             }

@@ -41,7 +41,9 @@ pub use self::error::LifecycleError;
 pub use self::events::Event;
 pub use self::process::{ProcessExit, ProcessStatus, UNKNOWN_EXIT};
 pub use self::stdio::{CallerStreams, IoError, StdioPaths, StdioWiring};
-pub use self::vm::{BootRequest, BootedVm, Cancel, ContainerShareError, Launcher, VmLauncher};
+pub use self::vm::{
+    AheadLauncher, BootRequest, BootedVm, Cancel, ContainerShareError, Launcher, VmLauncher,
+};
 use crate::config::Config;
 use crate::hypervisor::VmExit;
 use crate::pod::{network_namespace, vm_size, Role};

@@ -105,12 +105,80 @@ impl Launcher for VmLauncher {
             cancel,
         )
         .await?;
-        let agent: Arc<dyn Agent> = Arc::new(vm.agent().clone());
-        Ok(Box::new(RunningVm {
-            vm,
-            agent,
-            pod_volumes: Mutex::default(),
-        }))
+        Ok(RunningVm::boxed(vm))
+    }
+}
+
+/// Hands out a VM a pool booted ahead, when the sandbox asks for what it
+/// was booted with (the same configuration and size) and it still runs;
+/// otherwise it is stopped and the sandbox boots its own.
+pub struct AheadLauncher {
+    config: Config,
+    ahead: Mutex<Option<SandboxVm>>,
+}
+
+impl AheadLauncher {
+    pub fn new(config: Config, vm: SandboxVm) -> Self {
+        AheadLauncher {
+            config,
+            ahead: Mutex::new(Some(vm)),
+        }
+    }
+
+    /// Why the VM booted ahead cannot serve `request`, if it cannot.
+    fn mismatch(&self, vm: &SandboxVm, request: &BootRequest) -> Option<String> {
+        if let Some(exit) = vm.exit_watch().borrow().as_ref() {
+            return Some(format!("it ended while it waited ({exit})"));
+        }
+        if request.config != self.config {
+            return Some("the sandbox asks for another Hull configuration".into());
+        }
+        let (had, wants) = (vm.size(), request.options.size);
+        if had != wants {
+            return Some(format!(
+                "it has {} vCPUs and {} MiB, the sandbox asks for {} and {}",
+                had.vcpus, had.memory_mib, wants.vcpus, wants.memory_mib
+            ));
+        }
+        None
+    }
+}
+
+#[async_trait]
+impl Launcher for AheadLauncher {
+    fn preflight(
+        &self,
+        config: &Config,
+        options: &SandboxOptions,
+    ) -> Result<(), sandbox::SandboxError> {
+        SandboxVm::preflight(config, options)
+    }
+
+    async fn boot(
+        &self,
+        request: BootRequest,
+        cancel: Cancel,
+    ) -> Result<Box<dyn BootedVm>, sandbox::SandboxError> {
+        let ahead = self.ahead.lock().expect("ahead lock").take();
+        let Some(mut vm) = ahead else {
+            return VmLauncher.boot(request, cancel).await;
+        };
+        if let Some(why) = self.mismatch(&vm, &request) {
+            tracing::info!(vm = %vm.name, %why, "not using the VM booted ahead");
+            vm.shutdown().await;
+            return VmLauncher.boot(request, cancel).await;
+        }
+        let claimed = tokio::select! {
+            claimed = vm.claim(&request.id, &request.options, &request.progress) => claimed,
+            why = cancel => Err(sandbox::SandboxError::Cancelled(why)),
+        };
+        match claimed {
+            Ok(()) => Ok(RunningVm::boxed(vm)),
+            Err(err) => {
+                vm.shutdown().await;
+                Err(err)
+            }
+        }
     }
 }
 
@@ -119,6 +187,17 @@ struct RunningVm {
     agent: Arc<dyn Agent>,
     /// The pod volumes in the share, with the containers using each.
     pod_volumes: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+impl RunningVm {
+    fn boxed(vm: SandboxVm) -> Box<dyn BootedVm> {
+        let agent: Arc<dyn Agent> = Arc::new(vm.agent().clone());
+        Box::new(RunningVm {
+            vm,
+            agent,
+            pod_volumes: Mutex::default(),
+        })
+    }
 }
 
 #[async_trait]

@@ -71,12 +71,23 @@ pub async fn cleanup_after_shim(bundle: &Path, id: &str) -> Result<(), CleanupEr
         .map(|spec| crate::spec::sandbox_id(&spec, id))
         .unwrap_or_else(|_| id.to_owned());
     crate::ids::validate("sandbox id", &sandbox_id)?;
-    let paths = SandboxPaths::new(&config.state_dir, &sandbox_id);
+    // A pool's VM keeps the name it was booted under; the sandbox id names
+    // it through a symlink.
+    let alias = config.state_dir.join(&sandbox_id);
+    let name = match std::fs::read_link(&alias) {
+        Ok(target) => {
+            let name = target.to_string_lossy().into_owned();
+            crate::ids::validate("sandbox VM name", &name)?;
+            name
+        }
+        Err(_) => sandbox_id.clone(),
+    };
+    let paths = SandboxPaths::new(&config.state_dir, &name);
     if sandbox_id == id {
         // Whatever of the sandbox still runs dies with its cgroup first, so
         // nothing writes to what is removed next.
         if let Ok(hierarchies) = crate::sandbox::Hierarchies::detect() {
-            crate::sandbox::SandboxCgroup::at(&hierarchies, &config.cgroup_parent, &sandbox_id)
+            crate::sandbox::SandboxCgroup::at(&hierarchies, &config.cgroup_parent, &name)
                 .destroy()
                 .await;
         }
@@ -85,6 +96,9 @@ pub async fn cleanup_after_shim(bundle: &Path, id: &str) -> Result<(), CleanupEr
             return Err(CleanupError::Left {
                 what: paths.dir.display().to_string(),
             });
+        }
+        if name != sandbox_id {
+            let _ = std::fs::remove_file(&alias);
         }
     } else if let Ok(share) = std::fs::File::open(&paths.shared) {
         use std::os::fd::AsFd;
@@ -99,6 +113,21 @@ pub async fn cleanup_after_shim(bundle: &Path, id: &str) -> Result<(), CleanupEr
         crate::sys::fs::remove_beneath(share.as_fd(), std::ffi::OsStr::new(id));
     }
     Ok(())
+}
+
+/// Asks the pool serving this containerd (`hull pool`), if one runs, for
+/// a warm shim to serve sandbox `opts.id`; its address when one does.
+async fn claim_from_pool(opts: &StartOpts) -> Option<String> {
+    let claim = crate::pool::Claim {
+        id: opts.id.clone(),
+        namespace: opts.namespace.clone(),
+        containerd_address: opts.address.clone(),
+        ttrpc_address: opts.ttrpc_address.clone(),
+        bundle: std::env::current_dir().ok()?,
+        socket: containerd_shim::socket_address(&opts.address, &opts.namespace, &opts.id),
+        hull_config: std::env::var_os("HULL_CONFIG").map(PathBuf::from),
+    };
+    crate::pool::claim(&claim).await
 }
 
 #[async_trait]
@@ -122,6 +151,12 @@ impl Shim for HullShim {
             .ok()
             .filter(|id| crate::ids::validate("sandbox id", id).is_ok())
             .unwrap_or_else(|| opts.id.clone());
+        // A new sandbox takes a VM booted ahead, when a pool has one.
+        if grouping == opts.id {
+            if let Some(address) = claim_from_pool(&opts).await {
+                return Ok(address);
+            }
+        }
         let address = spawn(opts, &grouping, Vec::new()).await?;
         containerd_shim::asynchronous::util::write_str_to_file("address", &address).await?;
         Ok(address)

@@ -23,7 +23,7 @@ use ttrpc::Code;
 
 use crate::config::Config;
 use crate::manager::{
-    ContainerRequest, ContainerShareError, Event, LifecycleError, Manager, ProcessExit,
+    ContainerRequest, ContainerShareError, Event, Launcher, LifecycleError, Manager, ProcessExit,
     ProcessStatus, StdioPaths, StdioWiring, VmLauncher,
 };
 use crate::rootfs::RootfsMountSpec;
@@ -85,13 +85,40 @@ fn stdio_paths(stdin: &str, stdout: &str, stderr: &str, terminal: bool) -> Stdio
 pub struct TaskService {
     manager: Manager,
     exit: Arc<ExitSignal>,
+    /// The configuration file a task without a `ConfigPath` option gets,
+    /// in place of HULL_CONFIG: the one containerd's environment named,
+    /// for a warm shim the pool started in another environment.
+    config_from_env: Option<PathBuf>,
 }
 
 impl TaskService {
     pub fn new(namespace: String, publisher: RemotePublisher, exit: Arc<ExitSignal>) -> Self {
-        let (manager, events) = Manager::new(Arc::new(VmLauncher), Arc::new(Progress::new(false)));
+        let config_from_env = std::env::var_os("HULL_CONFIG").map(PathBuf::from);
+        TaskService::with_launcher(
+            namespace,
+            publisher,
+            exit,
+            Arc::new(VmLauncher),
+            config_from_env,
+        )
+    }
+
+    /// A task service whose sandbox VM comes from `launcher` (a pool's
+    /// VM booted ahead).
+    pub fn with_launcher(
+        namespace: String,
+        publisher: RemotePublisher,
+        exit: Arc<ExitSignal>,
+        launcher: Arc<dyn Launcher>,
+        config_from_env: Option<PathBuf>,
+    ) -> Self {
+        let (manager, events) = Manager::new(launcher, Arc::new(Progress::new(false)));
         tokio::spawn(publish_events(namespace, publisher, events));
-        TaskService { manager, exit }
+        TaskService {
+            manager,
+            exit,
+            config_from_env,
+        }
     }
 }
 
@@ -225,16 +252,21 @@ fn task_event(event: Event) -> (&'static str, Box<dyn MessageDyn>) {
 }
 
 /// Loads Hull's configuration: the task's `ConfigPath` option, else
-/// HULL_CONFIG, else /etc/hull/config.toml.
+/// `from_env` (HULL_CONFIG in containerd's environment), else
+/// /etc/hull/config.toml.
 /// The path from the options is also kept in the bundle, for `shim delete`,
 /// which containerd runs without the options.
-fn load_config(options: &protobuf::MessageField<Any>, bundle: &Path) -> TtrpcResult<Config> {
+fn load_config(
+    options: &protobuf::MessageField<Any>,
+    bundle: &Path,
+    from_env: Option<&Path>,
+) -> TtrpcResult<Config> {
     let from_options = match options.as_ref() {
         Some(any) => super::options::config_path(&any.type_url, &any.value)
             .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))?,
         None => None,
     };
-    let config = Config::load(from_options.as_deref().map(Path::new))
+    let config = Config::load(from_options.as_deref().map(Path::new).or(from_env))
         .map_err(|err| status(Code::INVALID_ARGUMENT, format!("Hull: {err}")))?;
     if let Some(path) = from_options {
         let kept = bundle.join(super::CONFIG_PATH_FILE);
@@ -286,7 +318,11 @@ impl Task for TaskService {
         let spec_path = Path::new(&req.bundle).join("config.json");
         let spec = crate::spec::read_bundle_spec(&spec_path)
             .map_err(|e| status(Code::INVALID_ARGUMENT, e))?;
-        let config = load_config(&req.options, Path::new(&req.bundle))?;
+        let config = load_config(
+            &req.options,
+            Path::new(&req.bundle),
+            self.config_from_env.as_deref(),
+        )?;
         let spec_root = spec
             .root()
             .as_ref()
