@@ -5,7 +5,7 @@
 //! out of the tap. Needs root, as the suite does.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -221,8 +221,12 @@ async fn a_held_tap_moves_into_the_pod_and_carries_its_interface() {
     let namespaces = Namespaces::new();
     let mac = namespaces.pod_mac();
     let held = HeldTap::create(TapHeader::None).expect("a tap in a namespace of its own");
-    // SAFETY: dup of a descriptor `held` owns; the copy stands for the VMM's.
-    let vmm_copy = unsafe { OwnedFd::from_raw_fd(libc::dup(held.tap().as_raw_fd())) };
+    // Close-on-exec, as every descriptor of the shim's: the other tests of
+    // this binary start processes meanwhile. It stands for the VMM's copy.
+    let vmm_copy = held
+        .tap()
+        .try_clone()
+        .expect("copying the tap's descriptor");
     let links = ip(&["-n", &namespaces.pod, "link", "show"]);
     assert!(!links.contains(TAP_NAME), "{links}");
 

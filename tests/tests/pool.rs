@@ -194,3 +194,42 @@ fn a_sandbox_of_another_size_boots_a_vm_of_its_own() {
     assert!(pool.stop());
     assert_no_leftovers(&c);
 }
+
+/// A Kubernetes pod from the pool: its VM booted with a tap in a namespace
+/// of its own, which moves into the pod's at RunPodSandbox; the guest NIC
+/// takes the pod's MAC. The pod's network then answers as under runc.
+#[test]
+fn a_pod_takes_a_vm_booted_ahead_and_its_network_matches_runc() {
+    use hull_tests::cri::scenarios::{self, Held, Teardown};
+    use hull_tests::cri::{CriContainerd, HULL_HANDLER, RUNC_HANDLER};
+
+    require_hull_shim();
+    let cri = CriContainerd::start();
+    let mut pool = Pool::start(cri.containerd(), 1);
+    pool.wait_for(READY, 1);
+
+    let without_teardown = |mut result: scenarios::PodNetworking| {
+        let teardown = std::mem::replace(
+            &mut result.teardown,
+            Teardown {
+                held: Held::ALL,
+                left: Default::default(),
+            },
+        );
+        assert_eq!(teardown.held, Held::ALL, "what the running pod held");
+        assert_eq!(teardown.left, Default::default(), "left behind");
+        result
+    };
+    let runc = without_teardown(scenarios::pod_networking(&cri, RUNC_HANDLER));
+    let hull = without_teardown(scenarios::pod_networking(&cri, HULL_HANDLER));
+    pool.wait_for("handing out a VM booted ahead", 1);
+    assert_eq!(
+        hull, runc,
+        "Hull from the pool (left) and runc (right) differ"
+    );
+    assert_eq!(hull.host_to_pod, "hello-from-pod\n");
+    assert_eq!(hull.pod_to_host, "hello-from-host\n");
+
+    assert!(pool.stop());
+    assert_no_leftovers(cri.containerd());
+}

@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::{read_line, write_line, Answer, Claim, MemberReport};
+use super::{read_line, write_line, Answer, Claim, MemberReport, Request};
 use crate::config::Config;
 use crate::pod::VmSize;
 
@@ -214,18 +214,23 @@ async fn listen(path: &Path, address: &str) -> Result<UnixListener, PoolError> {
 /// member of the size it asks for, or declined.
 async fn hand_out(stream: UnixStream, ready: &mut VecDeque<ReadyMember>, config: &Config) {
     let (read, mut write) = stream.into_split();
-    let claim = tokio::time::timeout(
+    let request = tokio::time::timeout(
         CLAIM_READ_DEADLINE,
-        read_line::<Claim>(&mut BufReader::new(read)),
+        read_line::<Request>(&mut BufReader::new(read)),
     )
     .await;
-    let claim = match claim {
-        Ok(Ok(Some(claim))) => claim,
+    let claim = match request {
+        Ok(Ok(Some(Request::Claim(claim)))) => claim,
+        Ok(Ok(Some(Request::Ready))) => {
+            let _ = write_line(&mut write, &Answer::Ready(ready.len())).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(err)) => {
+            tracing::warn!(%err, "an unreadable request");
             let _ = write_line(
                 &mut write,
-                &Answer::Declined(format!("unreadable claim: {err}")),
+                &Answer::Declined(format!("unreadable request: {err}")),
             )
             .await;
             return;
@@ -256,6 +261,9 @@ async fn hand_out(stream: UnixStream, ready: &mut VecDeque<ReadyMember>, config:
             }
         },
     };
+    if let Answer::Declined(why) = &answer {
+        tracing::info!(%why, "a claim declined");
+    }
     if let Err(err) = write_line(&mut write, &answer).await {
         tracing::warn!(%err, "answering a claim");
     }

@@ -70,7 +70,17 @@ impl Claim {
     }
 }
 
-/// The answer to a claim.
+/// What a client of the pool's socket asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    /// A warm shim for a new sandbox (`start`).
+    Claim(Claim),
+    /// How many VMs are booted ahead and waiting.
+    Ready,
+}
+
+/// The pool's answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
@@ -78,6 +88,8 @@ pub enum Answer {
     Serving(String),
     /// The pool has no VM for this claim; `start` boots one as usual.
     Declined(String),
+    /// This many VMs are booted ahead and waiting.
+    Ready(usize),
 }
 
 /// What a warm shim tells the pool before any claim.
@@ -133,20 +145,16 @@ pub async fn read_line<T: for<'de> Deserialize<'de>>(
 /// time: then `start` launches a shim as usual.
 pub async fn claim(claim: &Claim) -> Option<String> {
     let path = socket_path(&claim.containerd_address);
-    let asked = async {
-        let stream = tokio::net::UnixStream::connect(&path).await?;
-        let (read, mut write) = stream.into_split();
-        write_line(&mut write, claim).await?;
-        read_line::<Answer>(&mut tokio::io::BufReader::new(read)).await
-    };
+    let request = Request::Claim(claim.clone());
+    let asked = ask(&path, &request);
     match tokio::time::timeout(CLAIM_DEADLINE, asked).await {
         Ok(Ok(Some(Answer::Serving(address)))) => Some(address),
         Ok(Ok(Some(Answer::Declined(why)))) => {
             tracing::info!(sandbox = %claim.id, %why, "the pool has no VM for this sandbox");
             None
         }
-        Ok(Ok(None)) => {
-            tracing::warn!(sandbox = %claim.id, "the pool hung up without an answer");
+        Ok(Ok(answer)) => {
+            tracing::warn!(sandbox = %claim.id, ?answer, "the pool's answer is not one to a claim");
             None
         }
         // No pool runs for this containerd: the usual case.
@@ -167,6 +175,26 @@ pub async fn claim(claim: &Claim) -> Option<String> {
             None
         }
     }
+}
+
+/// How many VMs the pool serving `containerd_address` has booted ahead
+/// and waiting.
+pub async fn ready(containerd_address: &str) -> std::io::Result<usize> {
+    match ask(&socket_path(containerd_address), &Request::Ready).await? {
+        Some(Answer::Ready(count)) => Ok(count),
+        other => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the pool answered {other:?}"),
+        )),
+    }
+}
+
+/// One request to the pool at `path`, and its answer.
+async fn ask(path: &Path, request: &Request) -> std::io::Result<Option<Answer>> {
+    let stream = tokio::net::UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    write_line(&mut write, request).await?;
+    read_line::<Answer>(&mut tokio::io::BufReader::new(read)).await
 }
 
 #[cfg(test)]
@@ -213,14 +241,16 @@ mod tests {
     #[tokio::test]
     async fn lines_round_trip_and_overlong_or_cut_lines_are_refused() {
         let mut buffer = Vec::new();
-        write_line(&mut buffer, &a_claim()).await.unwrap();
+        write_line(&mut buffer, &Request::Claim(a_claim()))
+            .await
+            .unwrap();
         write_line(&mut buffer, &Answer::Declined("none ready".into()))
             .await
             .unwrap();
         let mut input = buffer.as_slice();
         assert_eq!(
-            read_line::<Claim>(&mut input).await.unwrap(),
-            Some(a_claim())
+            read_line::<Request>(&mut input).await.unwrap(),
+            Some(Request::Claim(a_claim()))
         );
         assert_eq!(
             read_line::<Answer>(&mut input).await.unwrap(),

@@ -524,6 +524,12 @@ impl<'a> Pod<'a> {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        // A VM from `hull pool` keeps the name it was booted under; Hull's
+        // state dir names it by the sandbox id through a symlink.
+        let containerd = self.cri.containerd();
+        let vm_name = std::fs::read_link(containerd.hull_state_dir().join(&self.id))
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| self.id.clone());
         Traces {
             ids,
             pids,
@@ -531,7 +537,7 @@ impl<'a> Pod<'a> {
             veths,
             ipam_dir: network.ipam_dir.clone(),
             cgroup_parent: self.cgroup_parent(),
-            sandbox_cgroup: format!("{}/{}", self.cri.containerd().hull_cgroup_parent(), self.id),
+            sandbox_cgroup: format!("{}/{vm_name}", containerd.hull_cgroup_parent()),
         }
     }
 }
