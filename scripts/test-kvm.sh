@@ -44,6 +44,7 @@ suites=(
         volumes_bind_read_only_files_empty_dir_and_tmpfs port_forward_reaches_the_pods_ports
         mounts_propagate_between_a_pods_containers"
     "faults tests vmm_stopped virtiofsd_killed vmm_stopped_during_delete guest_kernel_panicked"
+    "pool tests a_pod_takes_a_vm_booted_ahead_and_its_network_matches_runc"
 )
 
 echo "test-kvm: building the tests"

@@ -14,6 +14,7 @@
 pub mod artifacts;
 pub mod config_spec;
 pub mod cri;
+pub mod pool;
 pub mod process;
 pub mod scenarios;
 pub mod soak;

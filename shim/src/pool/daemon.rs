@@ -32,8 +32,9 @@ const CLAIM_READ_DEADLINE: Duration = Duration::from_secs(5);
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 /// The wait before booting again after a member failed to boot.
 const RETRY_AFTER: Duration = Duration::from_secs(5);
-/// Boots that fail in a row before the pool gives up: each keeps its
-/// guest console log, and a pool that cannot boot serves nobody.
+/// VMs lost in a row (failed to boot, or ended while they waited) before
+/// the pool gives up: a failed boot keeps its guest console log, and a
+/// pool that cannot keep a VM serves nobody.
 const MAX_FAILED_BOOTS: u32 = 3;
 
 pub struct PoolOptions {
@@ -60,7 +61,7 @@ pub enum PoolError {
     },
     #[error("another pool already serves {address} at {path}")]
     Taken { address: String, path: PathBuf },
-    #[error("{MAX_FAILED_BOOTS} boots in a row failed; the last: {0}")]
+    #[error("{MAX_FAILED_BOOTS} VMs booted ahead were lost in a row; the last: {0}")]
     Boots(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
@@ -76,6 +77,8 @@ enum Event {
         name: String,
         size: VmSize,
     },
+    /// Handed to a sandbox (served or not): no longer the pool's.
+    Claimed,
     /// Failed to boot, or ended before a claim.
     Lost { member: u64, why: String },
 }
@@ -145,25 +148,20 @@ pub async fn serve(options: PoolOptions) -> Result<(), PoolError> {
                     if let Some(at) = booting.iter().position(|(id, _)| *id == member) {
                         let (id, claims) = booting.remove(at);
                         tracing::info!(vm = %name, "a VM is booted ahead");
-                        failed_boots = 0;
                         ready.push_back(ReadyMember { id, name, size, claims });
                     }
                 }
+                Event::Claimed => failed_boots = 0,
                 Event::Lost { member, why } => {
-                    let was_booting = booting.iter().any(|(id, _)| *id == member);
+                    tracing::warn!(member, %why, "a VM booted ahead is lost");
                     booting.retain(|(id, _)| *id != member);
                     ready.retain(|m| m.id != member);
-                    if was_booting {
-                        tracing::warn!(member, %why, "a VM failed to boot ahead");
-                        failed_boots += 1;
-                        if failed_boots >= MAX_FAILED_BOOTS {
-                            result = Err(PoolError::Boots(why));
-                            break;
-                        }
-                        retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
-                    } else {
-                        tracing::info!(member, %why, "a pool member is gone");
+                    failed_boots += 1;
+                    if failed_boots >= MAX_FAILED_BOOTS {
+                        result = Err(PoolError::Boots(why));
+                        break;
                     }
+                    retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
                 }
             },
             accepted = listener.accept() => match accepted {
@@ -378,7 +376,7 @@ async fn member(
             };
             let serving = matches!(answer, Answer::Serving(_));
             let _ = answer_tx.send(answer);
-            let _ = events.send(lost("claimed".into()));
+            let _ = events.send(Event::Claimed);
             if serving {
                 // The sandbox's shim now; reaped whenever it ends.
                 let _ = child.wait().await;

@@ -41,10 +41,12 @@ pub fn watch_virtiofsd(
     })
 }
 
-/// Checks the agent every `every` while the VM runs, and stops the VM at
-/// the first check that fails.
+/// Checks the agent (and, with `probe`, that the filesystem there answers
+/// in the guest) every `every` while the VM runs, and stops the VM at the
+/// first check that fails.
 pub fn check_agent(
     agent: AgentClient,
+    probe: Option<&'static str>,
     (every, deadline): (Duration, Duration),
     vm_exit: watch::Receiver<Option<VmExit>>,
     killer: VmmKiller,
@@ -52,7 +54,7 @@ pub fn check_agent(
     tokio::spawn(async move {
         let check = || {
             let agent = agent.clone();
-            async move { agent.health_check(super::GUEST_SHARE_DIR, deadline).await }
+            async move { agent.health_check(probe.unwrap_or(""), deadline).await }
         };
         if let Some(fault) = first_failed_check(every, deadline, check, vm_exit).await {
             killer.kill(fault);

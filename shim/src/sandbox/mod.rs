@@ -88,6 +88,10 @@ pub struct SandboxVm {
     logs: Vec<tokio::task::JoinHandle<std::io::Result<u64>>>,
     /// The tasks that stop the VM when another part of the sandbox fails.
     guards: Vec<tokio::task::JoinHandle<()>>,
+    /// The health check of the agent alone, until the share is mounted.
+    agent_check: Option<tokio::task::JoinHandle<()>>,
+    /// What the health checks stop the VM with, and how often they run.
+    health: Option<(hypervisor::VmmKiller, (Duration, Duration))>,
     /// The VMM's own uid/gid, held for the sandbox's life.
     _vmm_ids: Option<vmm_ids::VmmIdLease>,
     agent: Option<AgentClient>,
@@ -244,6 +248,8 @@ impl SandboxVm {
             cgroup: None,
             logs: Vec::new(),
             guards: Vec::new(),
+            agent_check: None,
+            health: None,
             _vmm_ids: lease,
             agent: None,
             port_forward: None,
@@ -403,10 +409,14 @@ impl SandboxVm {
                 agent.info.agent_version, agent.info.kernel_release
             ),
         );
+        // The agent alone is checked until the sandbox's share is mounted
+        // (a VM booted ahead may wait long for its sandbox); `attach`
+        // checks the share too from then on.
         if let (Some(killer), Some(every)) = (killer, config.health_check()) {
             let exit = self.exit_watch();
-            self.guards
-                .push(guard::check_agent(agent.clone(), every, exit, killer));
+            let check = guard::check_agent(agent.clone(), None, every, exit, killer.clone());
+            self.agent_check = Some(check);
+            self.health = Some((killer, every));
         }
         self.agent = Some(agent);
         Ok(())
@@ -463,6 +473,19 @@ impl SandboxVm {
                     tracing::warn!(sandbox = %self.id, %err, "kubectl port-forward will not reach this pod")
                 }
             }
+        }
+        if let Some((killer, every)) = self.health.clone() {
+            if let Some(check) = self.agent_check.take() {
+                check.abort();
+            }
+            let exit = self.exit_watch();
+            self.guards.push(guard::check_agent(
+                agent.clone(),
+                Some(GUEST_SHARE_DIR),
+                every,
+                exit,
+                killer,
+            ));
         }
         progress.step("sandbox ready");
         Ok(())
@@ -536,7 +559,7 @@ impl SandboxVm {
 
     async fn teardown(&mut self, keep_logs: bool) {
         // What follows ends parts of the sandbox on purpose.
-        for guard in self.guards.drain(..) {
+        for guard in self.guards.drain(..).chain(self.agent_check.take()) {
             guard.abort();
         }
         self.port_forward = None;

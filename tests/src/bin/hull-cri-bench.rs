@@ -2,6 +2,10 @@
 //! containerd: what a kubelet waits for between asking for a pod and its
 //! first container answering an exec, and how long removing the pod takes.
 //!
+//! Then the same under `hull` with a pool of one VM booted ahead (`hull
+//! pool --count 1`), waiting before each pod until the pool has booted its
+//! replacement, so that every pod takes a VM booted ahead.
+//!
 //! With `--burst N` it also starts N pods at once under each handler, as a
 //! Deployment scaling up does, and reports how many became ready and how
 //! long until the last one answered an exec.
@@ -17,6 +21,7 @@
 use std::time::{Duration, Instant};
 
 use hull_tests::cri::{ContainerSpec, CriContainerd, Pod, PodSpec, HULL_HANDLER, RUNC_HANDLER};
+use hull_tests::pool::{Pool, HANDED_OUT, READY};
 
 /// One pod's timings.
 struct Sample {
@@ -95,9 +100,17 @@ fn measure(cri: &CriContainerd, handler: &str, run: usize) -> Sample {
 /// Which timing of a sample a row reports.
 type Measure = fn(&Sample) -> Duration;
 
-fn median(mut values: Vec<Duration>) -> Duration {
+fn median(values: &[Duration]) -> Duration {
+    let mut values = values.to_vec();
     values.sort();
     values[values.len() / 2]
+}
+
+/// `min–max` of `values`, in ms.
+fn range(values: &[Duration]) -> String {
+    let min = values.iter().min().expect("runs > 0");
+    let max = values.iter().max().expect("runs > 0");
+    format!("{}–{}", ms(*min), ms(*max))
 }
 
 fn ms(d: Duration) -> String {
@@ -135,13 +148,25 @@ fn main() {
     for handler in [RUNC_HANDLER, HULL_HANDLER] {
         measure(&cri, handler, 0);
     }
-    println!("| pod start-up through CRI, {runs} runs | runc median (ms) | hull median (ms) | hull min–max (ms) |");
-    println!("|---|---|---|---|");
     let mut samples = Vec::new();
     for handler in [RUNC_HANDLER, HULL_HANDLER] {
         let taken: Vec<Sample> = (1..=runs).map(|run| measure(&cri, handler, run)).collect();
         samples.push(taken);
     }
+    eprintln!("hull-cri-bench: starting hull pool --count 1");
+    let mut pool = Pool::start(cri.containerd(), 1);
+    let pooled: Vec<Sample> = (1..=runs)
+        .map(|run| {
+            pool.wait_for(READY, run);
+            let sample = measure(&cri, HULL_HANDLER, runs + run);
+            pool.wait_for(HANDED_OUT, run);
+            sample
+        })
+        .collect();
+    assert!(pool.stop(), "hull pool did not exit 0 on SIGTERM");
+    samples.push(pooled);
+    println!("| pod start-up through CRI, {runs} runs | runc median (ms) | hull median (ms) | hull min–max (ms) | hull from a pool, median (ms) | from a pool, min–max (ms) |");
+    println!("|---|---|---|---|---|---|");
     let rows: [(&str, Measure); 3] = [
         (
             "RunPodSandbox (netns, CNI, pause; under hull: the VM boot)",
@@ -154,18 +179,15 @@ fn main() {
         ("StopPodSandbox + RemovePodSandbox", |s| s.teardown),
     ];
     for (what, pick) in rows {
-        let runc: Vec<Duration> = samples[0].iter().map(pick).collect();
-        let hull: Vec<Duration> = samples[1].iter().map(pick).collect();
-        let (min, max) = (
-            *hull.iter().min().expect("runs > 0"),
-            *hull.iter().max().expect("runs > 0"),
-        );
+        let [runc, hull, pooled]: [Vec<Duration>; 3] =
+            [0, 1, 2].map(|i| samples[i].iter().map(pick).collect());
         println!(
-            "| {what} | {} | {} | {}–{} |",
-            ms(median(runc)),
-            ms(median(hull)),
-            ms(min),
-            ms(max)
+            "| {what} | {} | {} | {} | {} | {} |",
+            ms(median(&runc)),
+            ms(median(&hull)),
+            range(&hull),
+            ms(median(&pooled)),
+            range(&pooled)
         );
     }
     if burst_size > 0 {
