@@ -125,6 +125,14 @@ impl AheadLauncher {
         }
     }
 
+    /// Stops the VM booted ahead if no sandbox took it.
+    pub async fn stop_unused(&self) {
+        let ahead = self.ahead.lock().expect("ahead lock").take();
+        if let Some(vm) = ahead {
+            vm.shutdown().await;
+        }
+    }
+
     /// Why the VM booted ahead cannot serve `request`, if it cannot.
     fn mismatch(&self, vm: &SandboxVm, request: &BootRequest) -> Option<String> {
         if let Some(exit) = vm.exit_watch().borrow().as_ref() {

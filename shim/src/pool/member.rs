@@ -124,9 +124,13 @@ async fn serve(
         id: claim.id.clone(),
         message,
     };
-    let listener = match bind(&claim) {
+    let listener = bind(&claim).and_then(|listener| {
+        Listener::try_from(listener).map_err(|e| format!("serving on the shim socket: {e}"))
+    });
+    let listener = match listener {
         Ok(listener) => listener,
         Err(why) => {
+            let _ = std::fs::remove_file(socket_path(&claim));
             let _ = write_line(&mut answer, &Answer::Declined(why.clone())).await;
             vm.shutdown().await;
             return Err(failed(why));
@@ -136,37 +140,49 @@ async fn serve(
     if let Err(err) = nix::sys::prctl::set_pdeathsig(None) {
         tracing::warn!(%err, "clearing PDEATHSIG");
     }
-    let publisher = match RemotePublisher::new(&claim.ttrpc_address).await {
-        Ok(publisher) => publisher,
-        Err(err) => {
-            let why = format!(
-                "connecting to containerd's events at {}: {err}",
-                claim.ttrpc_address
-            );
-            let _ = write_line(&mut answer, &Answer::Declined(why.clone())).await;
+    let exit = Arc::new(ExitSignal::default());
+    let launcher = Arc::new(AheadLauncher::new(config, vm));
+    let started = async {
+        let publisher = RemotePublisher::new(&claim.ttrpc_address)
+            .await
+            .map_err(|e| {
+                format!(
+                    "connecting to containerd's events at {}: {e}",
+                    claim.ttrpc_address
+                )
+            })?;
+        let service = TaskService::with_launcher(
+            claim.namespace.clone(),
+            publisher,
+            exit.clone(),
+            launcher.clone(),
+            claim.hull_config.clone(),
+        );
+        let task: Arc<dyn Task + Send + Sync> = Arc::new(service);
+        let mut server = Server::new()
+            .add_listener(listener)
+            .register_service(create_task(task));
+        server
+            .start()
+            .await
+            .map_err(|e| format!("starting the task server: {e}"))?;
+        Ok::<_, String>(server)
+    };
+    let mut server = match started.await {
+        Ok(server) => server,
+        Err(why) => {
             let _ = std::fs::remove_file(socket_path(&claim));
-            vm.shutdown().await;
+            let _ = write_line(&mut answer, &Answer::Declined(why.clone())).await;
+            launcher.stop_unused().await;
             return Err(failed(why));
         }
     };
-    let exit = Arc::new(ExitSignal::default());
-    let launcher = Arc::new(AheadLauncher::new(config, vm));
-    let service = TaskService::with_launcher(
-        claim.namespace.clone(),
-        publisher,
-        exit.clone(),
-        launcher,
-        claim.hull_config.clone(),
-    );
-    let task: Arc<dyn Task + Send + Sync> = Arc::new(service);
-    let listener = Listener::try_from(listener).map_err(|e| failed(e.to_string()))?;
-    let mut server = Server::new()
-        .add_listener(listener)
-        .register_service(create_task(task));
-    server.start().await.map_err(|e| failed(e.to_string()))?;
-    write_line(&mut answer, &Answer::Serving(claim.socket.clone()))
-        .await
-        .map_err(|e| failed(format!("answering the pool: {e}")))?;
+    // A pool that does not hear this declines, and `start` spawns a shim,
+    // which finds this one serving the socket and hands containerd its
+    // address: serving on is right either way.
+    if let Err(err) = write_line(&mut answer, &Answer::Serving(claim.socket.clone())).await {
+        tracing::warn!(%err, "answering the pool");
+    }
     drop(answer);
     tracing::info!(sandbox = %claim.id, socket = %claim.socket, "claimed: serving the sandbox");
 
