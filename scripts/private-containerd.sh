@@ -127,7 +127,7 @@ EOF
       privileged_without_host_devices = true
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc-nodev.options]
         Root = "$dir/runc"
-    # As `hull install` registers it.
+    # As hull install registers it (no backquotes: this is an unquoted heredoc).
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.hull]
       runtime_type = "io.containerd.hull.v2"
       privileged_without_host_devices = true
