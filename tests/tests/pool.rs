@@ -50,9 +50,24 @@ fn a_sandbox_takes_a_vm_booted_ahead_and_the_pool_boots_another() {
         "{}",
         describe(&release)
     );
-    // The replacement boots while the sandbox runs.
+    // The replacement boots while the sandbox runs, and a container that
+    // runs and exits takes it.
     pool.wait_for(READY, 2);
+    let second = c.id("pooled");
+    let output = c.ctr_run(HULL, &second, &["sh", "-c", "echo from the pool"], None);
+    assert!(output.status.success(), "{}", describe(&output));
+    assert_eq!(text(&output.stdout), "from the pool\n");
+    pool.wait_for(HANDED_OUT, 2);
+    assert!(
+        !c.hull_state_dir().join(&second).exists(),
+        "the second sandbox's name is left"
+    );
 
+    // The pool stops without waiting for the sandboxes it served, which
+    // serve on.
+    assert!(pool.stop(), "the pool exits 0 on SIGTERM");
+    let after = c.exec(&id, "after", &["echo", "still here"], None);
+    assert_eq!(text(&after.stdout), "still here\n", "{}", describe(&after));
     assert_eq!(c.kill_and_remove(&id), 137);
     assert!(
         !c.hull_state_dir().join(&id).exists(),
@@ -62,15 +77,6 @@ fn a_sandbox_takes_a_vm_booted_ahead_and_the_pool_boots_another() {
         !c.hull_state_dir().join(&vm).exists(),
         "the pool VM's state dir is left"
     );
-
-    // A container that runs and exits takes the replacement.
-    let second = c.id("pooled");
-    let output = c.ctr_run(HULL, &second, &["sh", "-c", "echo from the pool"], None);
-    assert!(output.status.success(), "{}", describe(&output));
-    assert_eq!(text(&output.stdout), "from the pool\n");
-    pool.wait_for(HANDED_OUT, 2);
-
-    assert!(pool.stop(), "the pool exits 0 on SIGTERM");
     assert_no_leftovers(&c);
 }
 

@@ -378,8 +378,13 @@ async fn member(
             let _ = answer_tx.send(answer);
             let _ = events.send(Event::Claimed);
             if serving {
-                // The sandbox's shim now; reaped whenever it ends.
-                let _ = child.wait().await;
+                // The sandbox's shim now, which the pool's end must not
+                // wait for: reaped whenever it ends while the pool runs,
+                // by init after.
+                drop((read, write));
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
             } else {
                 stop_member(&mut child, Some(write)).await;
             }
