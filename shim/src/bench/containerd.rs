@@ -1,7 +1,8 @@
 //! Hull beside runc through a running containerd, driven with `ctr` as a
-//! user would: `ctr run --rm ... true` under each runtime in turn, and a
-//! number of detached containers (each its own sandbox under Hull) started
-//! at once.
+//! user would: `ctr run --rm ... true` under each runtime in turn, then
+//! under Hull with a pool of VMs booted ahead (`hull pool`), and a number
+//! of detached containers (each its own sandbox under Hull) started at
+//! once.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -19,6 +20,9 @@ pub const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
 /// 14 to 18 s in all here (docs/benchmarks.md).
 const CTR_DEADLINE: Duration = Duration::from_secs(120);
 
+/// How long the pool may take to boot its VM ahead before a run.
+const POOL_DEADLINE: Duration = Duration::from_secs(180);
+
 /// Where and what to run.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -26,6 +30,9 @@ pub struct Target {
     pub address: PathBuf,
     /// An image in [`NAMESPACE`] with `true` and `sleep` on its PATH.
     pub image: String,
+    /// Hull's configuration file as `hull --config` named it, for the pool
+    /// the bench starts (containerd's shims must read the same).
+    pub hull_config: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -33,6 +40,9 @@ pub struct ContainerdReport {
     pub address: PathBuf,
     pub hull_run: Samples,
     pub runc_run: Samples,
+    /// `ctr run --rm` under hull, each sandbox taking a VM `hull pool`
+    /// booted ahead.
+    pub pooled_run: Samples,
     pub burst: Option<CtrBurst>,
 }
 
@@ -65,6 +75,7 @@ pub fn bench(
         address: target.address.clone(),
         hull_run: Samples::default(),
         runc_run: Samples::default(),
+        pooled_run: Samples::default(),
         burst: None,
     };
     let tag = std::process::id();
@@ -75,6 +86,9 @@ pub fn bench(
         report
             .runc_run
             .push(target.run_true(RUNC_RUNTIME, &format!("bench-runc-{tag}-{i}"))?);
+    }
+    if iterations > 0 {
+        report.pooled_run = target.pooled_runs(iterations)?;
     }
     if burst > 0 {
         report.burst = Some(CtrBurst {
@@ -140,6 +154,69 @@ impl Target {
             )));
         }
         Ok(elapsed)
+    }
+
+    /// `iterations` runs of `ctr run --rm ... true` under hull with `hull
+    /// pool --count 1` serving this containerd, each once the pool has its
+    /// VM booted ahead, each checked to have taken it. The pool is stopped
+    /// after, however the runs end.
+    fn pooled_runs(&self, iterations: usize) -> Result<Samples, BenchError> {
+        let failed = |what: String| BenchError::Containerd(format!("hull pool: {what}"));
+        let mut pool = Command::new(std::env::current_exe().map_err(|e| failed(e.to_string()))?);
+        if let Some(config) = &self.hull_config {
+            pool.arg("--config").arg(config);
+        }
+        let mut pool = pool
+            .args(["pool", "--count", "1", "--containerd"])
+            .arg(&self.address)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| failed(format!("cannot start it: {e}")))?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let address = self.address.to_string_lossy().into_owned();
+        let status = || runtime.block_on(crate::pool::status(&address));
+        let runs = (|| {
+            let mut samples = Samples::default();
+            for i in 0..iterations {
+                let deadline = Instant::now() + POOL_DEADLINE;
+                let before = loop {
+                    if let Some(exit) = pool.try_wait().map_err(|e| failed(e.to_string()))? {
+                        return Err(failed(format!("it exited ({exit})")));
+                    }
+                    match status() {
+                        Ok(status) if status.waiting > 0 => break status,
+                        _ if Instant::now() >= deadline => {
+                            return Err(failed(format!("no VM booted ahead in {POOL_DEADLINE:?}")))
+                        }
+                        _ => std::thread::sleep(Duration::from_millis(100)),
+                    }
+                };
+                let id = format!("bench-pool-{}-{i}", std::process::id());
+                samples.push(self.run_true(HULL_RUNTIME, &id)?);
+                let after = status().map_err(|e| failed(e.to_string()))?;
+                if after.served != before.served + 1 {
+                    return Err(failed(format!(
+                        "it did not serve {id}: the sandbox booted its own VM (see the pool's log)"
+                    )));
+                }
+            }
+            Ok(samples)
+        })();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pool.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let stop = Instant::now() + Duration::from_secs(60);
+        while pool.try_wait().ok().flatten().is_none() && Instant::now() < stop {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = pool.kill();
+        let _ = pool.wait();
+        runs
     }
 
     /// Starts `count` detached containers of `sleep` at once and times them
@@ -216,6 +293,19 @@ impl ContainerdReport {
             "| hull ÷ runc, medians | {:.1}× | | |\n",
             super::ratio(self.hull_run.median(), self.runc_run.median())
         );
+        if !self.pooled_run.is_empty() {
+            let pooled = &self.pooled_run;
+            out += &format!(
+                "| hull, each sandbox taking a VM `hull pool --count 1` booted ahead | {} | {} | {} |\n",
+                ms(pooled.median()),
+                ms(pooled.min()),
+                ms(pooled.max())
+            );
+            out += &format!(
+                "| hull from the pool ÷ runc, medians | {:.1}× | | |\n",
+                super::ratio(pooled.median(), self.runc_run.median())
+            );
+        }
         if let Some(burst) = &self.burst {
             out += &format!(
                 "\n| {n} `ctr run -d ... sleep` at once, until the last returned | time | started |\n|---|---|---|\n",

@@ -46,6 +46,10 @@ impl Samples {
         self.0.push(sample);
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     pub fn median(&self) -> Duration {
         let mut sorted = self.0.clone();
         sorted.sort();

@@ -90,9 +90,10 @@ enum Command {
         #[arg(long, value_name = "MB", default_value_t = 50)]
         stdout_mb: u64,
         /// A containerd socket: also time `ctr run --rm IMAGE ID true` under
-        /// hull and runc, alternating, and start --pods containers at once
-        /// under each (the image must be in its `hull-bench` namespace;
-        /// `make bench` starts a private containerd for this).
+        /// hull and runc, alternating, then under hull with `hull pool
+        /// --count 1` serving that containerd, and start --pods containers
+        /// at once under each (the image must be in its `hull-bench`
+        /// namespace; `make bench` starts a private containerd for this).
         #[arg(long, value_name = "SOCKET")]
         containerd: Option<PathBuf>,
         /// The image `--containerd` runs.
@@ -201,8 +202,14 @@ fn main() {
                 burst,
                 idle_pods: idle,
                 stdout_bytes: stdout_mb * 1_000_000,
-                containerd: containerd
-                    .map(|address| (bench::containerd::Target { address, image }, pods)),
+                containerd: containerd.map(|address| {
+                    let target = bench::containerd::Target {
+                        address,
+                        image,
+                        hull_config: cli.config.clone(),
+                    };
+                    (target, pods)
+                }),
             };
             let bench = bench::bench(&config, &options);
             match runtime.block_on(bench) {

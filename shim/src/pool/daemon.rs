@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
-use super::{read_line, write_line, Answer, Claim, MemberReport, Request};
+use super::{read_line, write_line, Answer, Claim, MemberReport, PoolStatus, Request};
 use crate::config::Config;
 use crate::pod::VmSize;
 
@@ -104,6 +104,7 @@ pub async fn serve(options: PoolOptions) -> Result<(), PoolError> {
     let mut next_id = 0_u64;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut failed_boots = 0;
+    let mut served = 0_u64;
     let mut result = Ok(());
     tracing::info!(
         socket = %path.display(),
@@ -165,7 +166,9 @@ pub async fn serve(options: PoolOptions) -> Result<(), PoolError> {
                 }
             },
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => hand_out(stream, &mut ready, &options.config).await,
+                Ok((stream, _)) => {
+                    hand_out(stream, &mut ready, &mut served, &options.config).await
+                }
                 Err(err) => tracing::warn!(%err, "accepting a claim"),
             },
             () = retry => retry_at = None,
@@ -208,9 +211,15 @@ async fn listen(path: &Path, address: &str) -> Result<UnixListener, PoolError> {
     Ok(listener)
 }
 
-/// Reads one claim from `start` and answers it: served by the first ready
-/// member of the size it asks for, or declined.
-async fn hand_out(stream: UnixStream, ready: &mut VecDeque<ReadyMember>, config: &Config) {
+/// Reads one request and answers it: a claim from `start` is served by
+/// the first ready member of the size it asks for, or declined; a status
+/// request gets the pool's counts.
+async fn hand_out(
+    stream: UnixStream,
+    ready: &mut VecDeque<ReadyMember>,
+    served: &mut u64,
+    config: &Config,
+) {
     let (read, mut write) = stream.into_split();
     let request = tokio::time::timeout(
         CLAIM_READ_DEADLINE,
@@ -219,8 +228,12 @@ async fn hand_out(stream: UnixStream, ready: &mut VecDeque<ReadyMember>, config:
     .await;
     let claim = match request {
         Ok(Ok(Some(Request::Claim(claim)))) => claim,
-        Ok(Ok(Some(Request::Ready))) => {
-            let _ = write_line(&mut write, &Answer::Ready(ready.len())).await;
+        Ok(Ok(Some(Request::Status))) => {
+            let status = PoolStatus {
+                waiting: ready.len(),
+                served: *served,
+            };
+            let _ = write_line(&mut write, &Answer::Status(status)).await;
             return;
         }
         Ok(Ok(None)) => return,
@@ -259,8 +272,10 @@ async fn hand_out(stream: UnixStream, ready: &mut VecDeque<ReadyMember>, config:
             }
         },
     };
-    if let Answer::Declined(why) = &answer {
-        tracing::info!(%why, "a claim declined");
+    match &answer {
+        Answer::Declined(why) => tracing::info!(%why, "a claim declined"),
+        Answer::Serving(_) => *served += 1,
+        Answer::Status(_) => {}
     }
     if let Err(err) = write_line(&mut write, &answer).await {
         tracing::warn!(%err, "answering a claim");

@@ -76,8 +76,9 @@ impl Claim {
 pub enum Request {
     /// A warm shim for a new sandbox (`start`).
     Claim(Claim),
-    /// How many VMs are booted ahead and waiting.
-    Ready,
+    /// How many VMs are booted ahead and waiting, and how many the pool
+    /// has handed to sandboxes.
+    Status,
 }
 
 /// The pool's answer.
@@ -88,8 +89,15 @@ pub enum Answer {
     Serving(String),
     /// The pool has no VM for this claim; `start` boots one as usual.
     Declined(String),
-    /// This many VMs are booted ahead and waiting.
-    Ready(usize),
+    /// What the pool has: VMs booted ahead and waiting, and sandboxes it
+    /// has served since it started.
+    Status(PoolStatus),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub waiting: usize,
+    pub served: u64,
 }
 
 /// What a warm shim tells the pool before any claim.
@@ -177,11 +185,10 @@ pub async fn claim(claim: &Claim) -> Option<String> {
     }
 }
 
-/// How many VMs the pool serving `containerd_address` has booted ahead
-/// and waiting.
-pub async fn ready(containerd_address: &str) -> std::io::Result<usize> {
-    match ask(&socket_path(containerd_address), &Request::Ready).await? {
-        Some(Answer::Ready(count)) => Ok(count),
+/// What the pool serving `containerd_address` has.
+pub async fn status(containerd_address: &str) -> std::io::Result<PoolStatus> {
+    match ask(&socket_path(containerd_address), &Request::Status).await? {
+        Some(Answer::Status(status)) => Ok(status),
         other => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the pool answered {other:?}"),
