@@ -36,7 +36,9 @@ pub trait Launcher: Send + Sync + 'static {
         &self,
         config: &Config,
         options: &SandboxOptions,
-    ) -> Result<(), sandbox::SandboxError>;
+    ) -> Result<(), sandbox::SandboxError> {
+        SandboxVm::preflight(config, options)
+    }
     /// Boots the VM to a ready agent, or tears down what it started.
     async fn boot(
         &self,
@@ -84,14 +86,6 @@ pub struct VmLauncher;
 
 #[async_trait]
 impl Launcher for VmLauncher {
-    fn preflight(
-        &self,
-        config: &Config,
-        options: &SandboxOptions,
-    ) -> Result<(), sandbox::SandboxError> {
-        SandboxVm::preflight(config, options)
-    }
-
     async fn boot(
         &self,
         request: BootRequest,
@@ -154,14 +148,6 @@ impl AheadLauncher {
 
 #[async_trait]
 impl Launcher for AheadLauncher {
-    fn preflight(
-        &self,
-        config: &Config,
-        options: &SandboxOptions,
-    ) -> Result<(), sandbox::SandboxError> {
-        SandboxVm::preflight(config, options)
-    }
-
     async fn boot(
         &self,
         request: BootRequest,

@@ -124,25 +124,16 @@ async fn serve(
         id: claim.id.clone(),
         message,
     };
-    let listener = bind(&claim).and_then(|listener| {
-        Listener::try_from(listener).map_err(|e| format!("serving on the shim socket: {e}"))
-    });
-    let listener = match listener {
-        Ok(listener) => listener,
-        Err(why) => {
-            let _ = std::fs::remove_file(socket_path(&claim));
-            let _ = write_line(&mut answer, &Answer::Declined(why.clone())).await;
-            vm.shutdown().await;
-            return Err(failed(why));
-        }
-    };
-    // From here on the shim is the sandbox's, not the pool's.
-    if let Err(err) = nix::sys::prctl::set_pdeathsig(None) {
-        tracing::warn!(%err, "clearing PDEATHSIG");
-    }
     let exit = Arc::new(ExitSignal::default());
     let launcher = Arc::new(AheadLauncher::new(config, vm));
+    // Whether the socket is ours to remove if serving fails: a bind that
+    // failed may have found another shim's.
+    let bound = std::cell::Cell::new(false);
     let started = async {
+        let listener = bind(&claim)?;
+        bound.set(true);
+        let listener =
+            Listener::try_from(listener).map_err(|e| format!("serving on the shim socket: {e}"))?;
         let publisher = RemotePublisher::new(&claim.ttrpc_address)
             .await
             .map_err(|e| {
@@ -171,12 +162,18 @@ async fn serve(
     let mut server = match started.await {
         Ok(server) => server,
         Err(why) => {
-            let _ = std::fs::remove_file(socket_path(&claim));
+            if bound.get() {
+                let _ = std::fs::remove_file(socket_path(&claim));
+            }
             let _ = write_line(&mut answer, &Answer::Declined(why.clone())).await;
             launcher.stop_unused().await;
             return Err(failed(why));
         }
     };
+    // From here on the shim is the sandbox's, not the pool's.
+    if let Err(err) = nix::sys::prctl::set_pdeathsig(None) {
+        tracing::warn!(%err, "clearing PDEATHSIG");
+    }
     // A pool that does not hear this declines, and `start` spawns a shim,
     // which finds this one serving the socket and hands containerd its
     // address: serving on is right either way.
