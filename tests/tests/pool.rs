@@ -107,13 +107,27 @@ fn a_sandbox_of_another_size_boots_a_vm_of_its_own() {
         "a pool VM of the default size served it"
     );
     assert!(Path::new(&c.hull_state_dir().join(&id).join("vmm.pid")).exists());
-    assert_eq!(c.kill_and_remove(&id), 137);
 
     // The pool's VM waited, and serves the next sandbox of its size.
     let next = c.id("default");
     c.run_detached(HULL, &next, &["sleep", "100000"]);
-    assert!(pool_vm_of(&c, &next).is_some_and(|vm| vm.starts_with("pool-")));
+    let vm = pool_vm_of(&c, &next).expect("the pool's VM serves it");
+    // Its shim (pool-<pid>-…) gets the OOM score a shim containerd's
+    // `start` spawns gets: just above containerd's.
+    let member: u32 = vm
+        .split('-')
+        .nth(1)
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {vm}"));
+    let oom_score = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap_or_else(|e| panic!("oom_score_adj of {pid}: {e}"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(oom_score(member), oom_score(c.shim_pid(&id)));
     assert_eq!(c.kill_and_remove(&next), 137);
+    assert_eq!(c.kill_and_remove(&id), 137);
 
     assert!(pool.stop());
     assert_no_leftovers(&c);

@@ -20,7 +20,7 @@ use tokio::io::BufReader;
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::signal::unix::{signal, SignalKind};
 
-use super::{read_line, write_line, Answer, Claim, MemberReport};
+use super::{read_line, write_line, Answer, Claim, MemberReport, Served};
 use crate::config::Config;
 use crate::manager::AheadLauncher;
 use crate::pod::VmSize;
@@ -177,7 +177,11 @@ async fn serve(
     // A pool that does not hear this declines, and `start` spawns a shim,
     // which finds this one serving the socket and hands containerd its
     // address: serving on is right either way.
-    if let Err(err) = write_line(&mut answer, &Answer::Serving(claim.socket.clone())).await {
+    let served = Served {
+        address: claim.socket.clone(),
+        pid: std::process::id(),
+    };
+    if let Err(err) = write_line(&mut answer, &Answer::Serving(served)).await {
         tracing::warn!(%err, "answering the pool");
     }
     drop(answer);

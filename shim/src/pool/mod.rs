@@ -85,13 +85,20 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Answer {
-    /// A warm shim serves the sandbox at this address.
-    Serving(String),
+    /// A warm shim serves the sandbox.
+    Serving(Served),
     /// The pool has no VM for this claim; `start` boots one as usual.
     Declined(String),
     /// What the pool has: VMs booted ahead and waiting, and sandboxes it
     /// has served since it started.
     Status(PoolStatus),
+}
+
+/// Where a claimed shim serves, and its pid.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    pub address: String,
+    pub pid: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,12 +158,12 @@ pub async fn read_line<T: for<'de> Deserialize<'de>>(
 /// Asks the pool serving `claim.containerd_address` for a warm shim.
 /// `None` when there is no pool, it declines, or it does not answer in
 /// time: then `start` launches a shim as usual.
-pub async fn claim(claim: &Claim) -> Option<String> {
+pub async fn claim(claim: &Claim) -> Option<Served> {
     let path = socket_path(&claim.containerd_address);
     let request = Request::Claim(claim.clone());
     let asked = ask(&path, &request);
     match tokio::time::timeout(CLAIM_DEADLINE, asked).await {
-        Ok(Ok(Some(Answer::Serving(address)))) => Some(address),
+        Ok(Ok(Some(Answer::Serving(served)))) => Some(served),
         Ok(Ok(Some(Answer::Declined(why)))) => {
             tracing::info!(sandbox = %claim.id, %why, "the pool has no VM for this sandbox");
             None

@@ -117,6 +117,9 @@ pub async fn cleanup_after_shim(bundle: &Path, id: &str) -> Result<(), CleanupEr
 
 /// Asks the pool serving this containerd (`hull pool`), if one runs, for
 /// a warm shim to serve sandbox `opts.id`; its address when one does.
+/// The shim then gets what a shim containerd's `start` spawns gets: the
+/// shim cgroup of the task's options (on standard input) and an OOM score
+/// just above containerd's.
 async fn claim_from_pool(opts: &StartOpts) -> Option<String> {
     let claim = crate::pool::Claim {
         id: opts.id.clone(),
@@ -127,7 +130,11 @@ async fn claim_from_pool(opts: &StartOpts) -> Option<String> {
         socket: containerd_shim::socket_address(&opts.address, &opts.namespace, &opts.id),
         hull_config: std::env::var_os("HULL_CONFIG").map(PathBuf::from),
     };
-    crate::pool::claim(&claim).await
+    let served = crate::pool::claim(&claim).await?;
+    if let Err(err) = containerd_shim::cgroup::set_cgroup_and_oom_score(served.pid) {
+        tracing::warn!(pid = served.pid, %err, "moving the pool's shim into the shim cgroup");
+    }
+    Some(served.address)
 }
 
 #[async_trait]
