@@ -300,10 +300,11 @@ fn no_such_device(route: &RouteConfig, links: &[Link]) -> NetworkError {
 fn link_for<'a>(links: &'a [Link], name: &str, mac: MacAddress) -> Result<(&'a Link, bool)> {
     match link_with_mac(links, mac) {
         Ok(link) => Ok((link, false)),
-        Err(NetworkError::NoLinkWithMac { .. }) if links.iter().any(|l| l.name == name) => {
-            let link = links.iter().find(|l| l.name == name).expect("checked");
-            Ok((link, true))
-        }
+        Err(err @ NetworkError::NoLinkWithMac { .. }) => links
+            .iter()
+            .find(|l| l.name == name)
+            .map(|link| (link, true))
+            .ok_or(err),
         Err(err) => Err(err),
     }
 }
